@@ -1,0 +1,38 @@
+# dae-pipeline: a short menu. `make run` and `make test` work from a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where MNIST lies (or will be downloaded to): <DATA_DIR>/MNIST/raw/
+DATA_DIR ?= data
+PRESET ?= lecture
+
+.PHONY: help install run compare bench test lint up down deploy clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(BIN)/dae: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/dae  ## create .venv and install the project with its dev tools
+
+run: $(BIN)/dae  ## the lecture experiment end to end (embedded Prefect + local MLflow)
+	$(BIN)/dae run --preset $(PRESET) --data-dir $(DATA_DIR) --summary-json dae-work/summary.json
+
+compare: $(BIN)/dae  ## Adam vs SGD x noise on/off, 3 seeds
+	$(BIN)/dae compare --seeds 3 --data-dir $(DATA_DIR) --summary-json dae-work/comparison.json
+
+bench: $(BIN)/dae  ## the lecture's data path against ours, per epoch
+	$(BIN)/dae bench --data-dir $(DATA_DIR) --json dae-work/bench.json
+
+test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/dae  ## ruff
+	$(BIN)/ruff check .
+
+clean:  ## remove run outputs (keeps .venv and data)
+	rm -rf dae-work mlflow.db .pytest_cache

@@ -1,0 +1,155 @@
+"""``dae run``, ``dae compare`` and ``dae bench``.
+
+Runs the Prefect flows in this process: with no ``PREFECT_API_URL`` Prefect starts a
+temporary local server and MLflow writes to ``sqlite:///mlflow.db``; with both servers
+configured the same command reports to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
+
+EXIT_CONFIG = 2
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="lecture", choices=sorted(PRESETS),
+                        help="named configuration to start from (default: lecture)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.FIELD=VALUE", help="override one config field; repeatable")
+    parser.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR"),
+                        help="folder holding <Dataset>/raw/ IDX files; env DAE_DATA_DIR; default ./data")
+    parser.add_argument("--no-download", action="store_true",
+                        help="fail instead of downloading when the raw files are missing")
+    parser.add_argument("--experiment", default="dae-mnist", help="MLflow experiment name")
+    parser.add_argument("--work-dir", default=os.environ.get("DAE_WORK_DIR", "dae-work"),
+                        help="run outputs and resumable training state (default ./dae-work)")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dae", description="Denoising-autoencoder MNIST pipeline")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run one experiment (the dae-experiment flow)")
+    _common(run)
+    run.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    run.add_argument("--summary-json", type=Path, help="write the run summary here")
+
+    compare = commands.add_parser("compare", help="optimizer x noise grid over seeds (dae-compare)")
+    _common(compare)
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    compare.add_argument("--parallel", type=int, default=1, help="cells trained at once (default 1)")
+    compare.add_argument("--summary-json", type=Path, help="write the comparison here")
+
+    bench = commands.add_parser("bench", help="time the lecture's data path against this project's")
+    bench.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR", "data"))
+    bench.add_argument("--epochs", type=int, default=2, help="timed epochs per path")
+    bench.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    bench.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    bench.add_argument("--json", type=Path, help="write the measurements here")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    overrides = parse_overrides(args.overrides)
+    if getattr(args, "seed", None) is not None:
+        overrides["seed"] = args.seed
+    return build_config(args.preset, overrides)
+
+
+class _Bars:
+    """One tqdm bar per training phase, fed by the tasks' epoch notifications."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+        bar = self._bars.get(phase)
+        if bar is None:
+            bar = self._bars[phase] = self._tqdm(total=total, desc=phase, unit="epoch", file=sys.stderr)
+            bar.update(epoch - 1)  # a resumed phase starts part-way
+        bar.set_postfix({key: round(value, 4) for key, value in metrics.items()})
+        bar.update(1)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _write(path: Path | None, payload: dict[str, Any]) -> None:
+    if path is not None:
+        from dae_core.checkpoint import write_json
+
+        write_json(path, payload)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.experiment import dae_experiment
+    from tasks import progress
+
+    config = _config(args)
+    bars = _Bars()
+    progress.add_listener(bars)
+    try:
+        summary = dae_experiment(config=config, data_dir=args.data_dir, download=not args.no_download,
+                                 experiment_name=args.experiment, work_dir=args.work_dir)
+    finally:
+        bars.close()
+        progress.remove_listener(bars)
+    _write(args.summary_json, summary)
+    test = summary["test"]
+    print(f"test accuracy {test['accuracy']:.2f}%  noisy {test['noisy_accuracy']:.2f}%  "
+          f"final MSE {summary['pretrain']['mse'][-1] if summary['pretrain']['mse'] else float('nan'):.4f}  "
+          f"MLflow run {summary['mlflow_run_id']}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from flows.compare import dae_compare
+
+    config = _config(args)
+    result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, data_dir=args.data_dir,
+                         download=not args.no_download, experiment_name=args.experiment,
+                         work_dir=args.work_dir)
+    _write(args.summary_json, result)
+    print(result["table_markdown"])
+    print()
+    print(result["findings_markdown"])
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from dae_core.bench import run_benchmark
+
+    result = run_benchmark(Path(args.data_dir), epochs=args.epochs, dtype=args.dtype, device=args.device)
+    _write(args.json, result)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "verbose", True):
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The temporary server would otherwise try to phone home and log the failure offline.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        return {"run": _run, "compare": _compare, "bench": _bench}[args.command](args)
+    except ConfigError as error:
+        print(f"dae: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

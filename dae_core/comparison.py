@@ -1,0 +1,162 @@
+"""The lecture's comparison: pretraining optimizer x input noise, plus a baseline with
+no pretraining, each over several seeds; summary statistics and the verdicts.
+
+Intervals are two-sided 95% Student-t intervals over seeds; differences against the
+lecture's cell (adam + noise) are paired by seed, which removes the seed-to-seed
+variance that the cells share.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Literal
+
+import numpy as np
+from scipy import stats
+
+from dae_core.config import ExperimentConfig
+
+LECTURE_CELL = "adam-noise"
+# Vanilla SGD needs a far larger step than Adam to move at all in 20 epochs;
+# docs/reproduction.md shows this rate's plateau near the lecture's "about 0.01".
+SGD_PRETRAIN_LR = 1.0
+CellName = Literal["adam-noise", "adam-clean", "sgd-noise", "sgd-clean", "no-pretraining"]
+CELLS: dict[CellName, dict[str, Any]] = {
+    "adam-noise": {},
+    "adam-clean": {"pretrain": {"noise": {"enabled": False}}},
+    "sgd-noise": {"pretrain": {"optimizer": "sgd"}},
+    "sgd-clean": {"pretrain": {"optimizer": "sgd", "noise": {"enabled": False}}},
+    "no-pretraining": {"pretrain": {"epochs": 0}},
+}
+
+Summary = dict[str, Any]
+METRICS: dict[str, Callable[[Summary], float]] = {
+    "final_accuracy": lambda s: s["test"]["accuracy"],
+    "epoch1_accuracy": lambda s: s["classifier"]["test_accuracy"][0],
+    "noisy_accuracy": lambda s: s["test"]["noisy_accuracy"],
+    "final_mse": lambda s: s["pretrain"]["mse"][-1] if s["pretrain"]["mse"] else math.nan,
+}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SGD_PRETRAIN_LR,
+                threads: int | None = None) -> ExperimentConfig:
+    """The base config with one cell's changes, a seed and (optionally) a thread count."""
+    if cell not in CELLS:
+        raise ValueError(f"cell = {cell!r}: allowed cells are {list(CELLS)}")
+    change = _merge(CELLS[cell], {"seed": seed})
+    if change.get("pretrain", {}).get("optimizer") == "sgd":
+        change["pretrain"]["lr"] = sgd_lr
+    if threads is not None:
+        change["runtime"] = {"threads": threads}
+    return ExperimentConfig.model_validate(_merge(base.model_dump(), change))
+
+
+def interval(values: list[float]) -> dict[str, float]:
+    """Mean, sample std and 95% t-interval; NaN where fewer than two finite values."""
+    data = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if data.size == 0:
+        return {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+    mean = float(data.mean())
+    if data.size < 2:
+        return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+    std = float(data.std(ddof=1))
+    half = float(stats.t.ppf(0.975, data.size - 1)) * std / math.sqrt(data.size)
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(data.size)}
+
+
+def _by_cell(records: list[dict[str, Any]]) -> dict[str, dict[int, Summary]]:
+    grouped: dict[str, dict[int, Summary]] = {}
+    for record in records:
+        grouped.setdefault(record["cell"], {})[record["seed"]] = record["summary"]
+    return grouped
+
+
+def comparison_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell and metric: mean, std, 95% CI, and the paired difference
+    against the lecture's cell with its own 95% CI."""
+    grouped = _by_cell(records)
+    reference = grouped.get(LECTURE_CELL, {})
+    rows = []
+    for cell, by_seed in grouped.items():
+        for metric, read in METRICS.items():
+            row = {"cell": cell, "metric": metric, **interval([read(s) for s in by_seed.values()])}
+            paired = [read(by_seed[seed]) - read(reference[seed]) for seed in by_seed if seed in reference]
+            difference = interval(paired) if cell != LECTURE_CELL else interval([])
+            row.update({f"diff_{key}": value for key, value in difference.items() if key != "n"})
+            rows.append(row)
+    return rows
+
+
+# (claim, cell, metric, direction the claim predicts for cell minus the lecture's cell)
+CLAIMS = [
+    ("Adam pretraining reconstructs better than vanilla SGD (lower final MSE)", "sgd-noise", "final_mse", +1),
+    ("Pretraining helps: the lecture's cell beats a random encoder after 10 epochs",
+     "no-pretraining", "final_accuracy", -1),
+    ("Pretraining speeds up learning: higher accuracy after epoch 1", "no-pretraining", "epoch1_accuracy", -1),
+    ("Denoising buys robustness: noise during pretraining raises accuracy on noisy test digits",
+     "adam-clean", "noisy_accuracy", -1),
+    ("Noise during pretraining raises clean test accuracy", "adam-clean", "final_accuracy", -1),
+]
+
+
+def findings(rows: list[dict[str, Any]]) -> list[str]:
+    """A verdict per claim from the paired 95% interval: supported when it excludes zero in
+    the claimed direction, contradicted when it excludes zero the other way, otherwise
+    not shown by this data."""
+    lookup = {(row["cell"], row["metric"]): row for row in rows}
+    verdicts = []
+    for claim, cell, metric, sign in CLAIMS:
+        row = lookup.get((cell, metric))
+        if row is None or math.isnan(row["diff_ci_low"]):
+            verdicts.append(f"- {claim}: not testable here (needs the {cell} cell and two or more seeds)")
+            continue
+        low, high = row["diff_ci_low"], row["diff_ci_high"]
+        if (sign > 0 and low > 0) or (sign < 0 and high < 0):
+            verdict = "supported"
+        elif (sign > 0 and high < 0) or (sign < 0 and low > 0):
+            verdict = "contradicted"
+        else:
+            verdict = "not shown (the interval includes zero)"
+        verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {LECTURE_CELL} = "
+                        f"{row['diff_mean']:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row['n']})")
+    sgd = lookup.get(("sgd-noise", "final_mse"))
+    if sgd is not None and not math.isnan(sgd["mean"]):
+        verdicts.append(f"- Vanilla SGD pretraining's MSE stays near or above 0.01: final MSE "
+                        f"{sgd['mean']:.4f} (95% CI {sgd['ci_low']:.4f} to {sgd['ci_high']:.4f})")
+    return verdicts
+
+
+def curve_bands(records: list[dict[str, Any]], read: Callable[[Summary], list[float]]
+                ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per cell, the per-epoch mean and std over seeds of one curve (cells whose curve is
+    empty, such as the no-pretraining baseline's MSE, are left out)."""
+    bands = {}
+    for cell, by_seed in _by_cell(records).items():
+        curves = np.array([read(summary) for summary in by_seed.values()], dtype=float)
+        if curves.size:
+            std = curves.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(curves.shape[1])
+            bands[cell] = (curves.mean(axis=0), std)
+    return bands
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    header = ("| cell | metric | mean | std | 95% CI | paired diff vs adam-noise (95% CI) |\n"
+              "|---|---|---|---|---|---|")
+
+    def number(value: float) -> str:
+        return "-" if math.isnan(value) else f"{value:.4g}"
+
+    lines = [header]
+    for row in rows:
+        diff = ("-" if math.isnan(row["diff_mean"]) else
+                f"{row['diff_mean']:+.4g} ({number(row['diff_ci_low'])} to {number(row['diff_ci_high'])})")
+        lines.append(f"| {row['cell']} | {row['metric']} | {number(row['mean'])} | {number(row['std'])} | "
+                     f"{number(row['ci_low'])} to {number(row['ci_high'])} | {diff} |")
+    return "\n".join(lines)

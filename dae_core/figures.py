@@ -1,0 +1,159 @@
+"""The experiment's pictures, drawn with matplotlib's Agg backend (no display needed).
+
+Every figure has a fixed size in inches at ``DPI`` and is saved without tight
+cropping, so its pixel size is known in advance; files are written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from dae_core.checkpoint import atomic_write  # noqa: E402
+
+DPI = 100
+MOSAIC_INCHES = (8.0, 8.6)
+WIDE_INCHES = (10.0, 4.0)
+SQUARE_INCHES = (6.0, 5.6)
+_SIDE = 28
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    plt.close(figure)
+    with atomic_write(path) as stream:
+        stream.write(buffer.getvalue())
+    return Path(path)
+
+
+def tile_grid(rows: np.ndarray) -> np.ndarray:
+    """(K, 784) -> one (G*29+1, G*29+1) image of G x G 28x28 tiles with 1-pixel zero gutters."""
+    count = rows.shape[0]
+    grid = math.ceil(math.sqrt(count))
+    tiles = rows.reshape(count, _SIDE, _SIDE).astype(np.float64)
+    size = grid * (_SIDE + 1) + 1
+    canvas = np.zeros((size, size))
+    for k in range(count):
+        top, left = 1 + (k // grid) * (_SIDE + 1), 1 + (k % grid) * (_SIDE + 1)
+        canvas[top : top + _SIDE, left : left + _SIDE] = tiles[k]
+    return canvas
+
+
+def _symmetric_limit(values: np.ndarray) -> float:
+    # A shared scale clipped at the 99.5th percentile: learned strokes stand out while
+    # weights still at their small random init stay grey. Per-tile stretching would
+    # blow that init noise up to full contrast and hide which units learned anything.
+    return float(np.percentile(np.abs(values), 99.5)) or 1.0
+
+
+def weight_mosaic(weights: np.ndarray, path: Path, title: str) -> Path:
+    """Each row of (K, 784) ``weights`` as a 28x28 tile (400 filters -> 20 x 20 grid)."""
+    limit = _symmetric_limit(weights)
+    figure, axes = plt.subplots(figsize=MOSAIC_INCHES)
+    image = axes.imshow(tile_grid(weights), cmap="gray", vmin=-limit, vmax=limit,
+                        interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
+    axes.set_title(title)
+    axes.axis("off")
+    return _save(figure, path)
+
+
+def weight_change_mosaic(before: np.ndarray, after: np.ndarray, path: Path, title: str) -> Path:
+    """after - before on one symmetric colour scale: red grew, blue shrank."""
+    change = tile_grid(after - before)
+    limit = _symmetric_limit(change)
+    figure, axes = plt.subplots(figsize=MOSAIC_INCHES)
+    image = axes.imshow(change, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.02)
+    axes.set_title(title)
+    axes.axis("off")
+    return _save(figure, path)
+
+
+def reconstructions(
+    clean: np.ndarray, noisy: np.ndarray, reconstructed: np.ndarray, path: Path
+) -> Path:
+    """Three rows of (n, 784) images: clean, the autoencoder's noisy input, its output."""
+    count = clean.shape[0]
+    figure, axes = plt.subplots(3, count, figsize=WIDE_INCHES, squeeze=False)
+    for row, (label, images) in enumerate(
+        (("clean", clean), ("noisy input", noisy), ("reconstruction", reconstructed))
+    ):
+        for column in range(count):
+            axis = axes[row][column]
+            axis.imshow(images[column].reshape(_SIDE, _SIDE), cmap="gray", vmin=0, vmax=1)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        axes[row][0].set_ylabel(label)
+    return _save(figure, path)
+
+
+def pretrain_curve(mse: Sequence[float], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=WIDE_INCHES)
+    epochs = np.arange(1, len(mse) + 1)
+    axes.plot(epochs, mse, marker="o")
+    axes.set(xlabel="epoch", ylabel="train reconstruction MSE", yscale="log",
+             title="Denoising autoencoder pretraining")
+    axes.grid(True, alpha=0.3)
+    return _save(figure, path)
+
+
+def classifier_curves(train_loss: Sequence[float], test_accuracy: Sequence[float], path: Path) -> Path:
+    figure, (loss_axes, accuracy_axes) = plt.subplots(1, 2, figsize=WIDE_INCHES)
+    epochs = np.arange(1, len(train_loss) + 1)
+    loss_axes.plot(epochs, train_loss, marker="o")
+    loss_axes.set(xlabel="epoch", ylabel="train NLL loss", title="Classifier training loss")
+    accuracy_axes.plot(epochs, test_accuracy, marker="o", color="tab:green")
+    accuracy_axes.set(xlabel="epoch", ylabel="test accuracy (%)", title="Test accuracy")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def per_class_bars(per_class: Sequence[float], path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=WIDE_INCHES)
+    bars = axes.bar(range(len(per_class)), per_class, color="tab:blue")
+    axes.bar_label(bars, fmt="%.1f", fontsize=8)
+    axes.set(xlabel="digit", ylabel="test accuracy (%)", xticks=range(len(per_class)),
+             ylim=(min(per_class) - 5 if len(per_class) else 0, 100), title="Per-class accuracy")
+    return _save(figure, path)
+
+
+def confusion_heatmap(confusion: np.ndarray, path: Path) -> Path:
+    figure, axes = plt.subplots(figsize=SQUARE_INCHES)
+    image = axes.imshow(confusion, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    peak = confusion.max() or 1
+    for (true, predicted), count in np.ndenumerate(confusion):
+        colour = "white" if count > peak / 2 else "black"
+        axes.text(predicted, true, str(count), ha="center", va="center", fontsize=7, color=colour)
+    axes.set(xlabel="predicted", ylabel="true", xticks=range(10), yticks=range(10),
+             title="Confusion matrix (test)")
+    return _save(figure, path)
+
+
+def overlay_bands(bands: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ylabel: str,
+                  title: str, log_scale: bool = False) -> Path:
+    """One line per cell (mean over seeds) with a +-1 std band."""
+    figure, axes = plt.subplots(figsize=WIDE_INCHES)
+    for cell, (mean, std) in bands.items():
+        epochs = np.arange(1, len(mean) + 1)
+        axes.plot(epochs, mean, marker="o", markersize=3, label=cell)
+        axes.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+    axes.set(xlabel="epoch", ylabel=ylabel, title=title)
+    if log_scale:
+        axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    return _save(figure, path)

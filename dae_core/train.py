@@ -1,0 +1,134 @@
+"""Epoch loops for denoising pretraining and classifier training.
+
+Both loops start from the length of the history they are given, so a run restored
+from a checkpoint at an epoch boundary continues exactly where it stopped. Per-step
+losses stay on the device and are read once per epoch (no host sync per step).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dae_core.config import PretrainConfig
+from dae_core.data import batch_indices
+from dae_core.model import DenoisingAutoencoder, EncoderClassifier, l1_sparsity
+from dae_core.noise import corrupt
+
+log = logging.getLogger(__name__)
+
+History = dict[str, list[float]]
+# Called after each finished epoch with the 1-based epoch and that epoch's metrics.
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss became NaN or infinite; the message names the phase, epoch and step."""
+
+
+def make_pretrain_optimizer(model: nn.Module, config: PretrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+
+
+def make_classifier_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Vanilla SGD: no momentum, no weight decay."""
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def _check_finite(step_losses: torch.Tensor, phase: str, epoch: int) -> None:
+    finite = torch.isfinite(step_losses)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0]) + 1
+        raise TrainingDiverged(
+            f"{phase} epoch {epoch} step {step}: loss is {step_losses[step - 1].item()}; "
+            "lower the learning rate"
+        )
+
+
+def pretrain(
+    model: DenoisingAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    pixels: torch.Tensor,
+    config: PretrainConfig,
+    batch_size: int,
+    generator: torch.Generator,
+    history: History | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> History:
+    """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
+
+    The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
+    images, as the lecture printed it; ``loss`` adds the sparsity penalty.
+    """
+    history = history if history is not None else {"mse": [], "loss": []}
+    for epoch in range(len(history["mse"]) + 1, config.epochs + 1):
+        model.train()
+        step_mse, step_loss = [], []
+        for index in batch_indices(len(pixels), batch_size, generator, pixels.device):
+            clean = pixels[index]  # (B, 784)
+            reconstruction, hidden = model(corrupt(clean, config.noise, generator))
+            mse = F.mse_loss(reconstruction, clean)
+            loss = mse + config.sparsity_weight * l1_sparsity(hidden)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_mse.append(mse.detach())
+            step_loss.append(loss.detach())
+        losses = torch.stack(step_loss)
+        _check_finite(losses, "pretrain", epoch)
+        metrics = {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()}
+        for key, value in metrics.items():
+            history[key].append(value)
+        log.debug("pretrain epoch %d: %s", epoch, metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return history
+
+
+def train_classifier(
+    model: EncoderClassifier,
+    optimizer: torch.optim.Optimizer,
+    train_pixels: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_pixels: torch.Tensor,
+    test_labels: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    history: History | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> History:
+    """NLL training of the whole classifier (encoder included) on clean images,
+    with test accuracy (percent) after every epoch."""
+    from dae_core.evaluate import predict
+
+    history = history if history is not None else {"train_loss": [], "test_accuracy": []}
+    for epoch in range(len(history["train_loss"]) + 1, epochs + 1):
+        model.train()
+        step_loss = []
+        for index in batch_indices(len(train_pixels), batch_size, generator, train_pixels.device):
+            loss = F.nll_loss(model(train_pixels[index]), train_labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step_loss.append(loss.detach())
+        losses = torch.stack(step_loss)
+        _check_finite(losses, "classifier", epoch)
+        correct = (predict(model, test_pixels) == test_labels).sum()
+        metrics = {
+            "train_loss": losses.mean().item(),
+            "test_accuracy": 100.0 * correct.item() / len(test_labels),
+        }
+        for key, value in metrics.items():
+            history[key].append(value)
+        log.debug("classifier epoch %d: %s", epoch, metrics)
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    return history
+

@@ -1,0 +1,2 @@
+"""Prefect flows: they only compose tasks (fetch -> pretrain -> surgery -> classify ->
+evaluate -> report)."""

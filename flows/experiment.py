@@ -1,0 +1,36 @@
+"""``dae-experiment``: one configuration end to end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from dae_core.config import ExperimentConfig
+from tasks.data import default_data_dir, fetch_dataset
+from tasks.report import report
+from tasks.run import start_tracking, tracked
+from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
+
+
+@flow(name="dae-experiment", log_prints=False)
+def dae_experiment(
+    config: ExperimentConfig = ExperimentConfig(),
+    data_dir: str | None = None,
+    download: bool = True,
+    experiment_name: str = "dae-mnist",
+    work_dir: str = "dae-work",
+    register_model: bool = True,
+    parent_run_id: str | None = None,
+    run_label: str | None = None,
+) -> dict[str, Any]:
+    """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
+    evaluate and report to MLflow. ``config`` defaults to the lecture preset."""
+    dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)
+    context = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
+    with tracked(context):
+        pretrained = pretrain(config, dataset, context)
+        initial = encoder_surgery(config, pretrained["path"], context)
+        classified = train_classifier(config, dataset, initial, context)
+        evaluation = evaluate(config, dataset, classified["path"], context)
+        return report(config, dataset, pretrained, classified, evaluation, context, register_model)

@@ -1,0 +1,83 @@
+"""Tasks of the comparison flow: the parent MLflow run, one grid cell, and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import deployment, flow_run
+
+from dae_core import comparison, figures
+from dae_core.checkpoint import write_json
+from dae_core.config import ExperimentConfig
+from tasks import tracking
+from tasks.data import DatasetRef
+
+
+@task(name="start-comparison")
+def start_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
+                     experiment: str) -> str:
+    tags = {
+        "dae.role": "comparison",
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": flow_run.name or "",
+        "prefect.deployment_name": deployment.name or "",
+    }
+    run_id = tracking.start_run(experiment, f"compare-{flow_run.name or 'grid'}", tags)
+    tracking.log_config(run_id, base, {"compare.cells": ",".join(cells),
+                                       "compare.seeds": ",".join(map(str, seeds))})
+    tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, {})
+    return run_id
+
+
+@task(name="run-cell")
+def run_cell(config: ExperimentConfig, cell: str, data_dir: str, download: bool, experiment: str,
+             work_dir: str, parent_run_id: str) -> dict[str, Any]:
+    """One grid cell at one seed, as a child flow run and a child MLflow run."""
+    from flows.experiment import dae_experiment
+
+    summary = dae_experiment(config=config, data_dir=data_dir, download=download,
+                             experiment_name=experiment, work_dir=work_dir, register_model=False,
+                             parent_run_id=parent_run_id, run_label=cell)
+    return {"cell": cell, "seed": config.seed, "summary": summary}
+
+
+@task(name="report-comparison")
+def report_comparison(records: list[dict[str, Any]], parent_run_id: str, work_dir: str) -> dict[str, Any]:
+    rows = comparison.comparison_table(records)
+    verdicts = comparison.findings(rows)
+    table_markdown = comparison.markdown_table(rows)
+    out = Path(work_dir).resolve() / "comparisons" / parent_run_id
+    frame = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "comparison.csv"
+    frame.to_csv(csv_path, index=False)
+    pictures = [
+        figures.overlay_bands(comparison.curve_bands(records, lambda s: s["pretrain"]["mse"]),
+                              out / "pretrain_mse_by_cell.png", "train reconstruction MSE",
+                              "Pretraining MSE (mean +- std over seeds)", log_scale=True),
+        figures.overlay_bands(comparison.curve_bands(records, lambda s: s["classifier"]["test_accuracy"]),
+                              out / "test_accuracy_by_cell.png", "test accuracy (%)",
+                              "Classifier test accuracy (mean +- std over seeds)"),
+    ]
+    findings_markdown = "\n".join(["## Verdicts on the lecture's claims", *verdicts])
+    result = {"rows": rows, "table_markdown": table_markdown, "findings_markdown": findings_markdown,
+              "mlflow_run_id": parent_run_id,
+              "runs": [{"cell": r["cell"], "seed": r["seed"], "mlflow_run_id": r["summary"]["mlflow_run_id"]}
+                       for r in records]}
+    write_json(out / "comparison.json", result)
+
+    tracking.log_table(parent_run_id, frame, "tables/comparison.json")
+    tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")
+    finals = {f"compare/{row['cell']}/{row['metric']}_mean": row["mean"] for row in rows
+              if row["mean"] == row["mean"]}
+    tracking.log_metrics(parent_run_id, finals)
+    create_table_artifact([{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+                           for row in rows], key="dae-comparison", description="Cells x metrics over seeds")
+    create_markdown_artifact(f"# DAE comparison\n\n{table_markdown}\n\n{findings_markdown}\n\n"
+                             f"MLflow parent run: `{parent_run_id}`", key="dae-comparison-report")
+    get_run_logger().info("comparison written to %s", out)
+    return result

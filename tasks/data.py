@@ -1,0 +1,59 @@
+"""Dataset fetching: torchvision's checksummed download, cached by the dataset's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import INPUTS
+
+from dae_core.data import RAW_FILES, DatasetName, file_digest, locate, raw_dir
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """Where a verified dataset lies and what it is: passed between tasks instead of tensors."""
+
+    name: str
+    raw_dir: str
+    digest: str
+
+
+def default_data_dir() -> Path:
+    """``DAE_DATA_DIR`` if set, else ``./data`` (torchvision's layout below it)."""
+    return Path(os.environ.get("DAE_DATA_DIR", "data")).resolve()
+
+
+def _files_identity(context: Any, arguments: dict[str, Any]) -> str | None:
+    """Cache key: dataset, folder, and each raw file's size and mtime. A changed,
+    removed or re-downloaded file changes the key, so a stale digest is never reused."""
+    folder = raw_dir(Path(arguments["data_dir"]), arguments["dataset"])
+    stats = []
+    for name in RAW_FILES:
+        path = folder / name
+        if not path.is_file():
+            return None  # nothing to cache yet: run (and download)
+        info = path.stat()
+        stats.append(f"{name}:{info.st_size}:{info.st_mtime_ns}")
+    identity = f"{arguments['dataset']}|{folder}|" + "|".join(stats)
+    return "dataset-" + hashlib.sha256(identity.encode()).hexdigest()
+
+
+@task(
+    name="fetch-dataset",
+    retries=3,
+    retry_delay_seconds=[2, 10, 30],
+    cache_key_fn=_files_identity,
+    persist_result=True,
+)
+def fetch_dataset(dataset: DatasetName, data_dir: str, download: bool = True) -> DatasetRef:
+    """Make sure the raw files are present (downloading through torchvision's mirrors when
+    allowed) and return their folder and sha256 digest."""
+    folder = locate(Path(data_dir), dataset, allow_download=download)
+    digest = file_digest(folder)
+    get_run_logger().info("dataset %s at %s (sha256 %s)", dataset, folder, digest[:12])
+    return DatasetRef(name=dataset, raw_dir=str(folder), digest=digest)

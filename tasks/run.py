@@ -1,0 +1,82 @@
+"""One experiment run's identity: its MLflow run, its folders and its progress artifact."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.runtime import deployment, flow_run
+
+from dae_core.config import ExperimentConfig
+from tasks import tracking
+from tasks.data import DatasetRef
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Passed to every task of a run instead of globals."""
+
+    mlflow_run_id: str
+    out_dir: str  # this run's outputs: models, figures, evaluation
+    state_dir: str  # resumable training state, shared by reruns of the same configuration
+    progress_id: str | None
+    total_epochs: int
+
+
+def state_key(config: ExperimentConfig, dataset: DatasetRef) -> str:
+    """Same configuration (seed included) on the same data -> same key -> resume."""
+    identity = config.model_dump_json() + dataset.digest
+    return hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+def report_progress(context: RunContext, epochs_done: int) -> None:
+    if context.progress_id is not None:
+        update_progress_artifact(context.progress_id, 100.0 * epochs_done / context.total_epochs)
+
+
+@task(name="start-tracking")
+def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str,
+                   parent_run_id: str | None = None, run_label: str | None = None) -> RunContext:
+    """Create the MLflow run with params, dataset input and Prefect tags."""
+    tags = {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": flow_run.name or "",
+        "prefect.deployment_name": deployment.name or "",
+        "dae.role": "experiment",
+        "dae.cell": run_label or "",
+    }
+    run_id = tracking.start_run(experiment, flow_run.name or "dae-experiment", tags, parent_run_id)
+    tracking.log_config(run_id, config)
+    sizes = {"train": config.data.train_limit or -1, "test": config.data.test_limit or -1}
+    tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, sizes)
+    total = config.pretrain.epochs + config.classifier.epochs
+    progress = create_progress_artifact(0.0, description=f"training epochs done of {total}")
+    root = Path(work_dir).resolve()
+    context = RunContext(
+        mlflow_run_id=run_id,
+        out_dir=str(root / "runs" / run_id),
+        state_dir=str(root / "state" / state_key(config, dataset)),
+        progress_id=str(progress) if progress else None,
+        total_epochs=total,
+    )
+    get_run_logger().info("MLflow run %s at %s", run_id, tracking.tracking_uri())
+    return context
+
+
+@contextlib.contextmanager
+def tracked(context: RunContext) -> Iterator[RunContext]:
+    """Ends the MLflow run FINISHED on success, FAILED on any exception; removes the
+    resumable state only once the whole run succeeded."""
+    try:
+        yield context
+    except BaseException:
+        tracking.end_run(context.mlflow_run_id, succeeded=False)
+        raise
+    tracking.end_run(context.mlflow_run_id, succeeded=True)
+    shutil.rmtree(context.state_dir, ignore_errors=True)

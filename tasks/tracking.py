@@ -1,0 +1,141 @@
+"""Every MLflow call of the project. Runs are addressed by id (never the thread-local
+active run), so tasks on any thread or worker log into the right run.
+
+Each epoch's metrics go in one ``log_batch`` request: against a remote tracking server
+a request costs tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+
+from dae_core.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EXPERIMENT = "dae-mnist"
+REGISTERED_MODEL = "dae-mnist-classifier"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else MLflow's own default (``sqlite:///mlflow.db``)."""
+    return mlflow.get_tracking_uri()
+
+
+def client() -> MlflowClient:
+    return MlflowClient()
+
+
+def git_commit() -> str | None:
+    """The source commit: ``DAE_GIT_COMMIT`` (set in container builds) or the checkout's HEAD."""
+    if commit := os.environ.get("DAE_GIT_COMMIT"):
+        return commit
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent, check=True,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def experiment_id(name: str) -> str:
+    tracker = client()
+    experiment = tracker.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return tracker.create_experiment(name)
+    except mlflow.exceptions.MlflowException:
+        # Another process created it between our lookup and create.
+        return tracker.get_experiment_by_name(name).experiment_id
+
+
+def start_run(experiment: str, run_name: str, tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+    """Create a RUNNING run and return its id."""
+    all_tags = {key: value for key, value in tags.items() if value}
+    if commit := git_commit():
+        all_tags["mlflow.source.git.commit"] = commit
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
+    return run.info.run_id
+
+
+def end_run(run_id: str, succeeded: bool) -> None:
+    client().set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
+
+
+def log_config(run_id: str, config: ExperimentConfig, extra: dict[str, Any] | None = None) -> None:
+    params = {**config.flat(), "dataset": config.data.dataset, **(extra or {})}
+    client().log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+
+
+def log_dataset(run_id: str, name: str, digest: str, source: str, sizes: dict[str, int]) -> None:
+    dataset = Dataset(
+        name=name, digest=digest[:36], source_type="local",
+        source=json.dumps({"uri": source}), profile=json.dumps(sizes),
+    )
+    client().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """All metrics in one request; ``step`` is the 1-based epoch for histories."""
+    stamp = int(time.time() * 1000)
+    batch = [Metric(key, float(value), stamp, step or 0) for key, value in metrics.items()]
+    client().log_batch(run_id, metrics=batch)
+
+
+def log_history(run_id: str, prefix: str, history: dict[str, list[float]]) -> None:
+    """Re-log a restored history, one request per epoch, e.g. after a resume."""
+    epochs = len(next(iter(history.values()), []))
+    for index in range(epochs):
+        log_metrics(run_id, {f"{prefix}/{key}": values[index] for key, values in history.items()},
+                    step=index + 1)
+
+
+def set_tags(run_id: str, tags: dict[str, Any]) -> None:
+    client().log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
+
+
+def log_files(run_id: str, paths: Iterable[Path], folder: str) -> None:
+    tracker = client()
+    for path in paths:
+        tracker.log_artifact(run_id, str(path), folder)
+
+
+def log_table(run_id: str, table: dict[str, list[Any]], artifact_file: str) -> None:
+    client().log_table(run_id, table, artifact_file)
+
+
+def log_classifier(run_id: str, model, register: bool) -> str:
+    """Log the classifier as a pt2 (torch.export) model with signature and input example,
+    and register it; returns the model URI. pt2 holds no pickles, so loading it never
+    unpickles anything."""
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    model = model.to("cpu", torch.float32).eval()
+    # Two rows: torch.export would specialise a batch of one and refuse other batch sizes.
+    example = np.zeros((2, 784), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        model, name="classifier", input_example=example,
+        signature=infer_signature(example, output), serialization_format="pt2",
+        registered_model_name=REGISTERED_MODEL if register else None, run_id=run_id,
+    )
+    return info.model_uri

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny generated IDX datasets, one Prefect test server for the whole
+session, and MLflow on a temporary SQLite store."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dae_core.config import build_config
+
+TRAIN_IMAGES, TEST_IMAGES = 240, 80
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Unsigned-byte IDX: magic 0x0000 08 <ndim>, big-endian dims, then the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten fixed random stroke templates on black, each image with its own brightness and
+    a tenth of its stroke pixels missing: learnable and denoisable, like digits."""
+    templates = np.random.default_rng(1234).random((10, 28, 28)) > 0.8
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    kept = rng.random((count, 28, 28)) > 0.1
+    images = templates[labels] * kept * rng.uniform(200, 255, (count, 1, 1))
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_dataset(root: Path, folder: str = "MNIST") -> Path:
+    raw = root / folder / "raw"
+    for prefix, count, seed in (("train", TRAIN_IMAGES, 1), ("t10k", TEST_IMAGES, 2)):
+        images, labels = synthetic_digits(count, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return raw
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def raw_dir(data_root) -> Path:
+    return data_root / "MNIST" / "raw"
+
+
+TINY = {
+    "data": {"batch_size": 40, "train_limit": None, "test_limit": None},
+    "pretrain": {"epochs": 30, "lr": 0.01, "hidden_units": 64},
+    "classifier": {"epochs": 3, "lr": 0.5},
+    "evaluation": {"figure_samples": 3},
+    "runtime": {"device": "cpu", "threads": 1},
+}
+
+
+@pytest.fixture
+def tiny_config():
+    return build_config("smoke", TINY)
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One temporary Prefect server for every flow test (starting one costs ~10 s)."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="session")
+def mlflow_store(tmp_path_factory) -> str:
+    """One SQLite tracking store, migrated once up front (parallel first use races)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.MlflowClient().search_experiments()
+    return uri

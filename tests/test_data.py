@@ -1,0 +1,143 @@
+import gzip
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from dae_core import data
+from dae_core.data import DataError, batch_indices, file_digest, load_split, locate, read_idx
+from tests.conftest import make_dataset, synthetic_digits, write_idx
+
+
+def test_generated_idx_is_parsed_exactly(tmp_path):
+    images, labels = synthetic_digits(30, seed=5)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    split = load_split(tmp_path, train=True)
+    assert split.images.dtype == torch.uint8 and split.images.shape == (30, 28, 28)
+    assert np.array_equal(split.images.numpy(), images)
+    assert np.array_equal(split.labels.numpy(), labels.astype(np.int64))
+    assert split.flat_pixels(torch.float32).max() <= 1.0
+
+
+def _valid(tmp_path):
+    images, labels = synthetic_digits(20, seed=6)
+    write_idx(tmp_path / "train-images-idx3-ubyte", images)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", labels)
+    return tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b"\x01\x02" + b[2:], "bad magic"),
+    (lambda b: b[:2] + b"\x0d" + b[3:], "expected unsigned byte"),
+    (lambda b: b[:-7], "truncated"),
+    (lambda b: b + b"\x00", "trailing bytes"),
+    (lambda b: b"", "bad magic empty"),
+])
+def test_malformed_image_files_are_refused_naming_the_file(tmp_path, damage, message):
+    images, _ = _valid(tmp_path)
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(DataError) as refused:
+        load_split(tmp_path, train=True)
+    assert str(images) in str(refused.value) and message in str(refused.value)
+
+
+def test_wrong_shape_label_range_and_count_mismatch_are_refused(tmp_path):
+    images, labels = _valid(tmp_path)
+    write_idx(images, np.zeros((20, 27, 28), np.uint8))
+    with pytest.raises(DataError, match=r"\(28, 28\)"):
+        load_split(tmp_path, train=True)
+    write_idx(images, np.zeros((20, 28, 28), np.uint8))
+    write_idx(labels, np.full(20, 10, np.uint8))
+    with pytest.raises(DataError, match="label 10 outside 0..9"):
+        load_split(tmp_path, train=True)
+    write_idx(labels, np.zeros(19, np.uint8))
+    with pytest.raises(DataError, match="19 labels for 20 images"):
+        load_split(tmp_path, train=True)
+    write_idx(labels, np.zeros((20, 1), np.uint8))
+    with pytest.raises(DataError, match="2 dimensions, expected 1"):
+        read_idx(labels, ndim=1)
+
+
+def test_limit_larger_than_the_split_names_the_field(tmp_path):
+    _valid(tmp_path)
+    assert len(load_split(tmp_path, train=True, limit=5)) == 5
+    with pytest.raises(DataError, match="data.train_limit = 21"):
+        load_split(tmp_path, train=True, limit=21)
+
+
+def test_missing_files_without_download_are_reported(tmp_path):
+    with pytest.raises(DataError, match="downloading is disabled"):
+        locate(tmp_path, "mnist", allow_download=False)
+
+
+def test_digest_identifies_the_content(tmp_path):
+    raw = make_dataset(tmp_path)
+    before = file_digest(raw)
+    assert before == file_digest(raw)
+    path = raw / "t10k-labels-idx1-ubyte"
+    blob = bytearray(path.read_bytes())
+    blob[-1] = (blob[-1] + 1) % 10
+    path.write_bytes(bytes(blob))
+    assert file_digest(raw) != before
+
+
+def test_download_goes_through_torchvision_mirrors_with_checksums(tmp_path, monkeypatch):
+    """No network in tests: the first mirror fails, the second serves gzipped files
+    whose md5 torchvision checks; the raw files then land in torchvision's layout."""
+    from torchvision import datasets
+    from torchvision.datasets import utils
+
+    served = make_dataset(tmp_path / "served")
+    archives = {}
+    for name in data.RAW_FILES:
+        gz = tmp_path / "served" / f"{name}.gz"
+        with open(served / name, "rb") as src, gzip.open(gz, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        archives[f"{name}.gz"] = gz
+    resources = [(f"{n}.gz", hashlib.md5(archives[f"{n}.gz"].read_bytes()).hexdigest()) for n in data.RAW_FILES]
+    monkeypatch.setattr(datasets.MNIST, "resources", resources)
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["https://down.invalid/", "https://up.invalid/"])
+    requested = []
+
+    def fake_download(url, root, filename=None, md5=None):
+        requested.append(url)
+        if url.startswith("https://down.invalid/"):
+            raise OSError("mirror down")
+        target = tmp_path / "dl" / filename
+        target.parent.mkdir(exist_ok=True)
+        shutil.copy(archives[filename], f"{root}/{filename}")
+        assert utils.check_integrity(f"{root}/{filename}", md5)
+
+    monkeypatch.setattr(utils, "download_url", fake_download)
+    folder = locate(tmp_path / "root", "mnist", allow_download=True)
+    assert folder == tmp_path / "root" / "MNIST" / "raw"
+    assert file_digest(folder) == file_digest(served)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(data.RAW_FILES)  # no scratch left
+    assert len(requested) == 8
+
+
+def test_download_failure_names_the_file(tmp_path, monkeypatch):
+    from torchvision.datasets import utils
+
+    def refuse(url, root, filename=None, md5=None):
+        raise OSError("offline")
+
+    monkeypatch.setattr(utils, "download_url", refuse)
+    with pytest.raises(DataError, match="could not download train-images-idx3-ubyte.gz"):
+        locate(tmp_path, "mnist")
+    assert not any((tmp_path / "MNIST" / "raw").iterdir())
+
+
+def test_batches_cover_every_index_once_and_follow_the_seed():
+    def draw(seed):
+        generator = torch.Generator().manual_seed(seed)
+        return list(batch_indices(105, 20, generator, torch.device("cpu")))
+
+    batches = draw(1)
+    assert [len(b) for b in batches] == [20] * 5 + [5]
+    assert sorted(torch.cat(batches).tolist()) == list(range(105))
+    assert all(torch.equal(a, b) for a, b in zip(batches, draw(1)))
+    assert not torch.equal(torch.cat(batches), torch.cat(draw(2)))

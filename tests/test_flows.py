@@ -1,0 +1,174 @@
+"""The Prefect flows and their MLflow records, on tiny generated data, under one
+session-wide Prefect test server and one temporary SQLite tracking store."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import mlflow
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from dae_cli.main import main as dae_main
+from dae_core.config import build_config
+from tests.conftest import TINY
+
+pytestmark = pytest.mark.usefixtures("prefect_server", "mlflow_store")
+
+
+def _experiment() -> str:
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def _runs(experiment: str, filter_string: str = ""):
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return MlflowClient().search_runs([found.experiment_id], filter_string)
+
+
+@pytest.fixture(scope="module")
+def experiment_run(data_root, tmp_path_factory):
+    from flows.experiment import dae_experiment
+
+    name = _experiment()
+    summary = dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
+                             experiment_name=name, work_dir=str(tmp_path_factory.mktemp("work")))
+    return name, summary
+
+
+def test_experiment_records_params_metrics_and_tags(experiment_run):
+    name, summary = experiment_run
+    (run,) = _runs(name)
+    assert run.info.status == "FINISHED" and run.info.run_id == summary["mlflow_run_id"]
+    params = run.data.params
+    assert params["pretrain.optimizer"] == "adam" and params["pretrain.noise.std"] == "0.2"
+    assert params["seed"] == "0" and params["dataset"] == "mnist"
+    client = MlflowClient()
+    mse = client.get_metric_history(run.info.run_id, "pretrain/mse")
+    assert [m.step for m in mse] == list(range(1, TINY["pretrain"]["epochs"] + 1))
+    assert [m.value for m in mse] == pytest.approx(summary["pretrain"]["mse"])
+    for key in ("classifier/train_loss", "classifier/test_accuracy"):
+        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
+    metrics = run.data.metrics
+    assert metrics["test/accuracy"] == pytest.approx(summary["test"]["accuracy"])
+    assert metrics["test/noisy_accuracy"] == pytest.approx(summary["test"]["noisy_accuracy"])
+    assert [metrics[f"test/accuracy_class_{d}"] for d in range(10)] == pytest.approx(
+        summary["test"]["per_class_accuracy"])
+    tags = run.data.tags
+    assert uuid.UUID(tags["prefect.flow_run_id"]) and tags["prefect.flow_run_name"] == run.info.run_name
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "mnist" and len(dataset.digest) > 8
+
+
+def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experiment_run):
+    name, summary = experiment_run
+    client = MlflowClient()
+    run_id = summary["mlflow_run_id"]
+    figures = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, "figures")}
+    assert {"encoder_weights_before.png", "encoder_weights_after.png", "encoder_weights_change.png",
+            "decoder_weights.png", "reconstructions.png", "confusion_matrix.png",
+            "per_class_accuracy.png"} <= figures
+    tables = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, "tables")}
+    assert tables == {"per_class_accuracy.json", "confusion_matrix.json"}
+    versions = client.search_model_versions("name='dae-mnist-classifier'")
+    assert run_id in {v.run_id for v in versions}
+    model = mlflow.pytorch.load_model(summary["model_uri"])
+    log_probabilities = model(torch.rand(5, 784))
+    assert log_probabilities.shape == (5, 10)
+    assert torch.allclose(log_probabilities.exp().sum(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_summary_contract(experiment_run):
+    _, summary = experiment_run
+    assert set(summary) >= {"pretrain", "classifier", "test", "timing", "mlflow_run_id"}
+    assert len(summary["pretrain"]["mse"]) == TINY["pretrain"]["epochs"]
+    assert len(summary["classifier"]["train_loss"]) == len(summary["classifier"]["test_accuracy"]) == 3
+    assert len(summary["test"]["per_class_accuracy"]) == 10
+    assert set(summary["timing"]) == {"pretrain_s", "classifier_s"}
+
+
+def test_an_invalid_parameter_is_refused_before_any_task_runs(data_root, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.experiment import dae_experiment
+
+    name = _experiment()
+    with pytest.raises(ParameterTypeError, match="lr"):
+        dae_experiment(config={"pretrain": {"lr": -1}}, data_dir=str(data_root), experiment_name=name,
+                       work_dir=str(tmp_path))
+    assert _runs(name) == [] and not any(tmp_path.iterdir())
+
+
+def test_a_failing_task_leaves_the_mlflow_run_failed(data_root, tmp_path, monkeypatch):
+    from dae_core import stages
+    from flows.experiment import dae_experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(stages, "classifier_stage", broken)
+    name = _experiment()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
+                       experiment_name=name, work_dir=str(tmp_path))
+    (run,) = _runs(name)
+    assert run.info.status == "FAILED"
+    assert len(MlflowClient().get_metric_history(run.info.run_id, "pretrain/mse")) == TINY["pretrain"]["epochs"]
+
+
+def test_a_second_run_reuses_the_cached_dataset(data_root, tmp_path, monkeypatch):
+    from tasks import data as data_tasks
+    from tasks.data import fetch_dataset
+
+    calls = []
+    original = data_tasks.file_digest
+    monkeypatch.setattr(data_tasks, "file_digest", lambda folder: calls.append(folder) or original(folder))
+    first = fetch_dataset(dataset="mnist", data_dir=str(data_root), download=False)
+    second = fetch_dataset(dataset="mnist", data_dir=str(data_root), download=False)
+    assert first == second and len(calls) == 1  # the second call came from the cache
+    touched = data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    touched.write_bytes(touched.read_bytes())  # new mtime: the cached digest must not be trusted
+    fetch_dataset(dataset="mnist", data_dir=str(data_root), download=False)
+    assert len(calls) == 2
+
+
+def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_path):
+    from flows.compare import dae_compare
+
+    name = _experiment()
+    result = dae_compare(base=build_config("smoke", TINY), seeds=2, cells=["adam-noise", "no-pretraining"],
+                         data_dir=str(data_root), download=False, experiment_name=name,
+                         work_dir=str(tmp_path))
+    (parent,) = _runs(name, "tags.`dae.role` = 'comparison'")
+    children = _runs(name, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and len(children) == 4
+    assert sorted((c.data.tags["dae.cell"], c.data.params["seed"]) for c in children) == [
+        ("adam-noise", "0"), ("adam-noise", "1"), ("no-pretraining", "0"), ("no-pretraining", "1")]
+    assert {c.data.params["pretrain.epochs"] for c in children} == {str(TINY["pretrain"]["epochs"]), "0"}
+    artifacts = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "comparison")}
+    assert "comparison/comparison.csv" in artifacts and "comparison/test_accuracy_by_cell.png" in artifacts
+    rows = {(r["cell"], r["metric"]): r for r in result["rows"]}
+    assert rows[("adam-noise", "final_accuracy")]["n"] == 2
+    assert "| no-pretraining | final_accuracy |" in result["table_markdown"]
+
+
+def test_cli_refuses_a_bad_override_naming_the_field(capsys):
+    assert dae_main(["run", "--preset", "smoke", "--set", "pretrain.noise.std=3"]) == 2
+    assert "pretrain.noise.std = 3" in capsys.readouterr().err
+
+
+def test_cli_run_writes_the_summary_json(data_root, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    overrides = [f"data.batch_size={TINY['data']['batch_size']}", "data.train_limit=null", "data.test_limit=null",
+                 "pretrain.epochs=2", "pretrain.hidden_units=32", "classifier.epochs=1"]
+    args = ["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download", "--seed", "4",
+            "--summary-json", str(summary_path), "--experiment", _experiment(), "--work-dir", str(tmp_path / "w")]
+    for item in overrides:
+        args += ["--set", item]
+    assert dae_main(args) == 0
+    summary = json.loads(summary_path.read_text())
+    assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
+    assert MlflowClient().get_run(summary["mlflow_run_id"]).data.params["seed"] == "4"
