@@ -29,8 +29,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading when the raw files are missing")
     parser.add_argument("--experiment", default="dae-mnist", help="MLflow experiment name")
-    parser.add_argument("--work-dir", default=os.environ.get("DAE_WORK_DIR", "dae-work"),
-                        help="run outputs and resumable training state (default ./dae-work)")
+    parser.add_argument("--work-dir", help="run outputs and resumable training state; "
+                        "env DAE_WORK_DIR; default ./dae-work")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs")
 
 

@@ -26,12 +26,12 @@ class Evaluation:
 
 @torch.no_grad()
 def predict(model: nn.Module, pixels: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
-    """Predicted class per row of (N, 784) ``pixels``."""
-    was_training = model.training
-    model.eval()
-    predictions = torch.cat([model(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
-    model.train(was_training)
-    return predictions
+    """Predicted class per row of (N, 784) ``pixels``.
+
+    No train/eval switch: the networks have no dropout or batch norm, and the models
+    loaded back from MLflow (torch.export programs) refuse ``.eval()``.
+    """
+    return torch.cat([model(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import ExperimentConfig
 from tasks.comparison import report_comparison, run_cell, start_comparison
 from tasks.data import default_data_dir, fetch_dataset
+from tasks.run import default_work_dir
 from tasks.tracking import end_run
 
 
@@ -28,7 +29,7 @@ def dae_compare(
     data_dir: str | None = None,
     download: bool = True,
     experiment_name: str = "dae-mnist",
-    work_dir: str = "dae-work",
+    work_dir: str | None = None,
 ) -> dict[str, Any]:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores."""
     chosen = cells or list(CELLS)
@@ -36,6 +37,7 @@ def dae_compare(
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads)) for cell in chosen for seed in seed_list]
     data_dir = data_dir or str(default_data_dir())
+    work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
     parent = start_comparison(base, dataset, chosen, seed_list, experiment_name)
     try:

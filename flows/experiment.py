@@ -9,7 +9,7 @@ from prefect import flow
 from dae_core.config import ExperimentConfig
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.report import report
-from tasks.run import start_tracking, tracked
+from tasks.run import default_work_dir, start_tracking, tracked
 from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
 
@@ -19,13 +19,14 @@ def dae_experiment(
     data_dir: str | None = None,
     download: bool = True,
     experiment_name: str = "dae-mnist",
-    work_dir: str = "dae-work",
+    work_dir: str | None = None,
     register_model: bool = True,
     parent_run_id: str | None = None,
     run_label: str | None = None,
 ) -> dict[str, Any]:
     """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
     evaluate and report to MLflow. ``config`` defaults to the lecture preset."""
+    work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)
     context = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
     with tracked(context):

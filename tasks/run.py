@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ class RunContext:
     state_dir: str  # resumable training state, shared by reruns of the same configuration
     progress_id: str | None
     total_epochs: int
+
+
+def default_work_dir() -> str:
+    """``DAE_WORK_DIR`` if set, else ``./dae-work``: run outputs and resumable state."""
+    return str(Path(os.environ.get("DAE_WORK_DIR", "dae-work")).resolve())
 
 
 def state_key(config: ExperimentConfig, dataset: DatasetRef) -> str:

@@ -139,3 +139,26 @@ def log_classifier(run_id: str, model, register: bool) -> str:
         registered_model_name=REGISTERED_MODEL if register else None, run_id=run_id,
     )
     return info.model_uri
+
+
+def model_version_of_run(run_id: str) -> str | None:
+    """The registered version that a run logged, if any."""
+    versions = client().search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{run_id}'")
+    return versions[0].version if versions else None
+
+
+def alias_version(alias: str) -> str | None:
+    try:
+        return client().get_model_version_by_alias(REGISTERED_MODEL, alias).version
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def set_alias(alias: str, version: str) -> None:
+    client().set_registered_model_alias(REGISTERED_MODEL, alias, version)
+
+
+def load_registered(version: str):
+    """Load one registered version. The pt2 format is a torch.export program: loading it
+    runs no unpickler, so a tampered artifact cannot execute code."""
+    return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}")

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from dae_cli.main import main as dae_main
 from dae_core.config import build_config
-from tests.conftest import TINY
+from tests.conftest import TINY, make_dataset
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "mlflow_store")
 
@@ -119,9 +119,12 @@ def test_a_failing_task_leaves_the_mlflow_run_failed(data_root, tmp_path, monkey
     assert len(MlflowClient().get_metric_history(run.info.run_id, "pretrain/mse")) == TINY["pretrain"]["epochs"]
 
 
-def test_a_second_run_reuses_the_cached_dataset(data_root, tmp_path, monkeypatch):
+def test_a_second_run_reuses_the_cached_dataset(tmp_path, monkeypatch):
     from tasks import data as data_tasks
     from tasks.data import fetch_dataset
+
+    data_root = tmp_path  # a folder no earlier test has cached
+    make_dataset(data_root)
 
     calls = []
     original = data_tasks.file_digest

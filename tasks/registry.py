@@ -1,0 +1,82 @@
+"""Champion / challenger decisions for scheduled retraining."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from dae_core.config import ExperimentConfig
+from dae_core.data import load_split
+from dae_core.evaluate import predict
+from tasks import tracking
+from tasks.data import DatasetRef
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "first-champion" | "promoted" | "challenger"
+    new_version: str
+    new_accuracy: float
+    champion_version: str | None
+    champion_accuracy: float | None
+    margin: float
+    reason: str
+
+
+@task(name="score-registered-model")
+def score_version(version: str, config: ExperimentConfig, dataset: DatasetRef) -> float:
+    """Test accuracy (percent) of a registered version, loaded back from the registry, so
+    the new model and the champion are scored by the same code on the same images."""
+    import torch
+
+    test = load_split(Path(dataset.raw_dir), train=False, limit=config.data.test_limit)
+    model = tracking.load_registered(version)
+    predicted = predict(model, test.flat_pixels(torch.float32))
+    return 100.0 * (predicted == test.labels).sum().item() / len(test)
+
+
+def decide(new_version: str, new_accuracy: float, champion_version: str | None,
+           champion_accuracy: float | None, margin: float) -> Decision:
+    """Pure decision rule: the first model becomes champion; later ones only when better by
+    at least ``margin`` points; everything else becomes challenger."""
+    if not math.isfinite(new_accuracy):
+        raise ValueError(f"new model version {new_version} scored {new_accuracy}: refusing to alias it")
+    if champion_version is None:
+        return Decision("first-champion", new_version, new_accuracy, None, None, margin,
+                        "no champion yet: the first model becomes champion")
+    gain = new_accuracy - champion_accuracy
+    if gain >= margin:
+        return Decision("promoted", new_version, new_accuracy, champion_version, champion_accuracy, margin,
+                        f"better by {gain:+.2f} points >= margin {margin:.2f}")
+    return Decision("challenger", new_version, new_accuracy, champion_version, champion_accuracy, margin,
+                    f"difference {gain:+.2f} points < margin {margin:.2f}: champion stays")
+
+
+@task(name="apply-decision")
+def apply_decision(decision: Decision, run_id: str) -> Decision:
+    alias = CHALLENGER if decision.action == "challenger" else CHAMPION
+    tracking.set_alias(alias, decision.new_version)
+    tags = {f"dae.retrain.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
+    tracking.set_tags(run_id, tags)
+    champion = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"
+                if decision.champion_version else "none")
+    create_markdown_artifact(
+        "\n".join([
+            "# Retraining decision",
+            f"- decision: **{decision.action}** (alias `{alias}` -> version {decision.new_version})",
+            f"- new model: version {decision.new_version}: {decision.new_accuracy:.2f}%",
+            f"- champion before: {champion}",
+            f"- margin: {decision.margin:.2f} points",
+            f"- reason: {decision.reason}",
+            f"- MLflow run: `{run_id}`",
+        ]),
+        key="dae-retrain-decision", description="Champion / challenger decision",
+    )
+    get_run_logger().info("retrain decision: %s (%s)", decision.action, decision.reason)
+    return decision
