@@ -18,7 +18,8 @@ COPY dae_core ./dae_core
 COPY tasks ./tasks
 COPY flows ./flows
 COPY dae_cli ./dae_cli
-RUN pip install . psycopg2-binary boto3
+# Artifacts go through the MLflow server, so the worker needs neither boto3 nor S3 keys.
+RUN pip install .
 COPY prefect.yaml ./
 
 ARG GIT_COMMIT=unknown

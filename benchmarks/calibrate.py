@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from dae_core.config import build_config
-from dae_core.data import locate, load_split, batch_indices
+from dae_core.data import batch_indices, load_split, locate
 from dae_core.model import DenoisingAutoencoder
 from dae_core.noise import corrupt
 from dae_core.runtime import make_generator, seeded
@@ -108,7 +108,8 @@ def part_classifier(raw: Path, rates: list[float]) -> None:
     surgery_stage(base, work / "autoencoder.pt", work / "initial.pt")
     print("| lr | " + " | ".join(f"ep {e} loss ; acc" for e in LECTURE_CLASSIFIER) + " |")
     print("|---|" + "---|" * len(LECTURE_CLASSIFIER))
-    print("| lecture (printed) | " + " | ".join(f"{l:.3f} ; {a:.2f}" for l, a in LECTURE_CLASSIFIER.values()) + " |")
+    printed = " | ".join(f"{loss:.3f} ; {acc:.2f}" for loss, acc in LECTURE_CLASSIFIER.values())
+    print(f"| lecture (printed) | {printed} |")
     for rate in rates:
         config = build_config("lecture", {"classifier": {"lr": rate}, "runtime": {"device": "cpu"}})
         history = classifier_stage(config, raw, work / "initial.pt", work / f"classifier-{rate}.pt",

@@ -11,9 +11,11 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
+from dae_core.comparison import CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
 
 EXIT_CONFIG = 2
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(compare)
     compare.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
     compare.add_argument("--parallel", type=int, default=1, help="cells trained at once (default 1)")
+    compare.add_argument("--cells", nargs="+", choices=list(CELLS), help="a subset of the grid (default: all)")
+    compare.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
+                         help="send each cell to the work pool as a run of this deployment, "
+                              "e.g. dae-experiment/lecture (needs a Prefect server)")
     compare.add_argument("--summary-json", type=Path, help="write the comparison here")
 
     bench = commands.add_parser("bench", help="time the lecture's data path against this project's")
@@ -119,9 +125,10 @@ def _compare(args: argparse.Namespace) -> int:
     from flows.compare import dae_compare
 
     config = _config(args)
-    result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, data_dir=args.data_dir,
-                         download=not args.no_download, experiment_name=args.experiment,
-                         work_dir=args.work_dir)
+    result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
+                         data_dir=args.data_dir, download=not args.no_download,
+                         experiment_name=args.experiment, work_dir=args.work_dir,
+                         fan_out_deployment=args.fan_out)
     _write(args.summary_json, result)
     print(result["table_markdown"])
     print()

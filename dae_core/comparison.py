@@ -9,7 +9,8 @@ variance that the cells share.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats

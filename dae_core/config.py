@@ -95,6 +95,9 @@ class ExperimentConfig(_Strict):
         return _flatten(self.model_dump())
 
 
+# The lecture preset as a value (immutable): the flows' parameter default.
+LECTURE_CONFIG = ExperimentConfig()
+
 PRESETS: dict[str, dict[str, Any]] = {
     # Reproduces the lecture's printed curves on the full MNIST (docs/reproduction.md).
     "lecture": {},

@@ -8,7 +8,7 @@ losses stay on the device and are read once per epoch (no host sync per step).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

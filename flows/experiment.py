@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from dae_core.config import ExperimentConfig
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.report import report
 from tasks.run import default_work_dir, start_tracking, tracked
@@ -15,7 +15,7 @@ from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
 @flow(name="dae-experiment", log_prints=False)
 def dae_experiment(
-    config: ExperimentConfig = ExperimentConfig(),
+    config: ExperimentConfig = LECTURE_CONFIG,
     data_dir: str | None = None,
     download: bool = True,
     experiment_name: str = "dae-mnist",

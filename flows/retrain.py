@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
 from prefect import flow
+from pydantic import Field
 
-from dae_core.config import ExperimentConfig
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig
 from flows.experiment import dae_experiment
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.registry import CHAMPION, apply_decision, decide, score_version
@@ -17,7 +17,7 @@ from tasks.tracking import alias_version, model_version_of_run
 
 @flow(name="dae-retrain")
 def dae_retrain(
-    config: ExperimentConfig = ExperimentConfig(),
+    config: ExperimentConfig = LECTURE_CONFIG,
     margin: Annotated[float, Field(ge=0.0, le=100.0)] = 0.1,
     data_dir: str | None = None,
     download: bool = True,

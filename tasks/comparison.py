@@ -81,3 +81,41 @@ def report_comparison(records: list[dict[str, Any]], parent_run_id: str, work_di
                              f"MLflow parent run: `{parent_run_id}`", key="dae-comparison-report")
     get_run_logger().info("comparison written to %s", out)
     return result
+
+
+@task(name="dispatch-cell")
+def dispatch_cell(deployment_name: str, config: ExperimentConfig, cell: str, download: bool,
+                  experiment: str, parent_run_id: str) -> str:
+    """Send one cell to the work pool as its own deployment run; returns the flow run id.
+    Data and work folders are left to each worker's environment (DAE_DATA_DIR, DAE_WORK_DIR)."""
+    from prefect.deployments import run_deployment
+
+    flow_run = run_deployment(
+        deployment_name, timeout=0, as_subflow=True,
+        parameters={"config": config.model_dump(mode="json"), "download": download,
+                    "experiment_name": experiment, "register_model": False,
+                    "parent_run_id": parent_run_id, "run_label": cell},
+    )
+    return str(flow_run.id)
+
+
+@task(name="collect-cell")
+def collect_cell(flow_run_id: str, cell: str, seed: int, experiment: str, timeout_s: int) -> dict[str, Any]:
+    """Wait for a dispatched cell and read its summary back from MLflow."""
+    import time
+    import uuid
+
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while (state := client.read_flow_run(uuid.UUID(flow_run_id)).state) is None or not state.is_final():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s")
+            time.sleep(2)
+    if not state.is_completed():
+        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
+    run_id = tracking.run_of_flow_run(flow_run_id, experiment)
+    if run_id is None:
+        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} left no MLflow run")
+    return {"cell": cell, "seed": seed, "summary": tracking.summary_from_run(run_id)}

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import INPUTS
 
 from dae_core.data import RAW_FILES, DatasetName, file_digest, locate, raw_dir
 

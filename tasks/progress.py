@@ -3,7 +3,7 @@ them next to the Prefect progress artifact; with no listener this is a no-op."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 # (phase, epoch, total epochs of the phase, that epoch's metrics)
 Listener = Callable[[str, int, int, dict[str, float]], None]

@@ -65,6 +65,8 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: dict[str, 
     summary = build_summary(pretrained["history"], classified["history"], result,
                             pretrained["seconds"], classified["seconds"])
     summary["mlflow_run_id"] = run_id
+    tracking.log_metrics(run_id, {"timing/pretrain_s": pretrained["seconds"],
+                                  "timing/classifier_s": classified["seconds"]})
     summary["model_uri"] = model_uri
     write_json(out / "summary.json", summary)
     tracking.log_files(run_id, [out / "summary.json"], "")

@@ -6,9 +6,10 @@ import contextlib
 import hashlib
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -56,6 +57,8 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
         "prefect.deployment_name": deployment.name or "",
         "dae.role": "experiment",
         "dae.cell": run_label or "",
+        # Which machine trained it: DAE_WORKER_NAME where set (one per worker), else the host.
+        "dae.worker": os.environ.get("DAE_WORKER_NAME") or socket.gethostname(),
     }
     run_id = tracking.start_run(experiment, flow_run.name or "dae-experiment", tags, parent_run_id)
     tracking.log_config(run_id, config)
@@ -77,12 +80,8 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
 
 @contextlib.contextmanager
 def tracked(context: RunContext) -> Iterator[RunContext]:
-    """Ends the MLflow run FINISHED on success, FAILED on any exception; removes the
-    resumable state only once the whole run succeeded."""
-    try:
+    """Ends the MLflow run FINISHED or FAILED; removes the resumable state only once the
+    whole run succeeded (a failed run keeps it for the rerun that resumes)."""
+    with tracking.ends_run(context.mlflow_run_id):
         yield context
-    except BaseException:
-        tracking.end_run(context.mlflow_run_id, succeeded=False)
-        raise
-    tracking.end_run(context.mlflow_run_id, succeeded=True)
     shutil.rmtree(context.state_dir, ignore_errors=True)

@@ -7,13 +7,15 @@ a request costs tens of milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import subprocess
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -76,6 +78,18 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str],
 
 def end_run(run_id: str, succeeded: bool) -> None:
     client().set_terminated(run_id, "FINISHED" if succeeded else "FAILED")
+
+
+@contextlib.contextmanager
+def ends_run(run_id: str) -> Iterator[str]:
+    """FINISHED when the block completes, FAILED on any exception (interrupts included):
+    a run is never left RUNNING by a flow that failed in this process."""
+    try:
+        yield run_id
+    except BaseException:
+        end_run(run_id, succeeded=False)
+        raise
+    end_run(run_id, succeeded=True)
 
 
 def log_config(run_id: str, config: ExperimentConfig, extra: dict[str, Any] | None = None) -> None:
@@ -162,3 +176,34 @@ def load_registered(version: str):
     """Load one registered version. The pt2 format is a torch.export program: loading it
     runs no unpickler, so a tampered artifact cannot execute code."""
     return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}")
+
+
+def run_of_flow_run(flow_run_id: str, experiment: str) -> str | None:
+    """The MLflow run that a Prefect flow run created (found by its tag)."""
+    found = client().get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = client().search_runs([found.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    return runs[0].info.run_id if runs else None
+
+
+def summary_from_run(run_id: str) -> dict[str, Any]:
+    """Rebuild a run's summary from what it logged: how a comparison collects cells that
+    ran on other machines, which share only the tracking server."""
+    tracker = client()
+    run = tracker.get_run(run_id)
+    metrics = run.data.metrics
+
+    def history(key: str) -> list[float]:
+        return [m.value for m in sorted(tracker.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    return {
+        "pretrain": {"mse": history("pretrain/mse")},
+        "classifier": {"train_loss": history("classifier/train_loss"),
+                       "test_accuracy": history("classifier/test_accuracy")},
+        "test": {"accuracy": metrics["test/accuracy"], "noisy_accuracy": metrics["test/noisy_accuracy"],
+                 "per_class_accuracy": [metrics[f"test/accuracy_class_{d}"] for d in range(10)]},
+        "timing": {"pretrain_s": metrics.get("timing/pretrain_s", float("nan")),
+                   "classifier_s": metrics.get("timing/classifier_s", float("nan"))},
+        "mlflow_run_id": run_id,
+    }

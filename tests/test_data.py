@@ -139,5 +139,5 @@ def test_batches_cover_every_index_once_and_follow_the_seed():
     batches = draw(1)
     assert [len(b) for b in batches] == [20] * 5 + [5]
     assert sorted(torch.cat(batches).tolist()) == list(range(105))
-    assert all(torch.equal(a, b) for a, b in zip(batches, draw(1)))
+    assert all(torch.equal(a, b) for a, b in zip(batches, draw(1), strict=True))
     assert not torch.equal(torch.cat(batches), torch.cat(draw(2)))

@@ -4,6 +4,7 @@ session-wide Prefect test server and one temporary SQLite tracking store."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import mlflow
@@ -175,3 +176,37 @@ def test_cli_run_writes_the_summary_json(data_root, tmp_path):
     summary = json.loads(summary_path.read_text())
     assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
     assert MlflowClient().get_run(summary["mlflow_run_id"]).data.params["seed"] == "4"
+
+
+
+@pytest.fixture
+def fresh_registry(tmp_path, monkeypatch):
+    """A store of its own: alias decisions must not see other tests' model versions."""
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_path, fresh_registry):
+    from flows.retrain import dae_retrain
+
+    config = build_config("smoke", {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 3}})
+    common = {"config": config, "data_dir": str(data_root), "download": False,
+              "experiment_name": _experiment(), "work_dir": str(tmp_path / "work")}
+
+    def alias(name):
+        return fresh_registry.get_model_version_by_alias("dae-mnist-classifier", name).version
+
+    first = dae_retrain(margin=0.1, **common)["decision"]
+    assert first["action"] == "first-champion" and alias("champion") == first["new_version"]
+    second = dae_retrain(margin=0.1, **common)["decision"]
+    # Same seed, same numbers: a gain of 0 points cannot clear a 0.1-point margin.
+    assert second["new_accuracy"] == first["new_accuracy"] and second["action"] == "challenger"
+    assert alias("champion") == first["new_version"] and alias("challenger") == second["new_version"]
+    third = dae_retrain(margin=0.0, **common)["decision"]
+    assert third["action"] == "promoted" and alias("champion") == third["new_version"]
+    run_id = fresh_registry.get_model_version("dae-mnist-classifier", second["new_version"]).run_id
+    tags = fresh_registry.get_run(run_id).data.tags
+    assert tags["dae.retrain.action"] == "challenger" and "margin" in tags["dae.retrain.reason"]

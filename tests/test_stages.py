@@ -8,6 +8,7 @@ from PIL import Image
 from dae_core import figures
 from dae_core.checkpoint import load_checkpoint
 from dae_core.config import build_config
+from dae_core.model import DenoisingAutoencoder
 from dae_core.stages import (
     classifier_stage,
     evaluate_stage,
@@ -16,7 +17,6 @@ from dae_core.stages import (
     pretrain_stage,
     surgery_stage,
 )
-from dae_core.model import DenoisingAutoencoder
 from dae_core.train import TrainingDiverged, make_pretrain_optimizer, pretrain
 from tests.conftest import TINY
 

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+
+from dae_core.comparison import CELLS, LECTURE_CELL, CellName, cell_config, comparison_table, findings, interval
+from dae_core.config import build_config
+
+
+def test_interval_is_a_student_t_interval():
+    result = interval([1.0, 2.0, 3.0])
+    assert result["mean"] == 2.0 and result["std"] == 1.0 and result["n"] == 3
+    # t(0.975, 2) = 4.3027; half width = 4.3027 * 1 / sqrt(3)
+    assert result["ci_high"] - 2.0 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    single = interval([5.0])
+    assert single["mean"] == 5.0 and math.isnan(single["ci_low"])
+
+
+def test_cells_change_only_what_they_name():
+    base = build_config("smoke")
+    assert set(CELLS) == set(CellName.__args__)
+    assert cell_config(base, LECTURE_CELL, 0) == base
+    sgd = cell_config(base, "sgd-clean", 3, sgd_lr=2.0)
+    assert (sgd.pretrain.optimizer, sgd.pretrain.lr, sgd.pretrain.noise.enabled, sgd.seed) == ("sgd", 2.0, False, 3)
+    assert sgd.classifier == base.classifier
+    assert cell_config(base, "no-pretraining", 0).pretrain.epochs == 0
+    with pytest.raises(ValueError, match="allowed cells"):
+        cell_config(base, "adam+noise", 0)
+
+
+def _summary(accuracy, epoch1, noisy, mse):
+    return {"test": {"accuracy": accuracy, "noisy_accuracy": noisy},
+            "classifier": {"test_accuracy": [epoch1, accuracy]}, "pretrain": {"mse": mse}}
+
+
+def test_paired_differences_and_verdicts():
+    records = []
+    for seed, shift in enumerate([0.0, 0.2, -0.1]):
+        records.append({"cell": "adam-noise", "seed": seed, "summary": _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])})
+        records.append({"cell": "no-pretraining", "seed": seed,
+                        "summary": _summary(90 + shift, 80 + shift, 85, [])})
+        records.append({"cell": "adam-clean", "seed": seed,
+                        "summary": _summary(92.05 + shift * 0.5, 87, 85 + 0.1 * seed, [0.06, 0.006])})
+    rows = {(r["cell"], r["metric"]): r for r in comparison_table(records)}
+    baseline = rows[("no-pretraining", "final_accuracy")]
+    # Paired by seed, the seed shifts cancel: every difference is exactly -2.
+    assert baseline["diff_mean"] == pytest.approx(-2.0) and baseline["diff_std"] == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(rows[("no-pretraining", "final_mse")]["mean"])
+    assert math.isnan(rows[("adam-noise", "final_accuracy")]["diff_mean"])
+    verdicts = "\n".join(findings(list(rows.values())))
+    assert "random encoder after 10 epochs: **supported**" in verdicts
+    assert "raises accuracy on noisy test digits: **supported**" in verdicts
+    assert "lower final MSE): not testable" in verdicts

@@ -1,0 +1,174 @@
+"""The deployments against real servers: PostgreSQL, `prefect server start`, an MLflow
+server with artifacts proxied to an S3-compatible store (moto's server here, RustFS in
+docker-compose.yml), `prefect deploy --all` and process workers on the `dae-pool` pool.
+
+Skipped with a reason where PostgreSQL is unreachable, except under CI, which must run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests import stack
+from tests.conftest import TINY, make_dataset
+
+pytestmark = pytest.mark.realstack
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+CONFIG = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 4, "hidden_units": 32},
+          "classifier": {**TINY["classifier"], "epochs": 2}}
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api: str
+    mlflow_uri: str
+    root: Path
+
+    def mlflow(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "prefect"), *args], env=self.env, cwd=REPO, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def create_run(self, deployment: str, parameters: dict) -> str:
+        flow, name = deployment.split("/")
+        found = httpx.get(f"{self.api}/deployments/name/{flow}/{name}").raise_for_status().json()
+        created = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run",
+                             json={"parameters": parameters}).raise_for_status().json()
+        return created["id"]
+
+    def wait(self, flow_run_id: str, timeout: float = 300) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").raise_for_status().json()
+            if run["state_type"] in FINAL:
+                return run
+            time.sleep(1)
+        raise TimeoutError(f"flow run {flow_run_id} not finished after {timeout} s")
+
+
+def _env(root: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DAE_"))}
+    return {**inherited, "PATH": f"{BIN}:{inherited.get('PATH', '')}", "PREFECT_HOME": str(root / "prefect-home"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def real_stack(tmp_path_factory):
+    if not stack.postgres_reachable():
+        reason = f"PostgreSQL is not reachable at {stack.PG_HOST}:{stack.PG_PORT}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the real-stack test (start PostgreSQL first)")
+        pytest.skip(reason)
+    import boto3
+
+    root = tmp_path_factory.mktemp("stack")
+    make_dataset(root / "data")
+    base = _env(root)
+    s3_port, prefect_port, mlflow_port = stack.free_port(), stack.free_port(), stack.free_port()
+    s3_env = {"AWS_ACCESS_KEY_ID": "stack-test", "AWS_SECRET_ACCESS_KEY": "stack-test-secret",
+              "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
+    with contextlib.ExitStack() as started:
+        prefect_db = started.enter_context(stack.fresh_database("dae_prefect", ("pg_trgm",)))
+        mlflow_db = started.enter_context(stack.fresh_database("dae_mlflow"))
+        started.enter_context(stack.background(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base, root / "s3.log",
+            ready_url=f"http://127.0.0.1:{s3_port}/moto-api/data.json"))
+        boto3.client("s3", endpoint_url=s3_env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="stack-test",
+                     aws_secret_access_key="stack-test-secret", region_name="us-east-1").create_bucket(Bucket="mlflow")
+        started.enter_context(stack.background(
+            stack.prefect_server_command(prefect_port),
+            {**base, "PREFECT_SERVER_DATABASE_CONNECTION_URL":
+             f"postgresql+asyncpg://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{prefect_db}"},
+            root / "prefect-server.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
+        started.enter_context(stack.background(
+            stack.mlflow_server_command(mlflow_port, f"postgresql://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{mlflow_db}",
+                                        "s3://mlflow/artifacts"),
+            {**base, **s3_env}, root / "mlflow-server.log", ready_url=f"http://127.0.0.1:{mlflow_port}/health",
+            timeout=120))
+        # Clients (deploy, workers, flows) get no S3 keys: artifacts go through the MLflow server.
+        env = {**base, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
+               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "DAE_DATA_DIR": str(root / "data"),
+               "DAE_WORK_DIR": str(root / "work"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+        real = Stack(env=env, api=env["PREFECT_API_URL"], mlflow_uri=env["MLFLOW_TRACKING_URI"], root=root)
+        for command in (["work-pool", "create", stack.POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
+            done = real.cli(*command)
+            assert done.returncode == 0, done.stdout + done.stderr
+        for name in ("worker-a", "worker-b"):
+            started.enter_context(stack.background(stack.worker_command(name), {**env, "DAE_WORKER_NAME": name},
+                                                   root / f"{name}.log"))
+        yield real
+
+
+def test_deployment_run_watch_completes_and_is_tracked_on_the_servers(real_stack):
+    done = real_stack.cli("deployment", "run", "dae-experiment/lecture", "--params",
+                          json.dumps({"config": CONFIG, "download": False, "experiment_name": "stack-lecture"}),
+                          "--watch", timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = real_stack.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("stack-lecture").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "pretrain/mse")] == [1, 2, 3, 4]
+    assert "test/accuracy" in run.data.metrics and run.data.tags["prefect.deployment_name"] == "lecture"
+    figures = {f.path for f in client.list_artifacts(run.info.run_id, "figures")}
+    assert "figures/encoder_weights_after.png" in figures
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts must be proxied by the server"
+    versions = client.search_model_versions(f"run_id='{run.info.run_id}'")
+    assert versions and versions[0].name == "dae-mnist-classifier"
+
+
+def test_retrain_sets_champion_then_decides_by_the_margin(real_stack):
+    client = real_stack.mlflow()
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-retrain", "margin": 0.1}
+    first = real_stack.wait(real_stack.create_run("dae-retrain/nightly", parameters))
+    assert first["state_type"] == "COMPLETED"
+    champion = client.get_model_version_by_alias("dae-mnist-classifier", "champion")
+    second = real_stack.wait(real_stack.create_run("dae-retrain/nightly", parameters))
+    assert second["state_type"] == "COMPLETED"
+    # Same config and seed: same accuracy, a gain of 0 < 0.1 points, so the new model is challenger.
+    challenger = client.get_model_version_by_alias("dae-mnist-classifier", "challenger")
+    assert client.get_model_version_by_alias("dae-mnist-classifier", "champion").version == champion.version
+    assert int(challenger.version) > int(champion.version)
+    decided = client.get_run(challenger.run_id).data.tags
+    assert decided["dae.retrain.action"] == "challenger" and "margin" in decided["dae.retrain.reason"]
+
+
+def test_two_retrains_triggered_at_once_never_overlap(real_stack):
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-overlap", "margin": 0.1}
+    ids = [real_stack.create_run("dae-retrain/nightly", parameters) for _ in range(2)]
+    runs = sorted((real_stack.wait(i, timeout=400) for i in ids), key=lambda r: r["start_time"])
+    assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
+    assert runs[0]["end_time"] <= runs[1]["start_time"], "the concurrency limit let two retrains overlap"
+
+
+def test_compare_fans_cells_out_over_two_workers(real_stack):
+    overrides = [f"--set=data.batch_size={CONFIG['data']['batch_size']}", "--set=data.train_limit=null",
+                 "--set=data.test_limit=null", "--set=pretrain.epochs=4", "--set=pretrain.hidden_units=32",
+                 "--set=classifier.epochs=2", "--set=runtime.threads=1"]
+    done = subprocess.run(
+        [str(BIN / "dae"), "compare", "--preset", "smoke", *overrides, "--seeds", "2",
+         "--cells", "adam-noise", "no-pretraining", "--fan-out", "dae-experiment/lecture",
+         "--experiment", "stack-compare", "--no-download", "--data-dir", real_stack.env["DAE_DATA_DIR"]],
+        env=real_stack.env, cwd=real_stack.root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client = real_stack.mlflow()
+    experiment = client.get_experiment_by_name("stack-compare").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`dae.role` = 'comparison'")
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    assert {c.data.tags["dae.worker"] for c in children} == {"worker-a", "worker-b"}
