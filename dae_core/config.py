@@ -30,6 +30,16 @@ class DataConfig(_Strict):
     test_limit: int | None = Field(None, ge=1, le=10_000)
 
 
+    @model_validator(mode="after")
+    def _batch_fits_the_data(self) -> DataConfig:
+        if self.train_limit is not None and self.batch_size > self.train_limit:
+            raise ValueError(
+                f"batch_size={self.batch_size} is larger than train_limit={self.train_limit}; "
+                f"use a batch_size of at most {self.train_limit}"
+            )
+        return self
+
+
 class NoiseConfig(_Strict):
     enabled: bool = True
     # Additive Gaussian corruption, then a clamp to [0, 1] (the lecture's mean 0.1, std 0.2).

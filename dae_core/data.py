@@ -129,7 +129,6 @@ def download(root: Path, dataset: DatasetName) -> Path:
     never leaves a file that a later run would trust.
     """
     from torchvision import datasets
-    from torchvision.datasets.utils import download_url
 
     target = raw_dir(root, dataset)
     if has_raw_files(target):
@@ -138,21 +137,31 @@ def download(root: Path, dataset: DatasetName) -> Path:
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
         for archive, md5 in source.resources:
-            errors = []
-            for mirror in source.mirrors:
-                try:
-                    download_url(f"{mirror}{archive}", scratch, filename=archive, md5=md5)
-                    break
-                except (OSError, RuntimeError) as error:
-                    errors.append(f"{mirror}: {error}")
-            else:
-                raise DataError(f"could not download {archive}: " + "; ".join(errors))
+            _fetch_verified(source.mirrors, archive, md5, Path(scratch))
             unpacked = Path(scratch) / archive.removesuffix(".gz")
             with gzip.open(Path(scratch) / archive, "rb") as src, open(unpacked, "wb") as dst:
                 shutil.copyfileobj(src, dst)
             unpacked.replace(target / unpacked.name)
     log.info("downloaded %s into %s", dataset, target)
     return target
+
+
+def _fetch_verified(mirrors: list[str], archive: str, md5: str, scratch: Path) -> None:
+    """Try each mirror; a file failing its md5 is deleted and fetched once more (from the
+    next mirror, or the same one where there is only one) before giving up."""
+    from torchvision.datasets import utils
+
+    attempts = mirrors if len(mirrors) > 1 else mirrors * 2
+    errors = []
+    for mirror in attempts:
+        try:
+            utils.download_url(f"{mirror}{archive}", str(scratch), filename=archive, md5=md5)
+            return
+        except (OSError, RuntimeError) as error:
+            (scratch / archive).unlink(missing_ok=True)
+            reason = "checksum mismatch" if isinstance(error, RuntimeError) else str(error)
+            errors.append(f"{mirror}{archive}: {reason}")
+    raise DataError(f"could not download {archive} with md5 {md5}: " + "; ".join(errors))
 
 
 def locate(root: Path, dataset: DatasetName, allow_download: bool = True) -> Path:

@@ -14,7 +14,7 @@ from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig
 from tasks.comparison import collect_cell, dispatch_cell, report_comparison, run_cell, start_comparison
 from tasks.data import default_data_dir, fetch_dataset
-from tasks.run import default_work_dir
+from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
 
 
@@ -36,6 +36,7 @@ def dae_compare(
     or, with ``fan_out_deployment`` (e.g. ``dae-experiment/lecture``), each cell is a
     deployment run that any worker of the pool may pick up, and results come back
     through MLflow."""
+    check_tracking()
     chosen = cells or list(CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads

@@ -9,7 +9,7 @@ from prefect import flow
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.report import report
-from tasks.run import default_work_dir, start_tracking, tracked
+from tasks.run import check_tracking, default_work_dir, start_tracking, tracked
 from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
 
@@ -26,6 +26,7 @@ def dae_experiment(
 ) -> dict[str, Any]:
     """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
     evaluate and report to MLflow. ``config`` defaults to the lecture preset."""
+    check_tracking()
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)
     context = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -15,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 
+from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
 from tasks import tracking
 from tasks.data import DatasetRef
@@ -47,6 +49,26 @@ def report_progress(context: RunContext, epochs_done: int) -> None:
         update_progress_artifact(context.progress_id, 100.0 * epochs_done / context.total_epochs)
 
 
+def _take_over_state(context: RunContext) -> None:
+    """Link this run to the attempt whose training state it inherits. That attempt was
+    killed (a clean failure would have marked it): mark it FAILED, never left RUNNING."""
+    owner_file = Path(context.state_dir) / "owner.json"
+    if owner_file.exists():
+        previous = json.loads(owner_file.read_text())["mlflow_run_id"]
+        if previous != context.mlflow_run_id:
+            if tracking.client().get_run(previous).info.status == "RUNNING":
+                tracking.set_tags(previous, {"dae.killed": "true", "dae.resumed_by": context.mlflow_run_id})
+                tracking.end_run(previous, succeeded=False)
+            tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from": previous})
+    write_json(owner_file, {"mlflow_run_id": context.mlflow_run_id})
+
+
+@task(name="check-tracking", retries=0)
+def check_tracking() -> str:
+    """First step of every flow: the tracking store must answer before anything trains."""
+    return tracking.check_store()
+
+
 @task(name="start-tracking")
 def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str,
                    parent_run_id: str | None = None, run_label: str | None = None) -> RunContext:
@@ -74,6 +96,7 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
         progress_id=str(progress) if progress else None,
         total_epochs=total,
     )
+    _take_over_state(context)
     get_run_logger().info("MLflow run %s at %s", run_id, tracking.tracking_uri())
     return context
 

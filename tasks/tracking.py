@@ -8,11 +8,13 @@ a request costs tens of milliseconds.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,31 @@ def tracking_uri() -> str:
 
 def client() -> MlflowClient:
     return MlflowClient()
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def check_store(timeout_s: float = 5.0) -> str:
+    """Fail fast, naming the URI, when a tracking server is unreachable (MLflow's own
+    client would retry for minutes); create a local SQLite store once, under a file
+    lock, because processes that start on a new file race on its schema migration."""
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+                pass
+        except (OSError, ValueError) as error:
+            raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({error}); "
+                                      "nothing was trained") from None
+    elif uri.startswith("sqlite:///"):
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            client().search_experiments(max_results=1)
+    return uri
 
 
 def git_commit() -> str | None:

@@ -34,9 +34,9 @@ def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def make_dataset(root: Path, folder: str = "MNIST") -> Path:
+def make_dataset(root: Path, folder: str = "MNIST", train: int = TRAIN_IMAGES, test: int = TEST_IMAGES) -> Path:
     raw = root / folder / "raw"
-    for prefix, count, seed in (("train", TRAIN_IMAGES, 1), ("t10k", TEST_IMAGES, 2)):
+    for prefix, count, seed in (("train", train, 1), ("t10k", test, 2)):
         images, labels = synthetic_digits(count, seed)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
@@ -79,6 +79,14 @@ def prefect_server(tmp_path_factory):
 
     with prefect_test_harness(server_startup_timeout=90):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The session server's URL, for subprocesses that must report to it."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")

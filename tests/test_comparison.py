@@ -35,7 +35,8 @@ def _summary(accuracy, epoch1, noisy, mse):
 def test_paired_differences_and_verdicts():
     records = []
     for seed, shift in enumerate([0.0, 0.2, -0.1]):
-        records.append({"cell": "adam-noise", "seed": seed, "summary": _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])})
+        records.append({"cell": "adam-noise", "seed": seed,
+                        "summary": _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])})
         records.append({"cell": "no-pretraining", "seed": seed,
                         "summary": _summary(90 + shift, 80 + shift, 85, [])})
         records.append({"cell": "adam-clean", "seed": seed,

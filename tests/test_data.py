@@ -1,6 +1,6 @@
 import gzip
 import hashlib
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,48 +84,56 @@ def test_digest_identifies_the_content(tmp_path):
     assert file_digest(raw) != before
 
 
-def test_download_goes_through_torchvision_mirrors_with_checksums(tmp_path, monkeypatch):
-    """No network in tests: the first mirror fails, the second serves gzipped files
-    whose md5 torchvision checks; the raw files then land in torchvision's layout."""
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """torchvision's real download_url (md5 check included) against an offline mirror:
+    only the network primitives are replaced. ``served[url]`` says what each URL returns."""
     from torchvision import datasets
     from torchvision.datasets import utils
 
-    served = make_dataset(tmp_path / "served")
+    source = make_dataset(tmp_path / "served")
     archives = {}
     for name in data.RAW_FILES:
-        gz = tmp_path / "served" / f"{name}.gz"
-        with open(served / name, "rb") as src, gzip.open(gz, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        archives[f"{name}.gz"] = gz
-    resources = [(f"{n}.gz", hashlib.md5(archives[f"{n}.gz"].read_bytes()).hexdigest()) for n in data.RAW_FILES]
+        archives[f"{name}.gz"] = gzip.compress((source / name).read_bytes(), mtime=0)
+    resources = [(archive, hashlib.md5(blob).hexdigest()) for archive, blob in archives.items()]
     monkeypatch.setattr(datasets.MNIST, "resources", resources)
-    monkeypatch.setattr(datasets.MNIST, "mirrors", ["https://down.invalid/", "https://up.invalid/"])
-    requested = []
+    monkeypatch.setattr(datasets.MNIST, "mirrors", ["https://one.invalid/", "https://two.invalid/"])
+    requested: list[str] = []
+    behaviour = {"https://one.invalid/": "down", "https://two.invalid/": "ok"}
 
-    def fake_download(url, root, filename=None, md5=None):
+    def retrieve(url, path, *args, **kwargs):
         requested.append(url)
-        if url.startswith("https://down.invalid/"):
+        base, archive = url.rsplit("/", 1)
+        mode = behaviour[base.replace("http:", "https:") + "/"]
+        if mode == "down":
             raise OSError("mirror down")
-        target = tmp_path / "dl" / filename
-        target.parent.mkdir(exist_ok=True)
-        shutil.copy(archives[filename], f"{root}/{filename}")
-        assert utils.check_integrity(f"{root}/{filename}", md5)
+        Path(path).write_bytes(archives[archive] if mode == "ok" else b"corrupted" + archives[archive][9:])
 
-    monkeypatch.setattr(utils, "download_url", fake_download)
+    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
+    monkeypatch.setattr(utils, "_urlretrieve", retrieve)
+    return {"source": source, "requested": requested, "behaviour": behaviour}
+
+
+def test_download_goes_through_torchvision_mirrors_with_checksums(tmp_path, mirror):
     folder = locate(tmp_path / "root", "mnist", allow_download=True)
     assert folder == tmp_path / "root" / "MNIST" / "raw"
-    assert file_digest(folder) == file_digest(served)
-    assert sorted(p.name for p in folder.iterdir()) == sorted(data.RAW_FILES)  # no scratch left
-    assert len(requested) == 8
+    assert file_digest(folder) == file_digest(mirror["source"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(data.RAW_FILES)  # no scratch left behind
+    assert any("two.invalid" in url for url in mirror["requested"])
 
 
-def test_download_failure_names_the_file(tmp_path, monkeypatch):
-    from torchvision.datasets import utils
+def test_a_checksum_mismatch_is_fetched_again_once_then_fails_clearly(tmp_path, mirror):
+    mirror["behaviour"].update({"https://one.invalid/": "corrupt", "https://two.invalid/": "ok"})
+    has_raw = locate(tmp_path / "a", "mnist")
+    assert file_digest(has_raw) == file_digest(mirror["source"])
+    mirror["behaviour"]["https://two.invalid/"] = "corrupt"
+    with pytest.raises(DataError, match="checksum mismatch.*checksum mismatch"):
+        locate(tmp_path / "b", "mnist")
+    assert not any((tmp_path / "b" / "MNIST" / "raw").iterdir()), "nothing half-downloaded may remain"
 
-    def refuse(url, root, filename=None, md5=None):
-        raise OSError("offline")
 
-    monkeypatch.setattr(utils, "download_url", refuse)
+def test_download_failure_names_the_file(tmp_path, mirror):
+    mirror["behaviour"].update({"https://one.invalid/": "down", "https://two.invalid/": "down"})
     with pytest.raises(DataError, match="could not download train-images-idx3-ubyte.gz"):
         locate(tmp_path, "mnist")
     assert not any((tmp_path / "MNIST" / "raw").iterdir())

@@ -4,7 +4,6 @@ session-wide Prefect test server and one temporary SQLite tracking store."""
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import mlflow
@@ -182,11 +181,11 @@ def test_cli_run_writes_the_summary_json(data_root, tmp_path):
 @pytest.fixture
 def fresh_registry(tmp_path, monkeypatch):
     """A store of its own: alias decisions must not see other tests' model versions."""
-    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    uri, previous = f"sqlite:///{tmp_path / 'registry.db'}", mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     yield MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(previous)
 
 
 def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_path, fresh_registry):
