@@ -81,6 +81,15 @@ class ClassifierConfig(_Strict):
 class EvaluationConfig(_Strict):
     # Number of test digits drawn clean / noisy / reconstructed in the reconstruction figure.
     figure_samples: int = Field(10, ge=1, le=32)
+    # Corruption of the noisy test set (and of the figure's inputs). Independent of
+    # pretrain.noise, so that runs pretrained with and without noise face the same test.
+    test_noise: NoiseConfig = NoiseConfig()
+
+    @model_validator(mode="after")
+    def _test_noise_is_on(self) -> EvaluationConfig:
+        if not self.test_noise.enabled:
+            raise ValueError("test_noise.enabled must be true: the noisy test needs noise")
+        return self
 
 
 class RuntimeConfig(_Strict):

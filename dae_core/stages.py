@@ -168,7 +168,7 @@ def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pat
     test = _split(config, raw_dir, False, place)
     result = evaluate(
         load_classifier(config, classifier_path), test.flat_pixels(place.dtype), test.labels,
-        config.pretrain.noise, make_generator(config.seed, "noisy-test", place.device),
+        config.evaluation.test_noise, make_generator(config.seed, "noisy-test", place.device),
     )
     write_json(output, result.as_dict())
     return result
@@ -188,7 +188,7 @@ def figures_stage(
     classifier_history = load_checkpoint(classifier_path)["history"]
     samples = config.evaluation.figure_samples
     clean = _split(config, raw_dir, False, place).flat_pixels(place.dtype)[:samples]
-    noisy = corrupt(clean, config.pretrain.noise, make_generator(config.seed, "figures", place.device))
+    noisy = corrupt(clean, config.evaluation.test_noise, make_generator(config.seed, "figures", place.device))
     with torch.no_grad():
         reconstructed, _ = autoencoder(noisy)
 

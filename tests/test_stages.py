@@ -7,7 +7,7 @@ from PIL import Image
 
 from dae_core import figures
 from dae_core.checkpoint import load_checkpoint
-from dae_core.config import build_config
+from dae_core.config import NoiseConfig, build_config
 from dae_core.model import DenoisingAutoencoder
 from dae_core.stages import (
     classifier_stage,
@@ -140,3 +140,16 @@ def test_mosaic_grid_puts_each_filter_in_its_tile():
     assert grid.shape == (20 * 29 + 1, 20 * 29 + 1)
     assert grid[1, 1] == 0 and grid[1 + 29, 1 + 2 * 29] == 22 and grid[-2, -2] == 399
     assert grid[0].max() == 0  # gutters
+
+
+def test_the_noisy_test_is_noisy_even_when_pretraining_was_clean(finished, raw_dir, tmp_path):
+    """Both arms of the noise comparison must face the same corrupted test set."""
+    config, folder, _ = finished
+    harsh = config.evaluation.model_copy(update={"test_noise": NoiseConfig(mean=0.5, std=1.0)})
+    noisy_pretraining = config.model_copy(update={"evaluation": harsh})
+    clean_pretraining = noisy_pretraining.model_copy(update={"pretrain": config.pretrain.model_copy(
+        update={"noise": NoiseConfig(enabled=False)})})
+    first = evaluate_stage(noisy_pretraining, raw_dir, folder / "clf.pt", tmp_path / "a.json")
+    second = evaluate_stage(clean_pretraining, raw_dir, folder / "clf.pt", tmp_path / "b.json")
+    assert first == second
+    assert second.noisy_accuracy < second.accuracy
