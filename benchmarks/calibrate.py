@@ -36,11 +36,12 @@ PENALTIES = {
 }
 
 
-def pretrain_variant(pixels: torch.Tensor, penalty, weight: float, epochs: int) -> list[float]:
+def pretrain_variant(pixels: torch.Tensor, penalty, weight: float, epochs: int,
+                     optimizer_class=torch.optim.Adam, lr: float = 1e-3) -> list[float]:
     config = build_config("lecture")
     with seeded(config.seed, "autoencoder-init"):
         model = DenoisingAutoencoder()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = optimizer_class(model.parameters(), lr=lr)
     generator = make_generator(config.seed, "pretrain", pixels.device)
     curve = []
     for _ in range(epochs):
@@ -77,27 +78,10 @@ def part_sgd(raw: Path, epochs: int, rates: list[float]) -> None:
     """Vanilla SGD pretraining (the comparison's sgd cells): which rate matches the
     lecture's remark that its MSE never gets below about 0.01?"""
     pixels = load_split(raw, train=True).flat_pixels(torch.float32)
-    config = build_config("lecture")
     print("| SGD lr | " + " | ".join(f"MSE ep {e}" for e in LECTURE_MSE) + " |")
     print("|---|" + "---|" * len(LECTURE_MSE))
     for rate in rates:
-        with seeded(config.seed, "autoencoder-init"):
-            model = DenoisingAutoencoder()
-        optimizer = torch.optim.SGD(model.parameters(), lr=rate)
-        generator = make_generator(config.seed, "pretrain", pixels.device)
-        curve = []
-        for _ in range(epochs):
-            total, steps = torch.zeros(()), 0
-            for index in batch_indices(len(pixels), 1000, generator, pixels.device):
-                clean = pixels[index]
-                reconstruction, _ = model(corrupt(clean, config.pretrain.noise, generator))
-                mse = F.mse_loss(reconstruction, clean)
-                optimizer.zero_grad()
-                mse.backward()
-                optimizer.step()
-                total += mse.detach()
-                steps += 1
-            curve.append(total.item() / steps)
+        curve = pretrain_variant(pixels, PENALTIES["none"], 0.0, epochs, torch.optim.SGD, rate)
         print(f"| {rate:g} | " + " | ".join(f"{curve[e - 1]:.4f}" for e in LECTURE_MSE) + " |", flush=True)
 
 

@@ -122,13 +122,27 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from flows.compare import dae_compare
+    from tasks import progress
 
     config = _config(args)
-    result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
-                         data_dir=args.data_dir, download=not args.no_download,
-                         experiment_name=args.experiment, work_dir=args.work_dir,
-                         fan_out_deployment=args.fan_out)
+    bar = tqdm(total=len(args.cells or CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
+
+    def count_finished(phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+        if phase == "classifier" and epoch == total:
+            bar.update(1)
+
+    progress.add_listener(count_finished)
+    try:
+        result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
+                             data_dir=args.data_dir, download=not args.no_download,
+                             experiment_name=args.experiment, work_dir=args.work_dir,
+                             fan_out_deployment=args.fan_out)
+    finally:
+        bar.close()
+        progress.remove_listener(count_finished)
     _write(args.summary_json, result)
     print(result["table_markdown"])
     print()

@@ -53,6 +53,15 @@ def _check_finite(step_losses: torch.Tensor, phase: str, epoch: int) -> None:
         )
 
 
+def _record(phase: str, epoch: int, metrics: dict[str, float], history: History,
+            on_epoch: EpochCallback | None) -> None:
+    for key, value in metrics.items():
+        history[key].append(value)
+    log.debug("%s epoch %d: %s", phase, epoch, metrics)
+    if on_epoch is not None:
+        on_epoch(epoch, metrics)
+
+
 def pretrain(
     model: DenoisingAutoencoder,
     optimizer: torch.optim.Optimizer,
@@ -84,12 +93,8 @@ def pretrain(
             step_loss.append(loss.detach())
         losses = torch.stack(step_loss)
         _check_finite(losses, "pretrain", epoch)
-        metrics = {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()}
-        for key, value in metrics.items():
-            history[key].append(value)
-        log.debug("pretrain epoch %d: %s", epoch, metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        _record("pretrain", epoch, {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()},
+                history, on_epoch)
     return history
 
 
@@ -123,14 +128,8 @@ def train_classifier(
         losses = torch.stack(step_loss)
         _check_finite(losses, "classifier", epoch)
         correct = (predict(model, test_pixels) == test_labels).sum()
-        metrics = {
-            "train_loss": losses.mean().item(),
-            "test_accuracy": 100.0 * correct.item() / len(test_labels),
-        }
-        for key, value in metrics.items():
-            history[key].append(value)
-        log.debug("classifier epoch %d: %s", epoch, metrics)
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        _record("classifier", epoch, {"train_loss": losses.mean().item(),
+                                      "test_accuracy": 100.0 * correct.item() / len(test_labels)},
+                history, on_epoch)
     return history
 

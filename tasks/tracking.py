@@ -177,6 +177,8 @@ def log_classifier(run_id: str, model, register: bool) -> str:
     info = mlflow.pytorch.log_model(
         model, name="classifier", input_example=example,
         signature=infer_signature(example, output), serialization_format="pt2",
+        # Stated, not inferred: inference re-imports the model in a subprocess (~10 s).
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         registered_model_name=REGISTERED_MODEL if register else None, run_id=run_id,
     )
     return info.model_uri

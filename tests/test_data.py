@@ -149,3 +149,12 @@ def test_batches_cover_every_index_once_and_follow_the_seed():
     assert sorted(torch.cat(batches).tolist()) == list(range(105))
     assert all(torch.equal(a, b) for a, b in zip(batches, draw(1), strict=True))
     assert not torch.equal(torch.cat(batches), torch.cat(draw(2)))
+
+
+def test_fashion_mnist_uses_torchvisions_folder(tmp_path):
+    make_dataset(tmp_path, folder="FashionMNIST")
+    folder = locate(tmp_path, "fashion_mnist", allow_download=False)
+    assert folder == tmp_path / "FashionMNIST" / "raw"
+    assert len(load_split(folder, train=False)) == 80
+    with pytest.raises(DataError, match="MNIST/raw: missing"):
+        locate(tmp_path, "mnist", allow_download=False)

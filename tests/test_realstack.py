@@ -172,3 +172,13 @@ def test_compare_fans_cells_out_over_two_workers(real_stack):
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4 and parent.info.status == "FINISHED"
     assert {c.data.tags["dae.worker"] for c in children} == {"worker-a", "worker-b"}
+
+
+def test_a_bad_deployment_parameter_is_refused_by_the_server(real_stack):
+    done = real_stack.cli("deployment", "run", "dae-experiment/lecture", "--params",
+                          json.dumps({"config": {"pretrain": {"lr": -1}}}))
+    assert done.returncode != 0
+    assert "lr" in done.stdout + done.stderr
+    runs = httpx.post(f"{real_stack.api}/flow_runs/filter",
+                      json={"flow_runs": {"state": {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING"]}}}})
+    assert runs.raise_for_status().json() == []
