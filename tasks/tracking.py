@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
@@ -161,6 +162,11 @@ def log_table(run_id: str, table: dict[str, list[Any]], artifact_file: str) -> N
     client().log_table(run_id, table, artifact_file)
 
 
+# torch.export keeps global tracing state: two exports on different threads (cells of an
+# in-process comparison) corrupt each other. Exports in one process take turns.
+_EXPORT_LOCK = threading.Lock()
+
+
 def log_classifier(run_id: str, model, register: bool) -> str:
     """Log the classifier as a pt2 (torch.export) model with signature and input example,
     and register it; returns the model URI. pt2 holds no pickles, so loading it never
@@ -174,13 +180,14 @@ def log_classifier(run_id: str, model, register: bool) -> str:
     example = np.zeros((2, 784), dtype=np.float32)
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        model, name="classifier", input_example=example,
-        signature=infer_signature(example, output), serialization_format="pt2",
-        # Stated, not inferred: inference re-imports the model in a subprocess (~10 s).
-        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        registered_model_name=REGISTERED_MODEL if register else None, run_id=run_id,
-    )
+    with _EXPORT_LOCK:
+        info = mlflow.pytorch.log_model(
+            model, name="classifier", input_example=example, signature=infer_signature(example, output),
+            serialization_format="pt2",
+            # Stated, not inferred: inference re-imports the model in a subprocess (~10 s).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+            registered_model_name=REGISTERED_MODEL if register else None, run_id=run_id,
+        )
     return info.model_uri
 
 

@@ -142,7 +142,9 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
     from flows.compare import dae_compare
 
     name = _experiment()
+    # parallel=2: cells share the process, as `dae compare --parallel 2` runs them.
     result = dae_compare(base=build_config("smoke", TINY), seeds=2, cells=["adam-noise", "no-pretraining"],
+                         parallel=2,
                          data_dir=str(data_root), download=False, experiment_name=name,
                          work_dir=str(tmp_path))
     (parent,) = _runs(name, "tags.`dae.role` = 'comparison'")
