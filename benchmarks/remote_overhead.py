@@ -77,7 +77,7 @@ def main() -> None:
         env = {**base, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
         for tag in ("first", "second"):
-            wall, training = timed_run(env, args.data_dir, folder, tag)
+            wall, training = timed_run(env, args.data_dir.resolve(), folder, tag)
             print(f"{tag} run: wall {wall:.1f} s, training {training:.1f} s, overhead {wall - training:.1f} s")
         latency = log_batch_latency_ms(env["MLFLOW_TRACKING_URI"])
         print(f"log_batch median latency {latency:.1f} ms; a lecture run makes 30 per-epoch requests: "
