@@ -188,3 +188,61 @@ def test_a_bad_deployment_parameter_is_refused_by_the_server(real_stack):
     assert done.returncode != 0
     assert "lr" in done.stdout + done.stderr
     assert lecture_runs() == before, "no flow run may be created for refused parameters"
+
+
+def _experiment_process(env: dict[str, str], config: dict, experiment: str, seed: int) -> subprocess.Popen:
+    script = (
+        "import json, sys\n"
+        "from dae_core.config import ExperimentConfig\n"
+        "from flows.experiment import dae_experiment\n"
+        "config = ExperimentConfig.model_validate_json(sys.argv[1])\n"
+        "dae_experiment(config=config, download=False, experiment_name=sys.argv[2], register_model=False)\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", script, json.dumps({**config, "seed": seed}), experiment],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_eight_runs_at_once_against_the_tracking_server(real_stack):
+    small = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": 2, "hidden_units": 16},
+             "classifier": {**CONFIG["classifier"], "epochs": 1}, "runtime": {"device": "cpu", "threads": 1}}
+    runs = [_experiment_process(real_stack.env, small, "stack-eight", seed) for seed in range(8)]
+    outputs = [(run.wait(timeout=600), run.stdout.read()) for run in runs]
+    assert [code for code, _ in outputs] == [0] * 8, "\n".join(out[-2000:] for code, out in outputs if code)
+    client = real_stack.mlflow()
+    finished = client.search_runs([client.get_experiment_by_name("stack-eight").experiment_id])
+    assert len(finished) == 8 and {r.info.status for r in finished} == {"FINISHED"}
+    for run in finished:
+        assert len(client.get_metric_history(run.info.run_id, "pretrain/mse")) == 2
+
+
+def test_a_tracking_server_that_goes_away_mid_run_loses_no_epoch(real_stack, tmp_path):
+    """MLflow's client retries with backoff: a server back within seconds misses nothing."""
+    port = stack.free_port()
+    command = [*stack.MLFLOW_SERVER, "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+               f"sqlite:///{tmp_path / 'outage.db'}", "--serve-artifacts", "--artifacts-destination",
+               str(tmp_path / "artifacts"), "--workers", "1"]
+    env = {**real_stack.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
+    config = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": 40, "hidden_units": 256},
+              "runtime": {"device": "cpu", "threads": 1}}
+    with stack.background(command, real_stack.env, tmp_path / "first.log",
+                          ready_url=f"http://127.0.0.1:{port}/health") as server:
+        training = _experiment_process(env, config, "stack-outage", 0)
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        deadline = time.monotonic() + 180
+        while True:
+            experiment = client.get_experiment_by_name("stack-outage")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and client.get_metric_history(runs[0].info.run_id, "pretrain/mse"):
+                break
+            assert training.poll() is None and time.monotonic() < deadline, training.stdout.read()
+            time.sleep(0.2)
+        assert training.poll() is None, "the run must still be training when the server dies"
+        os.killpg(server.pid, 9)
+        server.wait()
+    time.sleep(3)
+    with stack.background(command, real_stack.env, tmp_path / "second.log",
+                          ready_url=f"http://127.0.0.1:{port}/health"):
+        assert training.wait(timeout=400) == 0, training.stdout.read()[-3000:]
+        (run,) = client.search_runs([experiment.experiment_id])
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "pretrain/mse")] == list(range(1, 41))
