@@ -11,7 +11,6 @@ request to the MLflow server, from which MLflow's share of a lecture run follows
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -61,21 +60,8 @@ def main() -> None:
     base = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(folder / "prefect"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     base.pop("PREFECT_API_URL", None)
-    prefect_port, mlflow_port = stack.free_port(), stack.free_port()
-    with contextlib.ExitStack() as started:
-        prefect_db = started.enter_context(stack.fresh_database("dae_bench_prefect", ("pg_trgm",)))
-        mlflow_db = started.enter_context(stack.fresh_database("dae_bench_mlflow"))
-        started.enter_context(stack.background(
-            stack.prefect_server_command(prefect_port),
-            {**base, "PREFECT_SERVER_DATABASE_CONNECTION_URL":
-             f"postgresql+asyncpg://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{prefect_db}"},
-            folder / "prefect.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
-        started.enter_context(stack.background(
-            stack.mlflow_server_command(mlflow_port, f"postgresql://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{mlflow_db}",
-                                        str(folder / "artifacts")),
-            base, folder / "mlflow.log", ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
-        env = {**base, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}"}
+    with stack.servers(folder, base, str(folder / "artifacts")) as (prefect_api, mlflow_uri):
+        env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri}
         for tag in ("first", "second"):
             wall, training = timed_run(env, args.data_dir.resolve(), folder, tag)
             print(f"{tag} run: wall {wall:.1f} s, training {training:.1f} s, overhead {wall - training:.1f} s")

@@ -109,3 +109,24 @@ def mlflow_server_command(port: int, backend: str, destination: str) -> list[str
 def worker_command(name: str) -> list[str]:
     # One flow run at a time per worker, so that a grid spreads over the workers.
     return [*WORKER, "--name", name, "--limit", "1"]
+
+
+@contextlib.contextmanager
+def servers(root: Path, env: dict[str, str], artifacts_destination: str,
+            mlflow_env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
+    """Fresh PostgreSQL databases with a Prefect server and an MLflow server on them;
+    yields (Prefect API URL, MLflow tracking URI). Everything is stopped and dropped after."""
+    prefect_port, mlflow_port = free_port(), free_port()
+    database = f"{PG_HOST}:{PG_PORT}"
+    with contextlib.ExitStack() as started:
+        prefect_db = started.enter_context(fresh_database("dae_prefect", ("pg_trgm",)))
+        mlflow_db = started.enter_context(fresh_database("dae_mlflow"))
+        started.enter_context(background(
+            prefect_server_command(prefect_port),
+            {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@{database}/{prefect_db}"},
+            root / "prefect-server.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
+        started.enter_context(background(
+            mlflow_server_command(mlflow_port, f"postgresql://postgres@{database}/{mlflow_db}", artifacts_destination),
+            {**env, **(mlflow_env or {})}, root / "mlflow-server.log",
+            ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
+        yield f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"

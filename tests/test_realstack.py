@@ -80,30 +80,20 @@ def real_stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("stack")
     make_dataset(root / "data")
     base = _env(root)
-    s3_port, prefect_port, mlflow_port = stack.free_port(), stack.free_port(), stack.free_port()
+    s3_port = stack.free_port()
     s3_env = {"AWS_ACCESS_KEY_ID": "stack-test", "AWS_SECRET_ACCESS_KEY": "stack-test-secret",
               "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}"}
     with contextlib.ExitStack() as started:
-        prefect_db = started.enter_context(stack.fresh_database("dae_prefect", ("pg_trgm",)))
-        mlflow_db = started.enter_context(stack.fresh_database("dae_mlflow"))
         started.enter_context(stack.background(
             [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], base, root / "s3.log",
             ready_url=f"http://127.0.0.1:{s3_port}/moto-api/data.json"))
         boto3.client("s3", endpoint_url=s3_env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="stack-test",
                      aws_secret_access_key="stack-test-secret", region_name="us-east-1").create_bucket(Bucket="mlflow")
-        started.enter_context(stack.background(
-            stack.prefect_server_command(prefect_port),
-            {**base, "PREFECT_SERVER_DATABASE_CONNECTION_URL":
-             f"postgresql+asyncpg://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{prefect_db}"},
-            root / "prefect-server.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
-        started.enter_context(stack.background(
-            stack.mlflow_server_command(mlflow_port, f"postgresql://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{mlflow_db}",
-                                        "s3://mlflow/artifacts"),
-            {**base, **s3_env}, root / "mlflow-server.log", ready_url=f"http://127.0.0.1:{mlflow_port}/health",
-            timeout=120))
+        prefect_api, mlflow_uri = started.enter_context(
+            stack.servers(root, base, "s3://mlflow/artifacts", mlflow_env=s3_env))
         # Clients (deploy, workers, flows) get no S3 keys: artifacts go through the MLflow server.
-        env = {**base, "PREFECT_API_URL": f"http://127.0.0.1:{prefect_port}/api",
-               "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}", "DAE_DATA_DIR": str(root / "data"),
+        env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri,
+               "DAE_DATA_DIR": str(root / "data"),
                "DAE_WORK_DIR": str(root / "work"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
         real = Stack(env=env, api=env["PREFECT_API_URL"], mlflow_uri=env["MLFLOW_TRACKING_URI"], root=root)
         for command in (["work-pool", "create", stack.POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
