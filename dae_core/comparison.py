@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from dae_core.config import ExperimentConfig
+from dae_core.config import ExperimentConfig, deep_merge
 
 LECTURE_CELL = "adam-noise"
 # Vanilla SGD needs a far larger step than Adam to move at all in 20 epochs: at 0.1 or 1
@@ -40,24 +40,18 @@ METRICS: dict[str, Callable[[Summary], float]] = {
 }
 
 
-def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in update.items():
-        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
-    return merged
-
-
 def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SGD_PRETRAIN_LR,
                 threads: int | None = None) -> ExperimentConfig:
     """The base config with one cell's changes, a seed and (optionally) a thread count."""
     if cell not in CELLS:
         raise ValueError(f"cell = {cell!r}: allowed cells are {list(CELLS)}")
-    change = _merge(CELLS[cell], {"seed": seed})
-    if change.get("pretrain", {}).get("optimizer") == "sgd":
-        change["pretrain"]["lr"] = sgd_lr
+    # Built fresh each call: writing into CELLS' nested dicts would change the grid itself.
+    extra: dict[str, Any] = {"seed": seed}
+    if CELLS[cell].get("pretrain", {}).get("optimizer") == "sgd":
+        extra["pretrain"] = {"lr": sgd_lr}
     if threads is not None:
-        change["runtime"] = {"threads": threads}
-    return ExperimentConfig.model_validate(_merge(base.model_dump(), change))
+        extra["runtime"] = {"threads": threads}
+    return ExperimentConfig.model_validate(deep_merge(deep_merge(base.model_dump(), CELLS[cell]), extra))
 
 
 def interval(values: list[float]) -> dict[str, float]:

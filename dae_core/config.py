@@ -141,11 +141,11 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -194,7 +194,7 @@ def build_config(
         raise ConfigError(f"preset = {preset!r}: allowed presets are {sorted(PRESETS)}")
     if isinstance(overrides, list):
         overrides = parse_overrides(overrides)
-    merged = _deep_merge(PRESETS[preset], overrides or {})
+    merged = deep_merge(PRESETS[preset], overrides or {})
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as error:

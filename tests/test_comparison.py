@@ -51,3 +51,9 @@ def test_paired_differences_and_verdicts():
     assert "random encoder after 10 epochs: **supported**" in verdicts
     assert "raises accuracy on noisy test digits: **supported**" in verdicts
     assert "lower final MSE): not testable" in verdicts
+
+
+def test_building_a_cell_leaves_the_grid_unchanged():
+    before = repr(CELLS)
+    cell_config(build_config("smoke"), "sgd-noise", 0, sgd_lr=3.0)
+    assert repr(CELLS) == before
