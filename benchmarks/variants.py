@@ -1,41 +1,67 @@
 """The optimisation variants of docs/benchmarks.md, measured side by side in one process:
-pretraining-epoch time with Adam default / foreach / fused / fused + torch.compile, and
-MLflow model logging with inferred vs stated pip requirements.
+a pretraining epoch with the autograd step (Adam default / foreach / fused, and
+torch.compile), against the project's ``DenoisingStep``; and MLflow model logging with
+inferred vs stated pip requirements.
 
-    python benchmarks/variants.py --data-dir ../shared/data [--skip-compile]
+Epochs are interleaved (one epoch of each variant per round) so that a slow spell of the
+machine hits every variant alike; the table gives the best and the median round.
+
+    python benchmarks/variants.py --data-dir ../shared/data [--rounds 5] [--skip-compile]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from dae_core.config import build_config
-from dae_core.data import load_split, locate
-from dae_core.model import DenoisingAutoencoder, encoder_surgery
+from dae_core.data import batch_indices, load_split, locate
+from dae_core.model import DenoisingAutoencoder, encoder_surgery, l1_sparsity
+from dae_core.noise import corrupt
 from dae_core.train import pretrain
 
+CONFIG = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
 
-def epoch_variant(pixels: torch.Tensor, label: str, adam_options: dict, compiled: bool = False) -> None:
-    config = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
+
+def autograd_epoch(pixels: torch.Tensor, adam_options: dict, compiled: bool = False) -> Callable[[], None]:
+    """The step as autograd computes it: the project's pretraining loop before DenoisingStep."""
     torch.manual_seed(0)
     model = DenoisingAutoencoder()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **adam_options)
+    optimizer = torch.optim.Adam(model.parameters(), lr=CONFIG.lr, **adam_options)
     generator = torch.Generator().manual_seed(0)
-    runner = torch.compile(model) if compiled else model
+    forward = torch.compile(model) if compiled else model
+
+    def epoch() -> None:
+        for index in batch_indices(len(pixels), 1000, generator, pixels.device):
+            clean = pixels[index]
+            reconstruction, hidden = forward(corrupt(clean, CONFIG.noise, generator))
+            loss = F.mse_loss(reconstruction, clean) + CONFIG.sparsity_weight * l1_sparsity(hidden)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    return epoch
+
+
+def project_epoch(pixels: torch.Tensor) -> Callable[[], None]:
+    torch.manual_seed(0)
+    model = DenoisingAutoencoder()
+    optimizer = torch.optim.Adam(model.parameters(), lr=CONFIG.lr, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    return lambda: pretrain(model, optimizer, pixels, CONFIG, 1000, generator)
+
+
+def timed(run: Callable[[], None]) -> float:
     started = time.perf_counter()
-    pretrain(runner, optimizer, pixels, config, 1000, generator)
-    first = time.perf_counter() - started
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        pretrain(runner, optimizer, pixels, config, 1000, generator)
-        times.append(time.perf_counter() - started)
-    print(f"| {label} | first epoch {first:.2f} s | best of 3 {min(times):.2f} s |", flush=True)
+    run()
+    return time.perf_counter() - started
 
 
 def model_logging(stated: bool) -> float:
@@ -48,29 +74,44 @@ def model_logging(stated: bool) -> float:
     run = client.create_run(client.create_experiment("logging"))
     model = encoder_surgery(DenoisingAutoencoder()).eval()
     example = np.zeros((2, 784), dtype=np.float32)
-    requirements = [f"torch=={torch.__version__.split('+')[0]}"] if stated else None
+    torch_pin = [f"torch=={torch.__version__.split('+')[0]}"]
     mlflow.pytorch.log_model(model, name="warm-up", input_example=example, serialization_format="pt2",
-                             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                             run_id=run.info.run_id)
+                             pip_requirements=torch_pin, run_id=run.info.run_id)
     started = time.perf_counter()
     mlflow.pytorch.log_model(model, name="classifier", input_example=example, serialization_format="pt2",
-                             pip_requirements=requirements, run_id=run.info.run_id)
+                             pip_requirements=torch_pin if stated else None, run_id=run.info.run_id)
     return time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--skip-compile", action="store_true")
+    parser.add_argument("--skip-logging", action="store_true")
     args = parser.parse_args()
     pixels = load_split(locate(args.data_dir, "mnist", allow_download=False), True).flat_pixels(torch.float32)
-    epoch_variant(pixels, "Adam default", {})
-    epoch_variant(pixels, "Adam foreach=True", {"foreach": True})
-    epoch_variant(pixels, "Adam fused=True", {"fused": True})
+    variants = {
+        "autograd step, Adam default": autograd_epoch(pixels, {}),
+        "autograd step, Adam foreach=True": autograd_epoch(pixels, {"foreach": True}),
+        "autograd step, Adam fused=True": autograd_epoch(pixels, {"fused": True}),
+        "DenoisingStep, Adam fused=True (the project)": project_epoch(pixels),
+    }
     if not args.skip_compile:
-        epoch_variant(pixels, "torch.compile + fused Adam", {"fused": True}, compiled=True)
-    print(f"| log_model, pip requirements inferred | {model_logging(stated=False):.1f} s |")
-    print(f"| log_model, pip requirements stated | {model_logging(stated=True):.1f} s |")
+        variants["torch.compile(model), autograd, Adam fused=True"] = autograd_epoch(
+            pixels, {"fused": True}, compiled=True)
+    first = {label: timed(run) for label, run in variants.items()}  # warm-up; includes any compile
+    rounds: dict[str, list[float]] = {label: [] for label in variants}
+    for _ in range(args.rounds):
+        for label, run in variants.items():
+            rounds[label].append(timed(run))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} interleaved rounds")
+    print("| variant | first epoch | best | median |\n|---|---|---|---|")
+    for label, times in rounds.items():
+        print(f"| {label} | {first[label]:.2f} s | {min(times):.3f} s | {statistics.median(times):.3f} s |")
+    if not args.skip_logging:
+        print(f"| log_model, pip requirements inferred | {model_logging(stated=False):.1f} s |")
+        print(f"| log_model, pip requirements stated | {model_logging(stated=True):.1f} s |")
 
 
 if __name__ == "__main__":

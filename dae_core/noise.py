@@ -7,13 +7,15 @@ import torch
 from dae_core.config import NoiseConfig
 
 
-def corrupt(clean: torch.Tensor, noise: NoiseConfig, generator: torch.Generator) -> torch.Tensor:
+def corrupt(clean: torch.Tensor, noise: NoiseConfig, generator: torch.Generator,
+            out: torch.Tensor | None = None) -> torch.Tensor:
     """clean + N(mean, std^2) noise, clamped back to the valid pixel range [0, 1].
 
-    A disabled config returns the input itself (no copy).
+    Written into ``out`` (same shape as ``clean``) when given, so a training loop can
+    reuse one buffer. A disabled config returns the input itself (no copy).
     """
     if not noise.enabled:
         return clean
-    noisy = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    # One fused multiply-add and an in-place clamp: no temporaries beyond the noise buffer.
-    return noisy.mul_(noise.std).add_(clean, alpha=1.0).add_(noise.mean).clamp_(0.0, 1.0)
+    noisy = out if out is not None else torch.empty_like(clean)
+    # The draw, shift and scale in one kernel, then one add and an in-place clamp.
+    return noisy.normal_(noise.mean, noise.std, generator=generator).add_(clean).clamp_(0.0, 1.0)

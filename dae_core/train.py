@@ -16,8 +16,8 @@ from torch import nn
 
 from dae_core.config import PretrainConfig
 from dae_core.data import batch_indices
-from dae_core.model import DenoisingAutoencoder, EncoderClassifier, l1_sparsity
-from dae_core.noise import corrupt
+from dae_core.model import DenoisingAutoencoder, EncoderClassifier
+from dae_core.pretrain_step import DenoisingStep
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,15 @@ def pretrain(
     images, as the lecture printed it; ``loss`` adds the sparsity penalty.
     """
     history = history if history is not None else {"mse": [], "loss": []}
+    step = DenoisingStep(model, config, batch_size)
     for epoch in range(len(history["mse"]) + 1, config.epochs + 1):
         model.train()
         step_mse, step_loss = [], []
         for index in batch_indices(len(pixels), batch_size, generator, pixels.device):
-            clean = pixels[index]  # (B, 784)
-            reconstruction, hidden = model(corrupt(clean, config.noise, generator))
-            mse = F.mse_loss(reconstruction, clean)
-            loss = mse + config.sparsity_weight * l1_sparsity(hidden)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            mse, loss = step(pixels, index, generator)
             optimizer.step()
-            step_mse.append(mse.detach())
-            step_loss.append(loss.detach())
+            step_mse.append(mse)
+            step_loss.append(loss)
         losses = torch.stack(step_loss)
         _check_finite(losses, "pretrain", epoch)
         _record("pretrain", epoch, {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()},

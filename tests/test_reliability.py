@@ -57,14 +57,14 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_a_nan_loss_fails_the_mlflow_run(data_root, tmp_path, monkeypatch):
-    from dae_core import noise, train
+    from dae_core import noise, pretrain_step, train
     from flows.experiment import dae_experiment
     from tasks import tracking
 
-    def poisoned(clean, config, generator):
+    def poisoned(clean, config, generator, out=None):
         return torch.full_like(clean, float("nan"))
 
-    monkeypatch.setattr(train, "corrupt", poisoned)
+    monkeypatch.setattr(pretrain_step, "corrupt", poisoned)
     experiment = f"nan-{os.getpid()}-{time.time_ns()}"
     with pytest.raises(train.TrainingDiverged, match=r"pretrain epoch 1 step 1: loss is nan"):
         dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
