@@ -8,6 +8,7 @@ continues from the last complete epoch and ends with the same numbers.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,14 +68,32 @@ def _resume(state_path: Path, model, optimizer, generator, place: Placement) -> 
     return restore_training_state(load_checkpoint(state_path, place.device), model, optimizer, generator)
 
 
+class LoopClock:
+    """Seconds spent inside the epoch loop but outside its callbacks: the bare training
+    time, without checkpoints or whatever the caller does per epoch (tracking)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        self.seconds += time.perf_counter() - self._since
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+
 def _checkpointing(state_path: Path, model, optimizer, generator, history_ref: list,
-                   on_epoch: EpochCallback | None) -> EpochCallback:
-    """An epoch callback that saves the state first, then calls the user's callback."""
+                   on_epoch: EpochCallback | None, clock: LoopClock) -> EpochCallback:
+    """An epoch callback that saves the state first, then calls the user's callback;
+    ``clock`` stops while they run."""
 
     def callback(epoch: int, metrics: dict[str, float]) -> None:
+        clock.pause()
         save_checkpoint(state_path, training_state(model, optimizer, generator, history_ref[0]))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
+        clock.resume()
 
     return callback
 
@@ -96,11 +115,13 @@ def pretrain_stage(
     generator = make_generator(config.seed, "pretrain", place.device)
     history = _resume(state_path, model, optimizer, generator, place) or {"mse": [], "loss": []}
     # The callback must see the history object the loop appends to.
-    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch)
+    clock = LoopClock()
+    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
     pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
              history, callback)
+    clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
-                             "history": history})
+                             "history": history, "loop_seconds": clock.seconds})
     return history
 
 
@@ -152,13 +173,13 @@ def classifier_stage(
     generator = make_generator(config.seed, "classifier", place.device)
     history = _resume(state_path, model, optimizer, generator, place) or {
         "train_loss": [], "test_accuracy": []}
-    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch)
-    train_classifier(
-        model, optimizer, train.flat_pixels(place.dtype), train.labels,
-        test.flat_pixels(place.dtype), test.labels, config.classifier.epochs,
-        config.data.batch_size, generator, history, callback,
-    )
-    save_checkpoint(output, {"model": model.state_dict(), "history": history})
+    train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
+    clock = LoopClock()
+    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
+    train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
+                     config.classifier.epochs, config.data.batch_size, generator, history, callback)
+    clock.pause()
+    save_checkpoint(output, {"model": model.state_dict(), "history": history, "loop_seconds": clock.seconds})
     return history
 
 

@@ -13,8 +13,11 @@ def build_summary(
     evaluation: Evaluation,
     pretrain_seconds: float,
     classifier_seconds: float,
+    pretrain_loop_seconds: float,
+    classifier_loop_seconds: float,
 ) -> dict[str, Any]:
-    """Accuracies in percent, one list entry per epoch."""
+    """Accuracies in percent, one list entry per epoch. ``timing``: each training stage's
+    wall time (``*_s``) and the part spent in its epoch loops (``*_loop_s``)."""
     return {
         "pretrain": {"mse": list(pretrain_history["mse"])},
         "classifier": {
@@ -26,5 +29,6 @@ def build_summary(
             "per_class_accuracy": list(evaluation.per_class_accuracy),
             "noisy_accuracy": evaluation.noisy_accuracy,
         },
-        "timing": {"pretrain_s": pretrain_seconds, "classifier_s": classifier_seconds},
+        "timing": {"pretrain_s": pretrain_seconds, "classifier_s": classifier_seconds,
+                   "pretrain_loop_s": pretrain_loop_seconds, "classifier_loop_s": classifier_loop_seconds},
     }

@@ -63,10 +63,10 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: dict[str, 
                                         register=register_model)
 
     summary = build_summary(pretrained["history"], classified["history"], result,
-                            pretrained["seconds"], classified["seconds"])
+                            pretrained["seconds"], classified["seconds"],
+                            pretrained["loop_seconds"], classified["loop_seconds"])
     summary["mlflow_run_id"] = run_id
-    tracking.log_metrics(run_id, {"timing/pretrain_s": pretrained["seconds"],
-                                  "timing/classifier_s": classified["seconds"]})
+    tracking.log_metrics(run_id, {f"timing/{key}": value for key, value in summary["timing"].items()})
     summary["model_uri"] = model_uri
     write_json(out / "summary.json", summary)
     tracking.log_files(run_id, [out / "summary.json"], "")

@@ -239,7 +239,7 @@ def summary_from_run(run_id: str) -> dict[str, Any]:
                        "test_accuracy": history("classifier/test_accuracy")},
         "test": {"accuracy": metrics["test/accuracy"], "noisy_accuracy": metrics["test/noisy_accuracy"],
                  "per_class_accuracy": [metrics[f"test/accuracy_class_{d}"] for d in range(10)]},
-        "timing": {"pretrain_s": metrics.get("timing/pretrain_s", float("nan")),
-                   "classifier_s": metrics.get("timing/classifier_s", float("nan"))},
+        "timing": {key: metrics.get(f"timing/{key}", float("nan"))
+                   for key in ("pretrain_s", "classifier_s", "pretrain_loop_s", "classifier_loop_s")},
         "mlflow_run_id": run_id,
     }

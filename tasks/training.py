@@ -38,6 +38,13 @@ def _epoch_logger(context: RunContext, prefix: str, epochs_before: int, epochs: 
     return on_epoch
 
 
+def _stage_result(output: Path, history: dict, started: float) -> dict[str, Any]:
+    """``seconds``: the whole stage (data, epochs, checkpoints, per-epoch tracking);
+    ``loop_seconds``: the epoch loops alone, the bare training."""
+    return {"path": str(output), "history": history, "seconds": time.perf_counter() - started,
+            "loop_seconds": load_checkpoint(output)["loop_seconds"]}
+
+
 @task(name="pretrain", retries=1, retry_delay_seconds=5)
 def pretrain(config: ExperimentConfig, dataset: DatasetRef, context: RunContext) -> dict[str, Any]:
     """Denoising pretraining; a retry resumes from the last finished epoch."""
@@ -47,7 +54,7 @@ def pretrain(config: ExperimentConfig, dataset: DatasetRef, context: RunContext)
     started = time.perf_counter()
     history = stages.pretrain_stage(config, Path(dataset.raw_dir), output, state,
                                     _epoch_logger(context, "pretrain", 0, config.pretrain.epochs))
-    return {"path": str(output), "history": history, "seconds": time.perf_counter() - started}
+    return _stage_result(output, history, started)
 
 
 @task(name="encoder-surgery")
@@ -68,7 +75,7 @@ def train_classifier(config: ExperimentConfig, dataset: DatasetRef, initial_path
         _epoch_logger(context, "classifier", config.pretrain.epochs,
                       config.classifier.epochs),
     )
-    return {"path": str(output), "history": history, "seconds": time.perf_counter() - started}
+    return _stage_result(output, history, started)
 
 
 @task(name="evaluate")

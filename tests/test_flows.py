@@ -87,7 +87,9 @@ def test_summary_contract(experiment_run):
     assert len(summary["pretrain"]["mse"]) == TINY["pretrain"]["epochs"]
     assert len(summary["classifier"]["train_loss"]) == len(summary["classifier"]["test_accuracy"]) == 3
     assert len(summary["test"]["per_class_accuracy"]) == 10
-    assert set(summary["timing"]) == {"pretrain_s", "classifier_s"}
+    assert set(summary["timing"]) == {"pretrain_s", "classifier_s", "pretrain_loop_s", "classifier_loop_s"}
+    for phase in ("pretrain", "classifier"):
+        assert 0 < summary["timing"][f"{phase}_loop_s"] < summary["timing"][f"{phase}_s"]
 
 
 def test_an_invalid_parameter_is_refused_before_any_task_runs(data_root, tmp_path):

@@ -153,3 +153,15 @@ def test_the_noisy_test_is_noisy_even_when_pretraining_was_clean(finished, raw_d
     second = evaluate_stage(clean_pretraining, raw_dir, folder / "clf.pt", tmp_path / "b.json")
     assert first == second
     assert second.noisy_accuracy < second.accuracy
+
+
+def test_loop_seconds_leave_out_the_epoch_callbacks(raw_dir, tmp_path):
+    import time
+
+    config = build_config("smoke", TINY)
+    started = time.perf_counter()
+    pretrain_stage(config, raw_dir, tmp_path / "ae.pt", tmp_path / "pre.state",
+                   lambda epoch, metrics: time.sleep(0.3))
+    stage_seconds = time.perf_counter() - started
+    loop_seconds = load_checkpoint(tmp_path / "ae.pt")["loop_seconds"]
+    assert 0 < loop_seconds < stage_seconds - 0.3 * config.pretrain.epochs

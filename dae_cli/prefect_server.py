@@ -1,0 +1,45 @@
+"""Booting Prefect's temporary server while ``dae`` imports torch, MLflow and the flows.
+
+With no API URL configured, Prefect starts a temporary server the first time a flow
+needs its API, i.e. after every import: its ~3 s of boot sit on the critical path of
+each ``dae run``. Started here first, the server's subprocess boots on the other core
+while this process imports (docs/benchmarks.md, section 3). Prefect keeps one such
+server per process (``SubprocessASGIServer`` is a per-port singleton whose ``start`` is
+idempotent), so the flow's client finds it running, and Prefect stops it at exit as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+
+def start_temporary_server() -> Callable[[], None]:
+    """Start booting the temporary server if Prefect would use one; returns a function
+    that waits until it answers (and raises what its start raised)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return lambda: None
+    # Imported here, not in the thread: two threads importing Prefect's circular modules
+    # at once can see them half-initialised.
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    failures: list[BaseException] = []
+
+    def boot() -> None:
+        try:
+            server.start()
+        except BaseException as error:  # handed to the main thread by wait()
+            failures.append(error)
+
+    thread = threading.Thread(target=boot, name="dae-prefect-server-boot", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failures:
+            raise failures[0]
+
+    return wait
