@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 PRESET ?= lecture
 
-.PHONY: help install run compare bench test lint up down deploy clean
+.PHONY: help install run compare bench bench-all test lint up down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -27,6 +27,9 @@ compare: $(BIN)/dae  ## Adam vs SGD x noise on/off, 3 seeds
 
 bench: $(BIN)/dae  ## the lecture's data path against ours, per epoch
 	$(BIN)/dae bench --data-dir $(DATA_DIR) --json dae-work/bench.json
+
+bench-all: $(BIN)/dae  ## every benchmark of docs/benchmarks.md (~15 min; PostgreSQL for the servers part)
+	benchmarks/run_all.sh $(DATA_DIR) dae-work/bench
 
 test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
 	$(BIN)/python -m pytest -q
