@@ -1,12 +1,13 @@
-"""Where a pretraining epoch's time goes: torch.profiler over one epoch of the project's
-path on the full MNIST (docs/benchmarks.md quotes its table).
+"""Where an epoch's time goes: torch.profiler over one epoch of the project's path on the
+full MNIST (docs/benchmarks.md quotes its tables).
 
-    python benchmarks/profile_epoch.py --data-dir ../shared/data [--dtype float32] [--rows 15]
+    python benchmarks/profile_epoch.py --data-dir ../shared/data [--phase pretrain|classifier|both]
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,26 +15,48 @@ from torch.profiler import ProfilerActivity, profile
 
 from dae_core.config import build_config
 from dae_core.data import load_split, locate
-from dae_core.model import DenoisingAutoencoder
-from dae_core.train import make_pretrain_optimizer, pretrain
+from dae_core.model import DenoisingAutoencoder, encoder_surgery
+from dae_core.train import make_classifier_optimizer, make_pretrain_optimizer, pretrain, train_classifier
+
+
+def pretrain_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
+    pixels = load_split(raw, True).flat_pixels(dtype)
+    config = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
+    model = DenoisingAutoencoder().to(dtype)
+    optimizer = make_pretrain_optimizer(model, config)
+    generator = torch.Generator().manual_seed(0)
+    return lambda: pretrain(model, optimizer, pixels, config, 1000, generator)
+
+
+def classifier_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
+    train, test = load_split(raw, True), load_split(raw, False)
+    pixels, test_pixels = train.flat_pixels(dtype), test.flat_pixels(dtype)
+    model = encoder_surgery(DenoisingAutoencoder()).to(dtype)
+    optimizer = make_classifier_optimizer(model, 0.1)
+    generator = torch.Generator().manual_seed(0)
+    return lambda: train_classifier(model, optimizer, pixels, train.labels, test_pixels, test.labels, 1, 1000,
+                                    generator)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--phase", default="both", choices=["pretrain", "classifier", "both"])
     parser.add_argument("--rows", type=int, default=15)
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    pixels = load_split(locate(args.data_dir, "mnist", allow_download=False), True).flat_pixels(dtype)
-    config = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
-    model = DenoisingAutoencoder().to(dtype)
-    optimizer = make_pretrain_optimizer(model, config)
-    generator = torch.Generator().manual_seed(0)
-    pretrain(model, optimizer, pixels, config, 1000, generator)  # warm-up
-    with profile(activities=[ProfilerActivity.CPU]) as trace:
-        pretrain(model, optimizer, pixels, config, 1000, generator, history={"mse": [], "loss": []})
-    print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    raw = locate(args.data_dir, "mnist", allow_download=False)
+    phases = {"pretrain": pretrain_epoch, "classifier": classifier_epoch}
+    for name, make_epoch in phases.items():
+        if args.phase not in (name, "both"):
+            continue
+        epoch = make_epoch(raw, dtype)
+        epoch()  # warm-up: thread pool, allocator, lazy imports
+        with profile(activities=[ProfilerActivity.CPU]) as trace:
+            epoch()
+        print(f"\n{name} epoch\n")
+        print(trace.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 
 if __name__ == "__main__":
