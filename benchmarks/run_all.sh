@@ -24,4 +24,5 @@ run epochs .venv/bin/dae bench --data-dir "$data" --epochs 3 --device "$device" 
 [ "$device" = cuda ] && exit 0
 run profile $py benchmarks/profile_epoch.py --data-dir "$data"
 run variants $py benchmarks/variants.py --data-dir "$data"
+run teardown $py benchmarks/teardown.py --data-dir "$data"
 run overhead $py benchmarks/overhead.py --data-dir "$data"
