@@ -23,7 +23,10 @@ def start_temporary_server() -> Callable[[], None]:
         return lambda: None
     # Imported here, not in the thread: two threads importing Prefect's circular modules
     # at once can see them half-initialised.
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.server.api.server import SubprocessASGIServer
+
+    ensure_logging_setup()  # so that Prefect's "Starting temporary server" line is shown as before
 
     server = SubprocessASGIServer()
     failures: list[BaseException] = []
