@@ -112,17 +112,17 @@ def _import_torch_lazy_modules() -> None:
 
 def _run(args: argparse.Namespace) -> int:
     config = _config(args)
-    server_ready = start_temporary_server()
+    server = start_temporary_server()
     from flows.experiment import dae_experiment
     from tasks import progress
 
     _import_torch_lazy_modules()
-    server_ready()
     bars = _Bars()
     progress.add_listener(bars)
     try:
-        summary = dae_experiment(config=config, data_dir=args.data_dir, download=not args.no_download,
-                                 experiment_name=args.experiment, work_dir=args.work_dir)
+        with server:
+            summary = dae_experiment(config=config, data_dir=args.data_dir, download=not args.no_download,
+                                     experiment_name=args.experiment, work_dir=args.work_dir)
     finally:
         bars.close()
         progress.remove_listener(bars)
@@ -136,14 +136,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     config = _config(args)
-    server_ready = start_temporary_server()
+    server = start_temporary_server()
     from tqdm import tqdm
 
     from flows.compare import dae_compare
     from tasks import progress
 
     _import_torch_lazy_modules()
-    server_ready()
     bar = tqdm(total=len(args.cells or CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
 
     def count_finished(phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
@@ -152,10 +151,11 @@ def _compare(args: argparse.Namespace) -> int:
 
     progress.add_listener(count_finished)
     try:
-        result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
-                             data_dir=args.data_dir, download=not args.no_download,
-                             experiment_name=args.experiment, work_dir=args.work_dir,
-                             fan_out_deployment=args.fan_out)
+        with server:
+            result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
+                                 data_dir=args.data_dir, download=not args.no_download,
+                                 experiment_name=args.experiment, work_dir=args.work_dir,
+                                 fan_out_deployment=args.fan_out)
     finally:
         bar.close()
         progress.remove_listener(count_finished)
