@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark of docs/benchmarks.md in one go (about 15 minutes on 2 CPU cores; needs
+# Every benchmark of docs/benchmarks.md in one go (about 10 minutes on 2 CPU cores; needs
 # PostgreSQL at 127.0.0.1:5432 for the servers part). Writes one file per benchmark into OUT.
 #   benchmarks/run_all.sh DATA_DIR [OUT]      (from the repo root, after `make install`)
 # On a GPU machine: DEVICE=cuda benchmarks/run_all.sh DATA_DIR gpu-bench   (epochs only)
