@@ -13,8 +13,10 @@ BIN = Path(sys.executable).parent
 
 
 def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_path):
+    # PREFECT_LOGGING_LEVEL too: an in-process `dae` call without --verbose (tests/test_flows.py)
+    # sets it to WARNING in this process, which would hide the server's INFO line.
     env = {key: value for key, value in os.environ.items()
-           if key not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+           if key not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_LOGGING_LEVEL")}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     result = subprocess.run(
         [str(BIN / "dae"), "run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
