@@ -70,11 +70,12 @@ def _resume(state_path: Path, model, optimizer, generator, place: Placement) -> 
 
 class LoopClock:
     """Seconds spent inside the epoch loop but outside its callbacks: the bare training
-    time, without checkpoints or whatever the caller does per epoch (tracking)."""
+    time, without checkpoints or whatever the caller does per epoch (tracking). A stage
+    runs it from just before its loop to just after; it starts paused."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._since = time.perf_counter()
+        self._since = 0.0
 
     def pause(self) -> None:
         self.seconds += time.perf_counter() - self._since
@@ -104,9 +105,11 @@ def pretrain_stage(
     output: Path,
     state_path: Path,
     on_epoch: EpochCallback | None = None,
+    clock: LoopClock | None = None,
 ) -> History:
     """Pretrain the denoising autoencoder; write ``output`` with the trained weights,
-    the encoder weights before training and the per-epoch history."""
+    the encoder weights before training and the per-epoch history. ``clock``, if given,
+    gains the seconds of the epoch loop."""
     place = Placement.of(config)
     pixels = _split(config, raw_dir, True, place).flat_pixels(place.dtype)
     model = _autoencoder(config, place)
@@ -115,13 +118,14 @@ def pretrain_stage(
     generator = make_generator(config.seed, "pretrain", place.device)
     history = _resume(state_path, model, optimizer, generator, place) or {"mse": [], "loss": []}
     # The callback must see the history object the loop appends to.
-    clock = LoopClock()
+    clock = clock or LoopClock()
     callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
+    clock.resume()
     pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
              history, callback)
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
-                             "history": history, "loop_seconds": clock.seconds})
+                             "history": history})
     return history
 
 
@@ -163,8 +167,10 @@ def classifier_stage(
     output: Path,
     state_path: Path,
     on_epoch: EpochCallback | None = None,
+    clock: LoopClock | None = None,
 ) -> History:
-    """Train the whole classifier with vanilla SGD on clean images."""
+    """Train the whole classifier with vanilla SGD on clean images; ``clock``, if given,
+    gains the seconds of the epoch loop."""
     place = Placement.of(config)
     train = _split(config, raw_dir, True, place)
     test = _split(config, raw_dir, False, place)
@@ -174,12 +180,13 @@ def classifier_stage(
     history = _resume(state_path, model, optimizer, generator, place) or {
         "train_loss": [], "test_accuracy": []}
     train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
-    clock = LoopClock()
+    clock = clock or LoopClock()
     callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
+    clock.resume()
     train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
                      config.classifier.epochs, config.data.batch_size, generator, history, callback)
     clock.pause()
-    save_checkpoint(output, {"model": model.state_dict(), "history": history, "loop_seconds": clock.seconds})
+    save_checkpoint(output, {"model": model.state_dict(), "history": history})
     return history
 
 

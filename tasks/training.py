@@ -38,11 +38,11 @@ def _epoch_logger(context: RunContext, prefix: str, epochs_before: int, epochs: 
     return on_epoch
 
 
-def _stage_result(output: Path, history: dict, started: float) -> dict[str, Any]:
+def _stage_result(output: Path, history: dict, started: float, clock: stages.LoopClock) -> dict[str, Any]:
     """``seconds``: the whole stage (data, epochs, checkpoints, per-epoch tracking);
     ``loop_seconds``: the epoch loops alone, the bare training."""
     return {"path": str(output), "history": history, "seconds": time.perf_counter() - started,
-            "loop_seconds": load_checkpoint(output)["loop_seconds"]}
+            "loop_seconds": clock.seconds}
 
 
 @task(name="pretrain", retries=1, retry_delay_seconds=5)
@@ -51,10 +51,10 @@ def pretrain(config: ExperimentConfig, dataset: DatasetRef, context: RunContext)
     state = Path(context.state_dir) / "pretrain.state.pt"
     _relog_restored(context, "pretrain", state)
     output = Path(context.out_dir) / "autoencoder.pt"
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), stages.LoopClock()
     history = stages.pretrain_stage(config, Path(dataset.raw_dir), output, state,
-                                    _epoch_logger(context, "pretrain", 0, config.pretrain.epochs))
-    return _stage_result(output, history, started)
+                                    _epoch_logger(context, "pretrain", 0, config.pretrain.epochs), clock)
+    return _stage_result(output, history, started, clock)
 
 
 @task(name="encoder-surgery")
@@ -69,13 +69,14 @@ def train_classifier(config: ExperimentConfig, dataset: DatasetRef, initial_path
     state = Path(context.state_dir) / "classifier.state.pt"
     _relog_restored(context, "classifier", state)
     output = Path(context.out_dir) / "classifier.pt"
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), stages.LoopClock()
     history = stages.classifier_stage(
         config, Path(dataset.raw_dir), Path(initial_path), output, state,
         _epoch_logger(context, "classifier", config.pretrain.epochs,
                       config.classifier.epochs),
+        clock,
     )
-    return _stage_result(output, history, started)
+    return _stage_result(output, history, started, clock)
 
 
 @task(name="evaluate")
