@@ -49,13 +49,14 @@ def timed_run(env: dict[str, str], data_dir: Path, folder: Path, tag: str,
     summary = folder / f"{tag}.json"
     wall, rss = run_dae(["run", "--data-dir", str(data_dir), "--no-download", *extra,
                          "--summary-json", str(summary), "--work-dir", str(folder / "work")], env, folder)
-    timing = json.loads(summary.read_text())["timing"]
+    result = json.loads(summary.read_text())
+    timing = result["timing"]
     bare = timing["pretrain_loop_s"] + timing["classifier_loop_s"]
     stages = timing["pretrain_s"] + timing["classifier_s"]
     print(f"| {tag} | {wall:.1f} s | {bare:.1f} s | {stages:.1f} s | **{wall - bare:.1f} s** | {rss:.2f} GB |",
           flush=True)
     return {"wall": wall, "bare": bare, "stages": stages, "rss_gb": rss, **timing,
-            "summary": json.loads(summary.read_text())}
+            "summary": result}
 
 
 def table_head(title: str) -> None:

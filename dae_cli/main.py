@@ -194,7 +194,7 @@ def entrypoint() -> None:
     Registered first, ``gc.freeze`` runs after every other exit handler (Prefect's log
     and event workers have drained, its temporary server has stopped): the interpreter's
     final garbage collections then skip the millions of objects torch, Prefect and
-    MLflow leave, 2.5 s -> 0.2 s of teardown (docs/benchmarks.md, section 3).
+    MLflow leave, about 2.2 s -> 0.2 s of teardown (docs/benchmarks.md, section 3).
     """
     atexit.register(gc.freeze)
     sys.exit(main())

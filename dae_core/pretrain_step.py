@@ -1,7 +1,7 @@
 """One denoising-pretraining step with the gradients written straight into the model's
 ``.grad`` buffers.
 
-This step makes a CPU pretraining epoch 12-13% shorter than autograd's
+This step makes a CPU pretraining epoch 12-15% shorter than autograd's
 (benchmarks/variants.py), which spends that time on what this small network does not
 need: a fresh allocation (and page faults) for every intermediate, a slow ``mse_loss``
 kernel, bias-broadcast copies and gradient accumulation (docs/benchmarks.md, section 2).
