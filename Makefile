@@ -37,5 +37,14 @@ test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
 lint: $(BIN)/dae  ## ruff
 	$(BIN)/ruff check .
 
+up:  ## the team stack in Docker: PostgreSQL, Prefect, MLflow, RustFS, a worker (needs .env)
+	docker compose up -d --build
+
+deploy:  ## register the deployments of prefect.yaml with the stack's Prefect server
+	docker compose exec worker prefect --no-prompt deploy --all
+
+down:  ## stop the team stack (volumes are kept)
+	docker compose down
+
 clean:  ## remove run outputs (keeps .venv and data)
 	rm -rf dae-work mlflow.db .pytest_cache

@@ -97,8 +97,8 @@ def part_classifier(raw: Path, rates: list[float]) -> None:
     for rate in rates:
         config = build_config("lecture", {"classifier": {"lr": rate}, "runtime": {"device": "cpu"}})
         history = classifier_stage(config, raw, work / "initial.pt", work / f"classifier-{rate}.pt",
-                                   work / f"classifier-{rate}.state.pt")
-        cells = [f"{history['train_loss'][e - 1]:.3f} ; {history['test_accuracy'][e - 1]:.2f}"
+                                   work / f"classifier-{rate}.state.pt").history
+        cells = [f"{history.train_loss[e - 1]:.3f} ; {history.test_accuracy[e - 1]:.2f}"
                  for e in LECTURE_CLASSIFIER]
         print(f"| {rate:g} | " + " | ".join(cells) + " |", flush=True)
 

@@ -1,6 +1,7 @@
 """The optimisation variants of docs/benchmarks.md, measured side by side in one process:
-a pretraining epoch with the autograd step (Adam default / foreach / fused, and
-torch.compile), against the project's ``DenoisingStep``; and MLflow model logging with
+a pretraining epoch with the autograd step and other Adam variants (default / foreach,
+and torch.compile), against the project's two steps (``runtime.pretrain_gradients``: the
+default ``AutogradStep`` and the ``HandwrittenStep``); and MLflow model logging with
 inferred vs stated pip requirements.
 
 Epochs are interleaved (one epoch of each variant per round) so that a slow spell of the
@@ -31,7 +32,7 @@ CONFIG = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
 
 
 def autograd_epoch(pixels: torch.Tensor, adam_options: dict, compiled: bool = False) -> Callable[[], None]:
-    """The step as autograd computes it: the project's pretraining loop before DenoisingStep."""
+    """The autograd step written out, for Adam options the project does not use and torch.compile."""
     torch.manual_seed(0)
     model = DenoisingAutoencoder()
     optimizer = torch.optim.Adam(model.parameters(), lr=CONFIG.lr, **adam_options)
@@ -50,12 +51,12 @@ def autograd_epoch(pixels: torch.Tensor, adam_options: dict, compiled: bool = Fa
     return epoch
 
 
-def project_epoch(pixels: torch.Tensor) -> Callable[[], None]:
+def project_epoch(pixels: torch.Tensor, gradients: str) -> Callable[[], None]:
     torch.manual_seed(0)
     model = DenoisingAutoencoder()
     optimizer = torch.optim.Adam(model.parameters(), lr=CONFIG.lr, fused=True)
     generator = torch.Generator().manual_seed(0)
-    return lambda: pretrain(model, optimizer, pixels, CONFIG, 1000, generator)
+    return lambda: pretrain(model, optimizer, pixels, CONFIG, 1000, generator, gradients=gradients)
 
 
 def timed(run: Callable[[], None]) -> float:
@@ -94,8 +95,8 @@ def main() -> None:
     variants = {
         "autograd step, Adam default": autograd_epoch(pixels, {}),
         "autograd step, Adam foreach=True": autograd_epoch(pixels, {"foreach": True}),
-        "autograd step, Adam fused=True": autograd_epoch(pixels, {"fused": True}),
-        "DenoisingStep, Adam fused=True (the project)": project_epoch(pixels),
+        "AutogradStep, Adam fused=True (the project's default)": project_epoch(pixels, "autograd"),
+        "HandwrittenStep, Adam fused=True (pretrain_gradients=handwritten)": project_epoch(pixels, "handwritten"),
     }
     if not args.skip_compile:
         variants["torch.compile(model), autograd, Adam fused=True"] = autograd_epoch(

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dae_cli.prefect_server import start_temporary_server
+from dae_cli.prefect_server import prefect_terminal, start_temporary_server
 from dae_core.comparison import CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
+from dae_core.summary import DEFAULT_EXPERIMENT
 
 EXIT_CONFIG = 2
 
@@ -33,10 +34,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help="folder holding <Dataset>/raw/ IDX files; env DAE_DATA_DIR; default ./data")
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading when the raw files are missing")
-    parser.add_argument("--experiment", default="dae-mnist", help="MLflow experiment name")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
     parser.add_argument("--work-dir", help="run outputs and resumable training state; "
                         "env DAE_WORK_DIR; default ./dae-work")
-    parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs in the terminal")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,19 +119,16 @@ def _run(args: argparse.Namespace) -> int:
 
     _import_torch_lazy_modules()
     bars = _Bars()
-    progress.add_listener(bars)
     try:
-        with server:
+        with server, progress.listening(bars):
             summary = dae_experiment(config=config, data_dir=args.data_dir, download=not args.no_download,
                                      experiment_name=args.experiment, work_dir=args.work_dir)
     finally:
         bars.close()
-        progress.remove_listener(bars)
-    _write(args.summary_json, summary)
-    test = summary["test"]
-    print(f"test accuracy {test['accuracy']:.2f}%  noisy {test['noisy_accuracy']:.2f}%  "
-          f"final MSE {summary['pretrain']['mse'][-1] if summary['pretrain']['mse'] else float('nan'):.4f}  "
-          f"MLflow run {summary['mlflow_run_id']}")
+    _write(args.summary_json, summary.model_dump())
+    final_mse = summary.pretrain.mse[-1] if summary.pretrain.mse else float("nan")
+    print(f"test accuracy {summary.test.accuracy:.2f}%  noisy {summary.test.noisy_accuracy:.2f}%  "
+          f"final MSE {final_mse:.4f}  MLflow run {summary.mlflow_run_id}")
     return 0
 
 
@@ -149,20 +147,18 @@ def _compare(args: argparse.Namespace) -> int:
         if phase == "classifier" and epoch == total:
             bar.update(1)
 
-    progress.add_listener(count_finished)
     try:
-        with server:
-            result = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
+        with server, progress.listening(count_finished):
+            report = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
                                  data_dir=args.data_dir, download=not args.no_download,
                                  experiment_name=args.experiment, work_dir=args.work_dir,
                                  fan_out_deployment=args.fan_out)
     finally:
         bar.close()
-        progress.remove_listener(count_finished)
-    _write(args.summary_json, result)
-    print(result["table_markdown"])
+    _write(args.summary_json, report.model_dump())
+    print(report.table_markdown)
     print()
-    print(result["findings_markdown"])
+    print(report.findings_markdown)
     return 0
 
 
@@ -175,14 +171,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> int:
+    """``restore_terminal=False``: Prefect's console stays as the command set it after the
+    command returns (the console script, whose process ends there)."""
     args = build_parser().parse_args(argv)
-    if not getattr(args, "verbose", True):
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The temporary server would otherwise try to phone home and log the failure offline.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
-        return {"run": _run, "compare": _compare, "bench": _bench}[args.command](args)
+        if args.command == "bench":
+            return _bench(args)
+        with prefect_terminal(args.verbose, restore=restore_terminal):
+            return {"run": _run, "compare": _compare}[args.command](args)
     except ConfigError as error:
         print(f"dae: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -197,7 +194,7 @@ def entrypoint() -> None:
     MLflow leave, about 2.2 s -> 0.2 s of teardown (docs/benchmarks.md, section 3).
     """
     atexit.register(gc.freeze)
-    sys.exit(main())
+    sys.exit(main(restore_terminal=False))
 
 
 if __name__ == "__main__":

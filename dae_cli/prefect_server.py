@@ -1,18 +1,56 @@
-"""Booting Prefect's temporary server while ``dae`` imports torch, MLflow and the flows.
+"""How ``dae`` uses Prefect in its own process: Prefect's logging with a quiet terminal,
+and Prefect's temporary server booted while ``dae`` imports torch, MLflow and the flows.
 
 With no API URL configured, Prefect starts a temporary server the first time a flow needs
 its API, i.e. after every import: its ~3 s of boot sit on the critical path of each
 ``dae run``. Started here first, the server's subprocess boots on the other core while
-this process imports (docs/benchmarks.md, section 3). Prefect keeps one such server per
-process (``SubprocessASGIServer`` is a per-port singleton whose ``start`` is idempotent),
-so the flow's client finds it running, and Prefect stops it at exit as before.
+this process imports (docs/benchmarks.md, section 3). That start uses Prefect's private
+``SubprocessASGIServer`` (a per-port singleton whose ``start`` is idempotent, so the
+flow's client finds it running, and Prefect stops it at exit). pyproject.toml pins
+Prefect's minor version for it, and where a release lacks that API the early start is
+skipped: Prefect then starts its server itself, as it would without ``dae``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import importlib
+import logging
 import threading
 from collections.abc import Iterator
+
+# The private API of the early start, as (module, attribute).
+EARLY_START_API = ("prefect.server.api.server", "SubprocessASGIServer")
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def prefect_terminal(verbose: bool, restore: bool = True) -> Iterator[None]:
+    """Prefect's logging set up, its console handler at WARNING unless ``verbose`` (its
+    loggers keep INFO, so flow and task logs still reach the Prefect API and UI), and
+    no analytics from a temporary server, for the duration of the block. ``restore=False``
+    keeps the console quiet after it, for a process that ends there (Prefect stops its
+    temporary server at exit and says so at INFO)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    ensure_logging_setup()
+    consoles = [handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)]
+    levels = [handler.level for handler in consoles]
+    if not verbose:
+        for handler in consoles:
+            handler.setLevel(logging.WARNING)
+    try:
+        # Offline, the temporary server would try to phone home and log the failure.
+        with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+            yield
+    finally:
+        if restore:
+            for handler, level in zip(consoles, levels, strict=True):
+                handler.setLevel(level)
 
 
 def start_temporary_server() -> contextlib.AbstractContextManager[None]:
@@ -22,13 +60,15 @@ def start_temporary_server() -> contextlib.AbstractContextManager[None]:
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return contextlib.nullcontext()
-    # Imported here, not in the thread: two threads importing Prefect's circular modules
+    # Resolved here, not in the thread: two threads importing Prefect's circular modules
     # at once can see them half-initialised.
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.server.api.server import SubprocessASGIServer
-
-    ensure_logging_setup()  # so that Prefect's "Starting temporary server" line is shown as before
-    server = SubprocessASGIServer()
+    module, name = EARLY_START_API
+    try:
+        server_class = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        log.debug("%s.%s is not in this Prefect: no early start of the temporary server", module, name)
+        return contextlib.nullcontext()
+    server = server_class()
     failures: list[BaseException] = []
 
     def boot() -> None:
@@ -37,7 +77,9 @@ def start_temporary_server() -> contextlib.AbstractContextManager[None]:
         except BaseException as error:  # handed to the main thread below
             failures.append(error)
 
-    thread = threading.Thread(target=boot, name="dae-prefect-server-boot", daemon=True)
+    # In a copy of this context: the server's environment comes from the current settings.
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(boot,), name="dae-prefect-server-boot", daemon=True)
     thread.start()
     return _flows_on(thread, failures)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel
 
 from dae_core.config import ExperimentConfig, deep_merge
+from dae_core.summary import RunSummary
 
 LECTURE_CELL = "adam-noise"
 # Vanilla SGD needs a far larger step than Adam to move at all in 20 epochs: at 0.1 or 1
@@ -30,13 +33,37 @@ CELLS: dict[CellName, dict[str, Any]] = {
     "no-pretraining": {"pretrain": {"epochs": 0}},
 }
 
-Summary = dict[str, Any]
-METRICS: dict[str, Callable[[Summary], float]] = {
-    "final_accuracy": lambda s: s["test"]["accuracy"],
-    "epoch1_accuracy": lambda s: s["classifier"]["test_accuracy"][0],
-    "noisy_accuracy": lambda s: s["test"]["noisy_accuracy"],
-    "final_mse": lambda s: s["pretrain"]["mse"][-1] if s["pretrain"]["mse"] else math.nan,
+METRICS: dict[str, Callable[[RunSummary], float]] = {
+    "final_accuracy": lambda s: s.test.accuracy,
+    "epoch1_accuracy": lambda s: s.classifier.test_accuracy[0],
+    "noisy_accuracy": lambda s: s.test.noisy_accuracy,
+    "final_mse": lambda s: s.pretrain.mse[-1] if s.pretrain.mse else math.nan,
 }
+
+
+@dataclass(frozen=True)
+class CellRun:
+    """One grid cell trained at one seed."""
+
+    cell: str
+    seed: int
+    summary: RunSummary
+
+
+class CellRunRef(BaseModel):
+    cell: str
+    seed: int
+    mlflow_run_id: str
+
+
+class ComparisonReport(BaseModel):
+    """The JSON of ``dae compare --summary-json`` and the dae-compare flow's return value."""
+
+    rows: list[dict[str, Any]]  # comparison_table's rows
+    table_markdown: str
+    findings_markdown: str
+    mlflow_run_id: str  # the parent run
+    runs: list[CellRunRef]
 
 
 def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SGD_PRETRAIN_LR,
@@ -70,14 +97,14 @@ def interval(values: list[float]) -> dict[str, float]:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(data.size)}
 
 
-def _by_cell(records: list[dict[str, Any]]) -> dict[str, dict[int, Summary]]:
-    grouped: dict[str, dict[int, Summary]] = {}
+def _by_cell(records: list[CellRun]) -> dict[str, dict[int, RunSummary]]:
+    grouped: dict[str, dict[int, RunSummary]] = {}
     for record in records:
-        grouped.setdefault(record["cell"], {})[record["seed"]] = record["summary"]
+        grouped.setdefault(record.cell, {})[record.seed] = record.summary
     return grouped
 
 
-def comparison_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def comparison_table(records: list[CellRun]) -> list[dict[str, Any]]:
     """One row per cell and metric: mean, std, 95% CI, and the paired difference
     against the lecture's cell with its own 95% CI."""
     grouped = _by_cell(records)
@@ -132,7 +159,7 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return verdicts
 
 
-def curve_bands(records: list[dict[str, Any]], read: Callable[[Summary], list[float]]
+def curve_bands(records: list[CellRun], read: Callable[[RunSummary], list[float]]
                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per cell, the per-epoch mean and std over seeds of one curve (cells whose curve is
     empty, such as the no-pretraining baseline's MSE, are left out)."""

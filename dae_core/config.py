@@ -92,6 +92,12 @@ class EvaluationConfig(_Strict):
         return self
 
 
+# How pretraining computes its gradients: autograd on DenoisingAutoencoder.forward, or the
+# hand-written step of dae_core.pretrain_step (the same numbers within float rounding;
+# measured faster on CPU, docs/benchmarks.md; valid for this exact architecture only).
+PretrainGradients = Literal["autograd", "handwritten"]
+
+
 class RuntimeConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The lecture computed in float64; float32 gives the same curves within run-to-run
@@ -99,6 +105,7 @@ class RuntimeConfig(_Strict):
     dtype: Literal["float32", "float64"] = "float32"
     # None leaves torch's default (one per core).
     threads: int | None = Field(None, ge=1, le=256)
+    pretrain_gradients: PretrainGradients = "autograd"
 
 
 class ExperimentConfig(_Strict):

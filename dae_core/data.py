@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dae_core.shapes import IMAGE_SIDE, NUM_CLASSES
+
 log = logging.getLogger(__name__)
 
 DatasetName = Literal["mnist", "fashion_mnist"]
@@ -31,8 +33,6 @@ _FILES = {
     False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 RAW_FILES = (*_FILES[True], *_FILES[False])
-IMAGE_SIDE = 28
-NUM_CLASSES = 10
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _UBYTE = 0x08
 

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from dae_core.config import NoiseConfig
-from dae_core.model import NUM_CLASSES
 from dae_core.noise import corrupt
+from dae_core.shapes import NUM_CLASSES
+from dae_core.summary import EvaluationScores
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Evaluation:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def scores(self) -> EvaluationScores:
+        """What the run summary keeps of it (all but the confusion matrix)."""
+        return EvaluationScores(accuracy=self.accuracy, per_class_accuracy=self.per_class_accuracy,
+                                noisy_accuracy=self.noisy_accuracy)
+
 
 @torch.no_grad()
 def predict(model: nn.Module, pixels: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
@@ -32,6 +38,10 @@ def predict(model: nn.Module, pixels: torch.Tensor, batch_size: int = 10_000) ->
     loaded back from MLflow (torch.export programs) refuse ``.eval()``.
     """
     return torch.cat([model(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
+
+
+def accuracy_percent(predicted: torch.Tensor, labels: torch.Tensor) -> float:
+    return 100.0 * (predicted == labels).sum().item() / len(labels)
 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -53,11 +63,11 @@ def evaluate(
     noise: NoiseConfig,
     generator: torch.Generator,
 ) -> Evaluation:
-    confusion = confusion_matrix(predict(model, pixels), labels)
-    noisy_correct = (predict(model, corrupt(pixels, noise, generator)) == labels).sum().item()
+    predicted = predict(model, pixels)
+    confusion = confusion_matrix(predicted, labels)
     return Evaluation(
-        accuracy=100.0 * confusion.diagonal().sum().item() / len(labels),
+        accuracy=accuracy_percent(predicted, labels),
         per_class_accuracy=per_class_accuracy(confusion),
-        noisy_accuracy=100.0 * noisy_correct / len(labels),
+        noisy_accuracy=accuracy_percent(predict(model, corrupt(pixels, noise, generator)), labels),
         confusion=confusion.tolist(),
     )

@@ -8,8 +8,7 @@ import copy
 import torch
 from torch import nn
 
-INPUT_DIM = 28 * 28
-NUM_CLASSES = 10
+from dae_core.shapes import INPUT_DIM, NUM_CLASSES
 
 
 class DenoisingAutoencoder(nn.Module):

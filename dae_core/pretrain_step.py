@@ -1,15 +1,19 @@
-"""One denoising-pretraining step with the gradients written straight into the model's
-``.grad`` buffers.
+"""One denoising-pretraining step: loss and gradients of a batch into the model's
+``.grad``; the caller then steps the optimizer.
 
-This step makes a CPU pretraining epoch 12-15% shorter than autograd's
-(benchmarks/variants.py), which spends that time on what this small network does not
-need: a fresh allocation (and page faults) for every intermediate, a slow ``mse_loss``
-kernel, bias-broadcast copies and gradient accumulation (docs/benchmarks.md, section 2).
+``AutogradStep`` is the default and the definition: ``DenoisingAutoencoder.forward``,
+``l1_sparsity`` and autograd, so a change to the model needs nothing here.
+
+``HandwrittenStep`` (``runtime.pretrain_gradients = "handwritten"``) computes the same
+loss and gradients with formulas derived by hand for exactly this architecture. It
+makes a CPU pretraining epoch 12-15% shorter than autograd's (benchmarks/variants.py,
+docs/benchmarks.md), which spends that time on what this small network does not need:
+a fresh allocation (and page faults) for every intermediate, a slow ``mse_loss`` kernel,
+bias-broadcast copies and gradient accumulation (docs/benchmarks.md, section 2).
 Here every intermediate lives in a buffer allocated once, the loss is one dot product,
 the two activation backwards are single fused kernels and the constant loss scale rides
 on the weight-gradient matmuls' ``alpha``.
-``tests/test_pretrain_step.py`` checks loss and gradients against autograd on
-``DenoisingAutoencoder`` + ``l1_sparsity``, the definition this must equal.
+``tests/test_pretrain_step.py`` checks its loss and gradients against ``AutogradStep``.
 
 With weight ``w``, batch ``B``, ``D`` pixels and ``H`` hidden units:
 
@@ -22,18 +26,50 @@ With weight ``w``, batch ``B``, ``D`` pixels and ``H`` hidden units:
 
 from __future__ import annotations
 
-import torch
+from typing import Protocol
 
-from dae_core.config import PretrainConfig
-from dae_core.model import DenoisingAutoencoder
+import torch
+import torch.nn.functional as F
+
+from dae_core.config import PretrainConfig, PretrainGradients
+from dae_core.model import DenoisingAutoencoder, l1_sparsity
 from dae_core.noise import corrupt
 
 
-class DenoisingStep:
-    """Forward, loss and backward of one batch; call ``optimizer.step()`` after it.
+class PretrainStep(Protocol):
+    def __call__(self, pixels: torch.Tensor, index: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gradients of the batch ``pixels[index]`` into ``.grad``; returns (mse, loss) as
+        0-dim device tensors (no host sync)."""
+        ...
 
-    Buffers are sized for ``batch_size``; a shorter last batch uses their leading rows.
-    """
+
+def make_pretrain_step(gradients: PretrainGradients, model: DenoisingAutoencoder, config: PretrainConfig,
+                       batch_size: int) -> PretrainStep:
+    step = HandwrittenStep if gradients == "handwritten" else AutogradStep
+    return step(model, config, batch_size)
+
+
+class AutogradStep:
+    """The model's forward, the loss of dae_core.model, autograd's backward."""
+
+    def __init__(self, model: DenoisingAutoencoder, config: PretrainConfig, batch_size: int) -> None:
+        self.model, self.config = model, config
+
+    def __call__(self, pixels: torch.Tensor, index: torch.Tensor,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = pixels[index]  # (B, 784)
+        reconstruction, hidden = self.model(corrupt(clean, self.config.noise, generator))
+        mse = F.mse_loss(reconstruction, clean)
+        loss = mse + self.config.sparsity_weight * l1_sparsity(hidden)
+        self.model.zero_grad(set_to_none=True)
+        loss.backward()
+        return mse.detach(), loss.detach()
+
+
+class HandwrittenStep:
+    """Forward, loss and backward of one batch by the formulas above, every intermediate in
+    a buffer sized for ``batch_size``; a shorter last batch uses their leading rows."""
 
     def __init__(self, model: DenoisingAutoencoder, config: PretrainConfig, batch_size: int) -> None:
         self.encoder, self.decoder = model.encoder[0], model.decoder[0]
@@ -52,8 +88,6 @@ class DenoisingStep:
     @torch.no_grad()
     def __call__(self, pixels: torch.Tensor, index: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the batch ``pixels[index]`` into ``.grad``; returns (mse, loss) as
-        0-dim device tensors (no host sync)."""
         rows = len(index)
         clean = torch.index_select(pixels, 0, index, out=self.clean[:rows])
         noisy = corrupt(clean, self.config.noise, generator, out=self.noisy[:rows])

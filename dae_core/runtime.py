@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -26,7 +27,21 @@ def resolve_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def apply_threads(runtime: RuntimeConfig) -> None:
+@dataclass(frozen=True)
+class Placement:
+    """Where a stage computes."""
+
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def of(cls, runtime: RuntimeConfig) -> Placement:
+        return cls(resolve_device(runtime.device), resolve_dtype(runtime.dtype))
+
+
+def set_thread_count(runtime: RuntimeConfig) -> None:
+    """torch's intra-op thread count is process-wide: each stage sets it once, first, so
+    that cells sharing a process (``dae compare --parallel``) each get their share."""
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
 

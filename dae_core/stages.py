@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -28,27 +29,31 @@ from dae_core.data import Split, load_split
 from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.noise import corrupt
-from dae_core.runtime import apply_threads, make_generator, resolve_device, resolve_dtype, seeded
+from dae_core.runtime import Placement, make_generator, seeded, set_thread_count
 from dae_core.train import (
+    ClassifierHistory,
     EpochCallback,
     History,
+    PretrainHistory,
     make_classifier_optimizer,
     make_pretrain_optimizer,
     pretrain,
     train_classifier,
 )
 
+HistoryT = TypeVar("HistoryT", bound=History)
+
 
 @dataclass(frozen=True)
-class Placement:
-    device: torch.device
-    dtype: torch.dtype
+class StageResult(Generic[HistoryT]):
+    """A training stage's output file, its per-epoch history, the stage's wall time and
+    the part of it spent in the epoch loop (the bare training: no data loading,
+    checkpoints or per-epoch callbacks)."""
 
-    @classmethod
-    def of(cls, config: ExperimentConfig) -> Placement:
-        """Where a stage computes; also applies the configured thread count."""
-        apply_threads(config.runtime)
-        return cls(resolve_device(config.runtime.device), resolve_dtype(config.runtime.dtype))
+    path: Path
+    history: HistoryT
+    seconds: float
+    loop_seconds: float
 
 
 def _split(config: ExperimentConfig, raw_dir: Path, train: bool, place: Placement) -> Split:
@@ -62,10 +67,11 @@ def _autoencoder(config: ExperimentConfig, place: Placement) -> DenoisingAutoenc
     return model.to(place.device, place.dtype)
 
 
-def _resume(state_path: Path, model, optimizer, generator, place: Placement) -> History | None:
+def _resume(state_path: Path, model, optimizer, generator, place: Placement, empty: HistoryT) -> HistoryT:
     if not state_path.exists():
-        return None
-    return restore_training_state(load_checkpoint(state_path, place.device), model, optimizer, generator)
+        return empty
+    stored = restore_training_state(load_checkpoint(state_path, place.device), model, optimizer, generator)
+    return type(empty).from_dict(stored)
 
 
 class LoopClock:
@@ -84,14 +90,14 @@ class LoopClock:
         self._since = time.perf_counter()
 
 
-def _checkpointing(state_path: Path, model, optimizer, generator, history_ref: list,
+def _checkpointing(state_path: Path, model, optimizer, generator, history: History,
                    on_epoch: EpochCallback | None, clock: LoopClock) -> EpochCallback:
     """An epoch callback that saves the state first, then calls the user's callback;
-    ``clock`` stops while they run."""
+    ``clock`` stops while they run. ``history`` is the object the loop appends to."""
 
     def callback(epoch: int, metrics: dict[str, float]) -> None:
         clock.pause()
-        save_checkpoint(state_path, training_state(model, optimizer, generator, history_ref[0]))
+        save_checkpoint(state_path, training_state(model, optimizer, generator, history.as_dict()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         clock.resume()
@@ -105,32 +111,31 @@ def pretrain_stage(
     output: Path,
     state_path: Path,
     on_epoch: EpochCallback | None = None,
-    clock: LoopClock | None = None,
-) -> History:
+) -> StageResult[PretrainHistory]:
     """Pretrain the denoising autoencoder; write ``output`` with the trained weights,
-    the encoder weights before training and the per-epoch history. ``clock``, if given,
-    gains the seconds of the epoch loop."""
-    place = Placement.of(config)
+    the encoder weights before training and the per-epoch history."""
+    started = time.perf_counter()
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
     pixels = _split(config, raw_dir, True, place).flat_pixels(place.dtype)
     model = _autoencoder(config, place)
     initial_encoder = model.encoder[0].weight.detach().cpu().clone()
     optimizer = make_pretrain_optimizer(model, config.pretrain)
     generator = make_generator(config.seed, "pretrain", place.device)
-    history = _resume(state_path, model, optimizer, generator, place) or {"mse": [], "loss": []}
-    # The callback must see the history object the loop appends to.
-    clock = clock or LoopClock()
-    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
+    history = _resume(state_path, model, optimizer, generator, place, PretrainHistory())
+    clock = LoopClock()
+    callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
     clock.resume()
     pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
-             history, callback)
+             history, callback, config.runtime.pretrain_gradients)
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
-                             "history": history})
-    return history
+                             "history": history.as_dict()})
+    return StageResult(output, history, time.perf_counter() - started, clock.seconds)
 
 
-def load_autoencoder(config: ExperimentConfig, path: Path) -> tuple[DenoisingAutoencoder, dict]:
-    place = Placement.of(config)
+def load_autoencoder(config: ExperimentConfig, path: Path,
+                     place: Placement) -> tuple[DenoisingAutoencoder, dict]:
     stored = load_checkpoint(path, place.device)
     model = DenoisingAutoencoder(config.pretrain.hidden_units).to(place.device, place.dtype)
     model.load_state_dict(stored["model"])
@@ -139,23 +144,18 @@ def load_autoencoder(config: ExperimentConfig, path: Path) -> tuple[DenoisingAut
 
 def surgery_stage(config: ExperimentConfig, autoencoder_path: Path, output: Path) -> Path:
     """Replace the decoder with a fresh, seeded Linear(H, 10) + LogSoftmax head."""
-    autoencoder, _ = load_autoencoder(config, autoencoder_path)
+    place = Placement.of(config.runtime)
+    autoencoder, _ = load_autoencoder(config, autoencoder_path, place)
     with seeded(config.seed, "classifier-head-init"):
         classifier = encoder_surgery(autoencoder)
         classifier.head[0].reset_parameters()
-    classifier.to(Placement.of(config).dtype)
+    classifier.to(place.dtype)
     save_checkpoint(output, {"model": classifier.state_dict()})
     return output
 
 
-def _classifier(config: ExperimentConfig, place: Placement) -> EncoderClassifier:
-    shell = DenoisingAutoencoder(config.pretrain.hidden_units)
-    return encoder_surgery(shell).to(place.device, place.dtype)
-
-
-def load_classifier(config: ExperimentConfig, path: Path) -> EncoderClassifier:
-    place = Placement.of(config)
-    model = _classifier(config, place)
+def load_classifier(config: ExperimentConfig, path: Path, place: Placement) -> EncoderClassifier:
+    model = encoder_surgery(DenoisingAutoencoder(config.pretrain.hidden_units)).to(place.device, place.dtype)
     model.load_state_dict(load_checkpoint(path, place.device)["model"])
     return model
 
@@ -167,35 +167,35 @@ def classifier_stage(
     output: Path,
     state_path: Path,
     on_epoch: EpochCallback | None = None,
-    clock: LoopClock | None = None,
-) -> History:
-    """Train the whole classifier with vanilla SGD on clean images; ``clock``, if given,
-    gains the seconds of the epoch loop."""
-    place = Placement.of(config)
+) -> StageResult[ClassifierHistory]:
+    """Train the whole classifier with vanilla SGD on clean images."""
+    started = time.perf_counter()
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
     train = _split(config, raw_dir, True, place)
     test = _split(config, raw_dir, False, place)
-    model = load_classifier(config, initial_path)
+    model = load_classifier(config, initial_path, place)
     optimizer = make_classifier_optimizer(model, config.classifier.lr)
     generator = make_generator(config.seed, "classifier", place.device)
-    history = _resume(state_path, model, optimizer, generator, place) or {
-        "train_loss": [], "test_accuracy": []}
+    history = _resume(state_path, model, optimizer, generator, place, ClassifierHistory())
     train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
-    clock = clock or LoopClock()
-    callback = _checkpointing(state_path, model, optimizer, generator, [history], on_epoch, clock)
+    clock = LoopClock()
+    callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
     clock.resume()
     train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
                      config.classifier.epochs, config.data.batch_size, generator, history, callback)
     clock.pause()
-    save_checkpoint(output, {"model": model.state_dict(), "history": history})
-    return history
+    save_checkpoint(output, {"model": model.state_dict(), "history": history.as_dict()})
+    return StageResult(output, history, time.perf_counter() - started, clock.seconds)
 
 
 def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Path,
                    output: Path) -> Evaluation:
-    place = Placement.of(config)
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
     test = _split(config, raw_dir, False, place)
     result = evaluate(
-        load_classifier(config, classifier_path), test.flat_pixels(place.dtype), test.labels,
+        load_classifier(config, classifier_path, place), test.flat_pixels(place.dtype), test.labels,
         config.evaluation.test_noise, make_generator(config.seed, "noisy-test", place.device),
     )
     write_json(output, result.as_dict())
@@ -211,9 +211,10 @@ def figures_stage(
     out_dir: Path,
 ) -> list[Path]:
     """Write every figure of the experiment into ``out_dir``; returns their paths."""
-    place = Placement.of(config)
-    autoencoder, stored = load_autoencoder(config, autoencoder_path)
-    classifier_history = load_checkpoint(classifier_path)["history"]
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
+    autoencoder, stored = load_autoencoder(config, autoencoder_path, place)
+    classifier_history = ClassifierHistory.from_dict(load_checkpoint(classifier_path)["history"])
     samples = config.evaluation.figure_samples
     clean = _split(config, raw_dir, False, place).flat_pixels(place.dtype)[:samples]
     noisy = corrupt(clean, config.evaluation.test_noise, make_generator(config.seed, "figures", place.device))
@@ -236,9 +237,8 @@ def figures_stage(
                               out_dir / "decoder_weights.png", "Decoder weights per hidden unit"),
         figures.reconstructions(host(clean), host(noisy), host(reconstructed),
                                 out_dir / "reconstructions.png"),
-        figures.pretrain_curve(stored["history"]["mse"], out_dir / "pretrain_mse.png"),
-        figures.classifier_curves(classifier_history["train_loss"],
-                                  classifier_history["test_accuracy"],
+        figures.pretrain_curve(PretrainHistory.from_dict(stored["history"]).mse, out_dir / "pretrain_mse.png"),
+        figures.classifier_curves(classifier_history.train_loss, classifier_history.test_accuracy,
                                   out_dir / "classifier_curves.png"),
         figures.per_class_bars(evaluation.per_class_accuracy, out_dir / "per_class_accuracy.png"),
         figures.confusion_heatmap(np.array(evaluation.confusion), out_dir / "confusion_matrix.png"),

@@ -8,22 +8,58 @@ losses stay on the device and are read once per epoch (no host sync per step).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dae_core.config import PretrainConfig
+from dae_core.config import PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
+from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
-from dae_core.pretrain_step import DenoisingStep
+from dae_core.pretrain_step import make_pretrain_step
 
 log = logging.getLogger(__name__)
 
-History = dict[str, list[float]]
 # Called after each finished epoch with the 1-based epoch and that epoch's metrics.
 EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one training phase: one list entry per finished epoch, one
+    field per metric (the subclasses name them)."""
+
+    @property
+    def epochs(self) -> int:
+        return len(getattr(self, fields(self)[0].name))
+
+    def append(self, metrics: Mapping[str, float]) -> None:
+        for metric in fields(self):
+            getattr(self, metric.name).append(metrics[metric.name])
+
+    def as_dict(self) -> dict[str, list[float]]:
+        """Plain lists, as checkpoints store them."""
+        return {metric.name: list(getattr(self, metric.name)) for metric in fields(self)}
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> Self:
+        return cls(**{metric.name: list(stored[metric.name]) for metric in fields(cls)})
+
+
+@dataclass
+class PretrainHistory(History):
+    mse: list[float] = field(default_factory=list)  # reconstruction MSE against the clean images
+    loss: list[float] = field(default_factory=list)  # mse + the sparsity penalty
+
+
+@dataclass
+class ClassifierHistory(History):
+    train_loss: list[float] = field(default_factory=list)  # mean NLL over the epoch's batches
+    test_accuracy: list[float] = field(default_factory=list)  # percent, after the epoch
 
 
 class TrainingDiverged(FloatingPointError):
@@ -55,8 +91,7 @@ def _check_finite(step_losses: torch.Tensor, phase: str, epoch: int) -> None:
 
 def _record(phase: str, epoch: int, metrics: dict[str, float], history: History,
             on_epoch: EpochCallback | None) -> None:
-    for key, value in metrics.items():
-        history[key].append(value)
+    history.append(metrics)
     log.debug("%s epoch %d: %s", phase, epoch, metrics)
     if on_epoch is not None:
         on_epoch(epoch, metrics)
@@ -69,17 +104,19 @@ def pretrain(
     config: PretrainConfig,
     batch_size: int,
     generator: torch.Generator,
-    history: History | None = None,
+    history: PretrainHistory | None = None,
     on_epoch: EpochCallback | None = None,
-) -> History:
+    gradients: PretrainGradients = "autograd",
+) -> PretrainHistory:
     """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
 
     The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
-    images, as the lecture printed it; ``loss`` adds the sparsity penalty.
+    images, as the lecture printed it; ``loss`` adds the sparsity penalty. ``gradients``
+    picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one.
     """
-    history = history if history is not None else {"mse": [], "loss": []}
-    step = DenoisingStep(model, config, batch_size)
-    for epoch in range(len(history["mse"]) + 1, config.epochs + 1):
+    history = history if history is not None else PretrainHistory()
+    step = make_pretrain_step(gradients, model, config, batch_size)
+    for epoch in range(history.epochs + 1, config.epochs + 1):
         model.train()
         step_mse, step_loss = [], []
         for index in batch_indices(len(pixels), batch_size, generator, pixels.device):
@@ -104,16 +141,14 @@ def train_classifier(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
-    history: History | None = None,
+    history: ClassifierHistory | None = None,
     on_epoch: EpochCallback | None = None,
-) -> History:
+) -> ClassifierHistory:
     """NLL training of the whole classifier (encoder included) on clean images,
     with test accuracy (percent) after every epoch."""
-    from dae_core.evaluate import predict
-
-    history = history if history is not None else {"train_loss": [], "test_accuracy": []}
+    history = history if history is not None else ClassifierHistory()
     batch_buffer = train_pixels.new_empty(batch_size, train_pixels.shape[1])
-    for epoch in range(len(history["train_loss"]) + 1, epochs + 1):
+    for epoch in range(history.epochs + 1, epochs + 1):
         model.train()
         step_loss = []
         for index in batch_indices(len(train_pixels), batch_size, generator, train_pixels.device):
@@ -127,9 +162,8 @@ def train_classifier(
             step_loss.append(loss.detach())
         losses = torch.stack(step_loss)
         _check_finite(losses, "classifier", epoch)
-        correct = (predict(model, test_pixels) == test_labels).sum()
         _record("classifier", epoch, {"train_loss": losses.mean().item(),
-                                      "test_accuracy": 100.0 * correct.item() / len(test_labels)},
+                                      "test_accuracy": accuracy_percent(predict(model, test_pixels), test_labels)},
                 history, on_epoch)
     return history
 

@@ -4,18 +4,25 @@ without pretraining, each over several seeds, under one parent MLflow run."""
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any
+import time
+import uuid
+from typing import Annotated
 
-from prefect import flow
+from prefect import flow, get_client, task
+from prefect.deployments import run_deployment
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, cell_config
+from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, CellRun, ComparisonReport, cell_config
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig
-from tasks.comparison import collect_cell, dispatch_cell, report_comparison, run_cell, start_comparison
+from dae_core.summary import DEFAULT_EXPERIMENT
+from flows.experiment import cell_parameters, dae_experiment
+from tasks.comparison import read_cell, report_comparison, start_comparison
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
+
+Grid = list[tuple[str, ExperimentConfig]]
 
 
 @flow(name="dae-compare")
@@ -27,11 +34,11 @@ def dae_compare(
     sgd_lr: Annotated[float, Field(gt=0.0, le=10.0)] = SGD_PRETRAIN_LR,
     data_dir: str | None = None,
     download: bool = True,
-    experiment_name: str = "dae-mnist",
+    experiment_name: str = DEFAULT_EXPERIMENT,
     work_dir: str | None = None,
     fan_out_deployment: str | None = None,
     cell_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
-) -> dict[str, Any]:
+) -> ComparisonReport:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores;
     or, with ``fan_out_deployment`` (e.g. ``dae-experiment/lecture``), each cell is a
     deployment run that any worker of the pool may pick up, and results come back
@@ -47,17 +54,23 @@ def dae_compare(
     parent = start_comparison(base, dataset, chosen, seed_list, experiment_name)
     with ends_run(parent):
         if fan_out_deployment:
-            flow_run_ids = [dispatch_cell(fan_out_deployment, config, cell, download, experiment_name, parent)
-                            for cell, config in grid]
-            records = [collect_cell(run_id, cell, config.seed, experiment_name, cell_timeout_s)
-                       for run_id, (cell, config) in zip(flow_run_ids, grid, strict=True)]
+            records = _run_on_work_pool(grid, fan_out_deployment, download, experiment_name, parent, cell_timeout_s)
         else:
             records = _run_in_process(grid, parallel, data_dir, download, experiment_name, work_dir, parent)
         return report_comparison(records, parent, work_dir)
 
 
-def _run_in_process(grid, parallel: int, data_dir: str, download: bool, experiment: str, work_dir: str,
-                    parent: str) -> list[dict[str, Any]]:
+@task(name="run-cell")
+def run_cell(config: ExperimentConfig, cell: str, data_dir: str, download: bool, experiment: str,
+             work_dir: str, parent_run_id: str) -> CellRun:
+    """One grid cell at one seed, as a child flow run and a child MLflow run."""
+    summary = dae_experiment(**cell_parameters(config, cell, parent_run_id, download, experiment),
+                             data_dir=data_dir, work_dir=work_dir)
+    return CellRun(cell, config.seed, summary)
+
+
+def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, experiment: str, work_dir: str,
+                    parent: str) -> list[CellRun]:
     with ThreadPoolTaskRunner(max_workers=parallel) as runner:
         futures = [
             runner.submit(run_cell, parameters={
@@ -66,3 +79,36 @@ def _run_in_process(grid, parallel: int, data_dir: str, download: bool, experime
             for cell, config in grid
         ]
         return [future.result() for future in futures]
+
+
+@task(name="dispatch-cell")
+def dispatch_cell(deployment_name: str, config: ExperimentConfig, cell: str, download: bool,
+                  experiment: str, parent_run_id: str) -> str:
+    """Send one cell to the work pool as its own deployment run; returns the flow run id."""
+    flow_run = run_deployment(deployment_name, timeout=0, as_subflow=True,
+                              parameters=cell_parameters(config, cell, parent_run_id, download, experiment))
+    return str(flow_run.id)
+
+
+@task(name="wait-for-cell")
+def wait_for_cell(flow_run_id: str, cell: str, seed: int, timeout_s: int) -> None:
+    """Return once a dispatched cell's flow run has completed; raise if it ended otherwise."""
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while (state := client.read_flow_run(uuid.UUID(flow_run_id)).state) is None or not state.is_final():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s")
+            time.sleep(2)
+    if not state.is_completed():
+        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
+
+
+def _run_on_work_pool(grid: Grid, deployment_name: str, download: bool, experiment: str, parent: str,
+                      timeout_s: int) -> list[CellRun]:
+    flow_run_ids = [dispatch_cell(deployment_name, config, cell, download, experiment, parent)
+                    for cell, config in grid]
+    records = []
+    for flow_run_id, (cell, config) in zip(flow_run_ids, grid, strict=True):
+        wait_for_cell(flow_run_id, cell, config.seed, timeout_s)
+        records.append(read_cell(flow_run_id, cell, config.seed, experiment))
+    return records

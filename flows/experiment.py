@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig
+from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.report import report
 from tasks.run import check_tracking, default_work_dir, start_tracking, tracked
@@ -18,12 +19,12 @@ def dae_experiment(
     config: ExperimentConfig = LECTURE_CONFIG,
     data_dir: str | None = None,
     download: bool = True,
-    experiment_name: str = "dae-mnist",
+    experiment_name: str = DEFAULT_EXPERIMENT,
     work_dir: str | None = None,
     register_model: bool = True,
     parent_run_id: str | None = None,
     run_label: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
     evaluate and report to MLflow. ``config`` defaults to the lecture preset."""
     check_tracking()
@@ -32,7 +33,16 @@ def dae_experiment(
     context = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
     with tracked(context):
         pretrained = pretrain(config, dataset, context)
-        initial = encoder_surgery(config, pretrained["path"], context)
+        initial = encoder_surgery(config, pretrained.path, context)
         classified = train_classifier(config, dataset, initial, context)
-        evaluation = evaluate(config, dataset, classified["path"], context)
+        evaluation = evaluate(config, dataset, classified.path, context)
         return report(config, dataset, pretrained, classified, evaluation, context, register_model)
+
+
+def cell_parameters(config: ExperimentConfig, cell: str, parent_run_id: str, download: bool,
+                    experiment_name: str) -> dict[str, Any]:
+    """``dae_experiment``'s parameters for one cell of a comparison, the same for a call in
+    this process and for a deployment run on the work pool (where each worker's
+    environment supplies the data and work folders)."""
+    return {"config": config, "download": download, "experiment_name": experiment_name,
+            "register_model": False, "parent_run_id": parent_run_id, "run_label": cell}

@@ -3,16 +3,22 @@ registered champion on the same test set."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig
+from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from flows.experiment import dae_experiment
 from tasks.data import default_data_dir, fetch_dataset
-from tasks.registry import CHAMPION, apply_decision, decide, score_version
+from tasks.registry import CHAMPION, Decision, apply_decision, decide, score_version
 from tasks.tracking import alias_version, model_version_of_run
+
+
+class RetrainOutcome(BaseModel):
+    summary: RunSummary
+    decision: Decision
 
 
 @flow(name="dae-retrain")
@@ -21,9 +27,9 @@ def dae_retrain(
     margin: Annotated[float, Field(ge=0.0, le=100.0)] = 0.1,
     data_dir: str | None = None,
     download: bool = True,
-    experiment_name: str = "dae-mnist",
+    experiment_name: str = DEFAULT_EXPERIMENT,
     work_dir: str | None = None,
-) -> dict[str, Any]:
+) -> RetrainOutcome:
     """``margin`` is in accuracy points. Aliases move only after the training run has
     finished and its model version is registered; a failure anywhere before leaves
     both aliases where they were."""
@@ -31,13 +37,12 @@ def dae_retrain(
     summary = dae_experiment(config=config, data_dir=data_dir, download=download,
                              experiment_name=experiment_name, work_dir=work_dir, register_model=True)
     dataset = fetch_dataset(config.data.dataset, data_dir, download)
-    new_version = model_version_of_run(summary["mlflow_run_id"])
+    new_version = model_version_of_run(summary.mlflow_run_id)
     if new_version is None:
-        raise RuntimeError(f"run {summary['mlflow_run_id']} registered no model version")
+        raise RuntimeError(f"run {summary.mlflow_run_id} registered no model version")
     champion = alias_version(CHAMPION)
     decision = decide(
         new_version, score_version(new_version, config, dataset),
         champion, score_version(champion, config, dataset) if champion else None, margin,
     )
-    applied = apply_decision(decision, summary["mlflow_run_id"])
-    return {"summary": summary, "decision": applied.__dict__}
+    return RetrainOutcome(summary=summary, decision=apply_decision(decision, summary.mlflow_run_id))

@@ -1,9 +1,11 @@
-"""Tasks of the comparison flow: the parent MLflow run, one grid cell, and the report."""
+"""Tasks of the comparison flow: the parent MLflow run, reading a cell that ran
+elsewhere back from MLflow, and the report. Starting and waiting for the cells' flow
+runs is the flow's business (flows/compare.py)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -12,6 +14,7 @@ from prefect.runtime import deployment, flow_run
 
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
+from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
 from dae_core.config import ExperimentConfig
 from tasks import tracking
 from tasks.data import DatasetRef
@@ -33,20 +36,8 @@ def start_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[st
     return run_id
 
 
-@task(name="run-cell")
-def run_cell(config: ExperimentConfig, cell: str, data_dir: str, download: bool, experiment: str,
-             work_dir: str, parent_run_id: str) -> dict[str, Any]:
-    """One grid cell at one seed, as a child flow run and a child MLflow run."""
-    from flows.experiment import dae_experiment
-
-    summary = dae_experiment(config=config, data_dir=data_dir, download=download,
-                             experiment_name=experiment, work_dir=work_dir, register_model=False,
-                             parent_run_id=parent_run_id, run_label=cell)
-    return {"cell": cell, "seed": config.seed, "summary": summary}
-
-
 @task(name="report-comparison")
-def report_comparison(records: list[dict[str, Any]], parent_run_id: str, work_dir: str) -> dict[str, Any]:
+def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str) -> ComparisonReport:
     rows = comparison.comparison_table(records)
     verdicts = comparison.findings(rows)
     table_markdown = comparison.markdown_table(rows)
@@ -56,26 +47,25 @@ def report_comparison(records: list[dict[str, Any]], parent_run_id: str, work_di
     csv_path = out / "comparison.csv"
     frame.to_csv(csv_path, index=False)
     pictures = [
-        figures.overlay_bands(comparison.curve_bands(records, lambda s: s["pretrain"]["mse"]),
+        figures.overlay_bands(comparison.curve_bands(records, lambda s: s.pretrain.mse),
                               out / "pretrain_mse_by_cell.png", "train reconstruction MSE",
                               "Pretraining MSE (mean +- std over seeds)", log_scale=True),
-        figures.overlay_bands(comparison.curve_bands(records, lambda s: s["classifier"]["test_accuracy"]),
+        figures.overlay_bands(comparison.curve_bands(records, lambda s: s.classifier.test_accuracy),
                               out / "test_accuracy_by_cell.png", "test accuracy (%)",
                               "Classifier test accuracy (mean +- std over seeds)"),
     ]
     findings_markdown = "\n".join(["## Verdicts on the lecture's claims", *verdicts])
-    result = {"rows": rows, "table_markdown": table_markdown, "findings_markdown": findings_markdown,
-              "mlflow_run_id": parent_run_id,
-              "runs": [{"cell": r["cell"], "seed": r["seed"], "mlflow_run_id": r["summary"]["mlflow_run_id"]}
-                       for r in records]}
-    write_json(out / "comparison.json", result)
+    result = ComparisonReport(
+        rows=rows, table_markdown=table_markdown, findings_markdown=findings_markdown, mlflow_run_id=parent_run_id,
+        runs=[CellRunRef(cell=r.cell, seed=r.seed, mlflow_run_id=r.summary.mlflow_run_id) for r in records])
+    write_json(out / "comparison.json", result.model_dump())
 
     tracking.log_table(parent_run_id, frame, "tables/comparison.json")
     tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")
     finals = {f"compare/{row['cell']}/{row['metric']}_mean": row["mean"] for row in rows
-              if row["mean"] == row["mean"]}
+              if not math.isnan(row["mean"])}
     tracking.log_metrics(parent_run_id, finals)
-    create_table_artifact([{k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    create_table_artifact([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                            for row in rows], key="dae-comparison", description="Cells x metrics over seeds")
     create_markdown_artifact(f"# DAE comparison\n\n{table_markdown}\n\n{findings_markdown}\n\n"
                              f"MLflow parent run: `{parent_run_id}`", key="dae-comparison-report")
@@ -83,39 +73,10 @@ def report_comparison(records: list[dict[str, Any]], parent_run_id: str, work_di
     return result
 
 
-@task(name="dispatch-cell")
-def dispatch_cell(deployment_name: str, config: ExperimentConfig, cell: str, download: bool,
-                  experiment: str, parent_run_id: str) -> str:
-    """Send one cell to the work pool as its own deployment run; returns the flow run id.
-    Data and work folders are left to each worker's environment (DAE_DATA_DIR, DAE_WORK_DIR)."""
-    from prefect.deployments import run_deployment
-
-    flow_run = run_deployment(
-        deployment_name, timeout=0, as_subflow=True,
-        parameters={"config": config.model_dump(mode="json"), "download": download,
-                    "experiment_name": experiment, "register_model": False,
-                    "parent_run_id": parent_run_id, "run_label": cell},
-    )
-    return str(flow_run.id)
-
-
-@task(name="collect-cell")
-def collect_cell(flow_run_id: str, cell: str, seed: int, experiment: str, timeout_s: int) -> dict[str, Any]:
-    """Wait for a dispatched cell and read its summary back from MLflow."""
-    import time
-    import uuid
-
-    from prefect import get_client
-
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while (state := client.read_flow_run(uuid.UUID(flow_run_id)).state) is None or not state.is_final():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s")
-            time.sleep(2)
-    if not state.is_completed():
-        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
+@task(name="read-cell")
+def read_cell(flow_run_id: str, cell: str, seed: int, experiment: str) -> CellRun:
+    """The summary of a cell's finished flow run, rebuilt from the MLflow run it created."""
     run_id = tracking.run_of_flow_run(flow_run_id, experiment)
     if run_id is None:
         raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} left no MLflow run")
-    return {"cell": cell, "seed": seed, "summary": tracking.summary_from_run(run_id)}
+    return CellRun(cell, seed, tracking.summary_from_run(run_id))

@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
-from dae_core.evaluate import predict
+from dae_core.evaluate import accuracy_percent, predict
 from tasks import tracking
 from tasks.data import DatasetRef
 
@@ -37,8 +37,7 @@ def score_version(version: str, config: ExperimentConfig, dataset: DatasetRef) -
 
     test = load_split(Path(dataset.raw_dir), train=False, limit=config.data.test_limit)
     model = tracking.load_registered(version)
-    predicted = predict(model, test.flat_pixels(torch.float32))
-    return 100.0 * (predicted == test.labels).sum().item() / len(test)
+    return accuracy_percent(predict(model, test.flat_pixels(torch.float32)), test.labels)
 
 
 def decide(new_version: str, new_accuracy: float, champion_version: str | None,

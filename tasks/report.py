@@ -4,7 +4,6 @@ the Prefect UI."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -13,7 +12,10 @@ from dae_core import stages
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
 from dae_core.evaluate import Evaluation
-from dae_core.summary import build_summary
+from dae_core.runtime import Placement
+from dae_core.shapes import NUM_CLASSES
+from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
+from dae_core.train import ClassifierHistory, PretrainHistory
 from tasks import tracking
 from tasks.data import DatasetRef
 from tasks.run import RunContext
@@ -28,53 +30,47 @@ def _run_link(run_id: str) -> str:
     return f"`{run_id}` in `{uri}` (open with `mlflow ui --backend-store-uri {uri}`)"
 
 
-def _markdown(summary: dict[str, Any], run_id: str) -> str:
-    test = summary["test"]
-    mse = summary["pretrain"]["mse"]
-    accuracy = summary["classifier"]["test_accuracy"]
+def _markdown(summary: RunSummary) -> str:
+    mse, accuracy = summary.pretrain.mse, summary.classifier.test_accuracy
     return "\n".join([
         "# DAE experiment",
-        f"- MLflow run: {_run_link(run_id)}",
-        f"- test accuracy: **{test['accuracy']:.2f}%** (noisy test set: {test['noisy_accuracy']:.2f}%)",
+        f"- MLflow run: {_run_link(summary.mlflow_run_id)}",
+        f"- test accuracy: **{summary.test.accuracy:.2f}%** (noisy test set: {summary.test.noisy_accuracy:.2f}%)",
         f"- pretraining MSE: {mse[0]:.4f} (epoch 1) -> {mse[-1]:.4f} (epoch {len(mse)})" if mse
         else "- pretraining: skipped (random encoder)",
         f"- classifier test accuracy: {accuracy[0]:.2f}% (epoch 1) -> {accuracy[-1]:.2f}% (epoch {len(accuracy)})",
-        f"- training time: pretraining {summary['timing']['pretrain_s']:.1f} s, "
-        f"classifier {summary['timing']['classifier_s']:.1f} s",
+        f"- training time: pretraining {summary.timing.pretrain_s:.1f} s, "
+        f"classifier {summary.timing.classifier_s:.1f} s",
     ])
 
 
 @task(name="report")
-def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: dict[str, Any],
-           classified: dict[str, Any], evaluation: dict[str, Any], context: RunContext,
-           register_model: bool = True) -> dict[str, Any]:
+def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.StageResult[PretrainHistory],
+           classified: stages.StageResult[ClassifierHistory], evaluation: Evaluation, context: RunContext,
+           register_model: bool = True) -> RunSummary:
     run_id = context.mlflow_run_id
-    result = Evaluation(**evaluation)
     out = Path(context.out_dir)
-    pictures = stages.figures_stage(config, Path(dataset.raw_dir), Path(pretrained["path"]),
-                                    Path(classified["path"]), result, out / "figures")
+    pictures = stages.figures_stage(config, Path(dataset.raw_dir), pretrained.path, classified.path, evaluation,
+                                    out / "figures")
     tracking.log_files(run_id, pictures, "figures")
-    per_class = {"digit": list(range(10)), "accuracy": result.per_class_accuracy}
-    tracking.log_table(run_id, per_class, "tables/per_class_accuracy.json")
-    confusion = {"true": list(range(10))}
-    confusion.update({f"predicted_{p}": [row[p] for row in result.confusion] for p in range(10)})
+    digits = list(range(NUM_CLASSES))
+    tracking.log_table(run_id, {"digit": digits, "accuracy": evaluation.per_class_accuracy},
+                       "tables/per_class_accuracy.json")
+    confusion = {"true": digits, **{f"predicted_{p}": [row[p] for row in evaluation.confusion] for p in digits}}
     tracking.log_table(run_id, confusion, "tables/confusion_matrix.json")
-    model_uri = tracking.log_classifier(run_id, stages.load_classifier(config, Path(classified["path"])),
-                                        register=register_model)
+    classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
+    model_uri = tracking.log_classifier(run_id, classifier, register=register_model)
 
-    summary = build_summary(pretrained["history"], classified["history"], result,
-                            pretrained["seconds"], classified["seconds"],
-                            pretrained["loop_seconds"], classified["loop_seconds"])
-    summary["mlflow_run_id"] = run_id
-    tracking.log_metrics(run_id, {f"timing/{key}": value for key, value in summary["timing"].items()})
-    summary["model_uri"] = model_uri
-    write_json(out / "summary.json", summary)
+    timing = Timing(pretrain_s=pretrained.seconds, classifier_s=classified.seconds,
+                    pretrain_loop_s=pretrained.loop_seconds, classifier_loop_s=classified.loop_seconds)
+    tracking.log_metrics(run_id, timing_metrics(timing))
+    summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id, model_uri)
+    write_json(out / "summary.json", summary.model_dump())
     tracking.log_files(run_id, [out / "summary.json"], "")
 
-    create_markdown_artifact(_markdown(summary, run_id), key="dae-experiment-summary",
-                             description="Key numbers of this run")
+    create_markdown_artifact(_markdown(summary), key="dae-experiment-summary", description="Key numbers of this run")
     create_table_artifact([{"digit": d, "accuracy_percent": round(a, 2)}
-                           for d, a in enumerate(result.per_class_accuracy)],
+                           for d, a in enumerate(evaluation.per_class_accuracy)],
                           key="dae-per-class-accuracy", description="Per-class test accuracy")
-    get_run_logger().info("test accuracy %.2f%%, run outputs in %s", result.accuracy, out)
+    get_run_logger().info("test accuracy %.2f%%, run outputs in %s", evaluation.accuracy, out)
     return summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import subprocess
 import threading
@@ -25,11 +24,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from dae_core.config import ExperimentConfig
+from dae_core.summary import CURVE_KEYS, REGISTERED_MODEL, RunSummary, epoch_metrics, summary_from_metrics
+from dae_core.train import History
 
-log = logging.getLogger(__name__)
-
-DEFAULT_EXPERIMENT = "dae-mnist"
-REGISTERED_MODEL = "dae-mnist-classifier"
 PARENT_TAG = "mlflow.parentRunId"
 
 
@@ -140,11 +137,11 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None)
     client().log_batch(run_id, metrics=batch)
 
 
-def log_history(run_id: str, prefix: str, history: dict[str, list[float]]) -> None:
+def log_history(run_id: str, phase: str, history: History) -> None:
     """Re-log a restored history, one request per epoch, e.g. after a resume."""
-    epochs = len(next(iter(history.values()), []))
-    for index in range(epochs):
-        log_metrics(run_id, {f"{prefix}/{key}": values[index] for key, values in history.items()},
+    curves = history.as_dict()
+    for index in range(history.epochs):
+        log_metrics(run_id, epoch_metrics(phase, {name: values[index] for name, values in curves.items()}),
                     step=index + 1)
 
 
@@ -223,23 +220,12 @@ def run_of_flow_run(flow_run_id: str, experiment: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def summary_from_run(run_id: str) -> dict[str, Any]:
+def summary_from_run(run_id: str) -> RunSummary:
     """Rebuild a run's summary from what it logged: how a comparison collects cells that
     ran on other machines, which share only the tracking server."""
     tracker = client()
-    run = tracker.get_run(run_id)
-    metrics = run.data.metrics
 
-    def history(key: str) -> list[float]:
+    def curve(key: str) -> list[float]:
         return [m.value for m in sorted(tracker.get_metric_history(run_id, key), key=lambda m: m.step)]
 
-    return {
-        "pretrain": {"mse": history("pretrain/mse")},
-        "classifier": {"train_loss": history("classifier/train_loss"),
-                       "test_accuracy": history("classifier/test_accuracy")},
-        "test": {"accuracy": metrics["test/accuracy"], "noisy_accuracy": metrics["test/noisy_accuracy"],
-                 "per_class_accuracy": [metrics[f"test/accuracy_class_{d}"] for d in range(10)]},
-        "timing": {key: metrics.get(f"timing/{key}", float("nan"))
-                   for key in ("pretrain_s", "classifier_s", "pretrain_loop_s", "classifier_loop_s")},
-        "mlflow_run_id": run_id,
-    }
+    return summary_from_metrics({key: curve(key) for key in CURVE_KEYS}, tracker.get_run(run_id).data.metrics, run_id)

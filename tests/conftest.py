@@ -3,7 +3,6 @@ session, and MLflow on a temporary SQLite store."""
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -73,12 +72,13 @@ def tiny_config():
 def prefect_server(tmp_path_factory):
     """One temporary Prefect server for every flow test (starting one costs ~10 s)."""
     home = tmp_path_factory.mktemp("prefect-home")
-    os.environ["PREFECT_HOME"] = str(home)
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=90):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PREFECT_HOME", str(home))
+        patch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+        with prefect_test_harness(server_startup_timeout=90):
+            yield
 
 
 @pytest.fixture(scope="session")
@@ -95,7 +95,9 @@ def mlflow_store(tmp_path_factory) -> str:
     import mlflow
 
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.MlflowClient().search_experiments()
-    return uri
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        mlflow.MlflowClient().search_experiments()
+        yield uri
+    mlflow.set_tracking_uri(None)

@@ -10,19 +10,21 @@ import sys
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+TINY_RUN = ["run", "--preset", "smoke", "--no-download", "--set", "data.train_limit=null",
+            "--set", "data.test_limit=null", "--set", "data.batch_size=40"]
+
+
+def _embedded_env(tmp_path: Path) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    return env
 
 
 def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_path):
-    # PREFECT_LOGGING_LEVEL too: an in-process `dae` call without --verbose (tests/test_flows.py)
-    # sets it to WARNING in this process, which would hide the server's INFO line.
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_LOGGING_LEVEL")}
-    env["PREFECT_HOME"] = str(tmp_path / "prefect")
     result = subprocess.run(
-        [str(BIN / "dae"), "run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
-         "--set", "data.train_limit=null", "--set", "data.test_limit=null", "--set", "data.batch_size=40",
+        [str(BIN / "dae"), *TINY_RUN, "--data-dir", str(data_root),
          "--summary-json", str(tmp_path / "summary.json"), "--verbose"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # The server started before the imports is the one the flow used: Prefect started no other.
@@ -35,3 +37,23 @@ def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_pa
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0
     assert (tmp_path / "mlflow.db").exists()
+
+
+def test_without_prefects_private_server_api_dae_still_runs_and_stays_quiet(data_root, tmp_path):
+    """A Prefect release without the API of the early start: Prefect's own path runs the flow.
+    Without --verbose the terminal shows no INFO lines."""
+    code = (
+        "import sys\n"
+        "import dae_cli.prefect_server as early\n"
+        "early.EARLY_START_API = ('prefect.server.api.server', 'NoSuchServerInThisRelease')\n"
+        "from dae_cli.main import main\n"
+        "sys.exit(main(sys.argv[1:], restore_terminal=False))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, *TINY_RUN, "--data-dir", str(data_root),
+         "--summary-json", str(tmp_path / "summary.json")],
+        cwd=tmp_path, env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["test"]["accuracy"] > 0
+    assert " | INFO " not in result.stderr, result.stderr[-3000:]
+    assert result.stdout.startswith("test accuracy "), result.stdout

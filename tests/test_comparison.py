@@ -2,8 +2,18 @@ import math
 
 import pytest
 
-from dae_core.comparison import CELLS, LECTURE_CELL, CellName, cell_config, comparison_table, findings, interval
+from dae_core.comparison import (
+    CELLS,
+    LECTURE_CELL,
+    CellName,
+    CellRun,
+    cell_config,
+    comparison_table,
+    findings,
+    interval,
+)
 from dae_core.config import build_config
+from dae_core.summary import ClassifierCurves, EvaluationScores, PretrainCurves, RunSummary, Timing
 
 
 def test_interval_is_a_student_t_interval():
@@ -28,19 +38,19 @@ def test_cells_change_only_what_they_name():
 
 
 def _summary(accuracy, epoch1, noisy, mse):
-    return {"test": {"accuracy": accuracy, "noisy_accuracy": noisy},
-            "classifier": {"test_accuracy": [epoch1, accuracy]}, "pretrain": {"mse": mse}}
+    return RunSummary(
+        pretrain=PretrainCurves(mse=mse),
+        classifier=ClassifierCurves(train_loss=[1.0, 0.5], test_accuracy=[epoch1, accuracy]),
+        test=EvaluationScores(accuracy=accuracy, noisy_accuracy=noisy, per_class_accuracy=[accuracy] * 10),
+        timing=Timing(pretrain_s=1, classifier_s=1, pretrain_loop_s=1, classifier_loop_s=1), mlflow_run_id="r")
 
 
 def test_paired_differences_and_verdicts():
     records = []
     for seed, shift in enumerate([0.0, 0.2, -0.1]):
-        records.append({"cell": "adam-noise", "seed": seed,
-                        "summary": _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])})
-        records.append({"cell": "no-pretraining", "seed": seed,
-                        "summary": _summary(90 + shift, 80 + shift, 85, [])})
-        records.append({"cell": "adam-clean", "seed": seed,
-                        "summary": _summary(92.05 + shift * 0.5, 87, 85 + 0.1 * seed, [0.06, 0.006])})
+        records.append(CellRun("adam-noise", seed, _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])))
+        records.append(CellRun("no-pretraining", seed, _summary(90 + shift, 80 + shift, 85, [])))
+        records.append(CellRun("adam-clean", seed, _summary(92.05 + shift * 0.5, 87, 85 + 0.1 * seed, [0.06, 0.006])))
     rows = {(r["cell"], r["metric"]): r for r in comparison_table(records)}
     baseline = rows[("no-pretraining", "final_accuracy")]
     # Paired by seed, the seed shifts cancel: every difference is exactly -2.

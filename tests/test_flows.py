@@ -32,31 +32,42 @@ def _runs(experiment: str, filter_string: str = ""):
 @pytest.fixture(scope="module")
 def experiment_run(data_root, tmp_path_factory):
     from flows.experiment import dae_experiment
+    from tasks import progress
 
     name = _experiment()
-    summary = dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
-                             experiment_name=name, work_dir=str(tmp_path_factory.mktemp("work")))
+    with progress.listening(lambda phase, epoch, total, metrics: PROGRESS.append((phase, epoch, total))):
+        summary = dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
+                                 experiment_name=name, work_dir=str(tmp_path_factory.mktemp("work")))
     return name, summary
+
+
+PROGRESS: list[tuple[str, int, int]] = []
+
+
+def test_the_caller_hears_every_epoch_of_its_run(experiment_run):
+    pretrain_epochs, classifier_epochs = TINY["pretrain"]["epochs"], TINY["classifier"]["epochs"]
+    assert PROGRESS == [("pretrain", epoch, pretrain_epochs) for epoch in range(1, pretrain_epochs + 1)] + [
+        ("classifier", epoch, classifier_epochs) for epoch in range(1, classifier_epochs + 1)]
 
 
 def test_experiment_records_params_metrics_and_tags(experiment_run):
     name, summary = experiment_run
     (run,) = _runs(name)
-    assert run.info.status == "FINISHED" and run.info.run_id == summary["mlflow_run_id"]
+    assert run.info.status == "FINISHED" and run.info.run_id == summary.mlflow_run_id
     params = run.data.params
     assert params["pretrain.optimizer"] == "adam" and params["pretrain.noise.std"] == "0.2"
     assert params["seed"] == "0" and params["dataset"] == "mnist"
     client = MlflowClient()
     mse = client.get_metric_history(run.info.run_id, "pretrain/mse")
     assert [m.step for m in mse] == list(range(1, TINY["pretrain"]["epochs"] + 1))
-    assert [m.value for m in mse] == pytest.approx(summary["pretrain"]["mse"])
+    assert [m.value for m in mse] == pytest.approx(summary.pretrain.mse)
     for key in ("classifier/train_loss", "classifier/test_accuracy"):
         assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [1, 2, 3]
     metrics = run.data.metrics
-    assert metrics["test/accuracy"] == pytest.approx(summary["test"]["accuracy"])
-    assert metrics["test/noisy_accuracy"] == pytest.approx(summary["test"]["noisy_accuracy"])
+    assert metrics["test/accuracy"] == pytest.approx(summary.test.accuracy)
+    assert metrics["test/noisy_accuracy"] == pytest.approx(summary.test.noisy_accuracy)
     assert [metrics[f"test/accuracy_class_{d}"] for d in range(10)] == pytest.approx(
-        summary["test"]["per_class_accuracy"])
+        summary.test.per_class_accuracy)
     tags = run.data.tags
     assert uuid.UUID(tags["prefect.flow_run_id"]) and tags["prefect.flow_run_name"] == run.info.run_name
     dataset = run.inputs.dataset_inputs[0].dataset
@@ -66,7 +77,7 @@ def test_experiment_records_params_metrics_and_tags(experiment_run):
 def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experiment_run):
     name, summary = experiment_run
     client = MlflowClient()
-    run_id = summary["mlflow_run_id"]
+    run_id = summary.mlflow_run_id
     figures = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, "figures")}
     assert {"encoder_weights_before.png", "encoder_weights_after.png", "encoder_weights_change.png",
             "decoder_weights.png", "reconstructions.png", "confusion_matrix.png",
@@ -75,7 +86,7 @@ def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experime
     assert tables == {"per_class_accuracy.json", "confusion_matrix.json"}
     versions = client.search_model_versions("name='dae-mnist-classifier'")
     assert run_id in {v.run_id for v in versions}
-    model = mlflow.pytorch.load_model(summary["model_uri"])
+    model = mlflow.pytorch.load_model(summary.model_uri)
     log_probabilities = model(torch.rand(5, 784))
     assert log_probabilities.shape == (5, 10)
     assert torch.allclose(log_probabilities.exp().sum(dim=1), torch.ones(5), atol=1e-5)
@@ -83,13 +94,14 @@ def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experime
 
 def test_summary_contract(experiment_run):
     _, summary = experiment_run
-    assert set(summary) >= {"pretrain", "classifier", "test", "timing", "mlflow_run_id"}
-    assert len(summary["pretrain"]["mse"]) == TINY["pretrain"]["epochs"]
-    assert len(summary["classifier"]["train_loss"]) == len(summary["classifier"]["test_accuracy"]) == 3
-    assert len(summary["test"]["per_class_accuracy"]) == 10
-    assert set(summary["timing"]) == {"pretrain_s", "classifier_s", "pretrain_loop_s", "classifier_loop_s"}
+    dumped = summary.model_dump()
+    assert set(dumped) >= {"pretrain", "classifier", "test", "timing", "mlflow_run_id", "model_uri"}
+    assert len(summary.pretrain.mse) == TINY["pretrain"]["epochs"]
+    assert len(summary.classifier.train_loss) == len(summary.classifier.test_accuracy) == 3
+    assert len(summary.test.per_class_accuracy) == 10
+    assert set(dumped["timing"]) == {"pretrain_s", "classifier_s", "pretrain_loop_s", "classifier_loop_s"}
     for phase in ("pretrain", "classifier"):
-        assert 0 < summary["timing"][f"{phase}_loop_s"] < summary["timing"][f"{phase}_s"]
+        assert 0 < dumped["timing"][f"{phase}_loop_s"] < dumped["timing"][f"{phase}_s"]
 
 
 def test_an_invalid_parameter_is_refused_before_any_task_runs(data_root, tmp_path):
@@ -157,9 +169,9 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
     assert {c.data.params["pretrain.epochs"] for c in children} == {str(TINY["pretrain"]["epochs"]), "0"}
     artifacts = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "comparison")}
     assert "comparison/comparison.csv" in artifacts and "comparison/test_accuracy_by_cell.png" in artifacts
-    rows = {(r["cell"], r["metric"]): r for r in result["rows"]}
+    rows = {(r["cell"], r["metric"]): r for r in result.rows}
     assert rows[("adam-noise", "final_accuracy")]["n"] == 2
-    assert "| no-pretraining | final_accuracy |" in result["table_markdown"]
+    assert "| no-pretraining | final_accuracy |" in result.table_markdown
 
 
 def test_cli_refuses_a_bad_override_naming_the_field(capsys):
@@ -178,7 +190,26 @@ def test_cli_run_writes_the_summary_json(data_root, tmp_path):
     assert dae_main(args) == 0
     summary = json.loads(summary_path.read_text())
     assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
-    assert MlflowClient().get_run(summary["mlflow_run_id"]).data.params["seed"] == "4"
+    run = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert run.data.params["seed"] == "4"
+    # The quiet terminal does not silence the Prefect API: the flow run's INFO lines are there.
+    messages = _flow_run_log_messages(run.data.tags["prefect.flow_run_id"])
+    assert any(message.startswith("MLflow run ") for message in messages), messages
+
+
+def _flow_run_log_messages(flow_run_id: str) -> list[str]:
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+    with get_client(sync_client=True) as client:
+        for _ in range(30):  # Prefect sends logs in batches, every 2 s by default
+            if messages := [log.message for log in client.read_logs(log_filter=log_filter)]:
+                return messages
+            time.sleep(0.5)
+    return []
 
 
 
@@ -202,14 +233,14 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     def alias(name):
         return fresh_registry.get_model_version_by_alias("dae-mnist-classifier", name).version
 
-    first = dae_retrain(margin=0.1, **common)["decision"]
-    assert first["action"] == "first-champion" and alias("champion") == first["new_version"]
-    second = dae_retrain(margin=0.1, **common)["decision"]
+    first = dae_retrain(margin=0.1, **common).decision
+    assert first.action == "first-champion" and alias("champion") == first.new_version
+    second = dae_retrain(margin=0.1, **common).decision
     # Same seed, same numbers: a gain of 0 points cannot clear a 0.1-point margin.
-    assert second["new_accuracy"] == first["new_accuracy"] and second["action"] == "challenger"
-    assert alias("champion") == first["new_version"] and alias("challenger") == second["new_version"]
-    third = dae_retrain(margin=0.0, **common)["decision"]
-    assert third["action"] == "promoted" and alias("champion") == third["new_version"]
-    run_id = fresh_registry.get_model_version("dae-mnist-classifier", second["new_version"]).run_id
+    assert second.new_accuracy == first.new_accuracy and second.action == "challenger"
+    assert alias("champion") == first.new_version and alias("challenger") == second.new_version
+    third = dae_retrain(margin=0.0, **common).decision
+    assert third.action == "promoted" and alias("champion") == third.new_version
+    run_id = fresh_registry.get_model_version("dae-mnist-classifier", second.new_version).run_id
     tags = fresh_registry.get_run(run_id).data.tags
     assert tags["dae.retrain.action"] == "challenger" and "margin" in tags["dae.retrain.reason"]

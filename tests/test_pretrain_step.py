@@ -1,52 +1,55 @@
+"""The hand-written pretraining step against the default, autograd on the model."""
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 from dae_core.config import NoiseConfig, PretrainConfig
-from dae_core.model import DenoisingAutoencoder, l1_sparsity
-from dae_core.noise import corrupt
-from dae_core.pretrain_step import DenoisingStep
+from dae_core.model import DenoisingAutoencoder
+from dae_core.pretrain_step import AutogradStep, HandwrittenStep, make_pretrain_step
 
 
-def _autograd_reference(model, clean, config, seed):
-    model.zero_grad(set_to_none=True)
-    reconstruction, hidden = model(corrupt(clean, config.noise, torch.Generator().manual_seed(seed)))
-    mse = F.mse_loss(reconstruction, clean)
-    loss = mse + config.sparsity_weight * l1_sparsity(hidden)
-    loss.backward()
-    return mse.detach(), loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+def _gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
 
 
 @pytest.mark.parametrize("noise", [NoiseConfig(), NoiseConfig(enabled=False)], ids=["noise", "clean"])
 @pytest.mark.parametrize("sparsity_weight", [0.0, 1e-4, 0.5])
 @pytest.mark.parametrize("rows", [16, 11], ids=["full-batch", "short-last-batch"])
-def test_step_equals_autograd_on_the_module(noise, sparsity_weight, rows):
+def test_handwritten_step_equals_autograd_on_the_module(noise, sparsity_weight, rows):
     torch.manual_seed(0)
     model = DenoisingAutoencoder(24).double()
     pixels = torch.rand(40, 784, dtype=torch.float64)
     index = torch.randperm(40)[:rows]
     config = PretrainConfig(noise=noise, sparsity_weight=sparsity_weight)
 
-    step = DenoisingStep(model, config, batch_size=16)
-    mse, loss = step(pixels, index, torch.Generator().manual_seed(5))
-    fused = {name: p.grad.clone() for name, p in model.named_parameters()}
-    expected_mse, expected_loss, expected = _autograd_reference(model, pixels[index], config, seed=5)
+    mse, loss = HandwrittenStep(model, config, batch_size=16)(pixels, index, torch.Generator().manual_seed(5))
+    handwritten = _gradients(model)
+    expected_mse, expected_loss = AutogradStep(model, config, batch_size=16)(
+        pixels, index, torch.Generator().manual_seed(5))
+    expected = _gradients(model)
 
     torch.testing.assert_close(mse, expected_mse)
     torch.testing.assert_close(loss, expected_loss)
     for name, gradient in expected.items():
-        torch.testing.assert_close(fused[name], gradient, msg=name)
+        torch.testing.assert_close(handwritten[name], gradient, msg=name)
 
 
-def test_each_step_overwrites_the_previous_gradients():
+@pytest.mark.parametrize("step_class", [AutogradStep, HandwrittenStep])
+def test_each_step_overwrites_the_previous_gradients(step_class):
     torch.manual_seed(1)
     model = DenoisingAutoencoder(8)
     pixels = torch.rand(20, 784)
     config = PretrainConfig(noise=NoiseConfig(enabled=False))
-    step = DenoisingStep(model, config, batch_size=10)
+    step = step_class(model, config, batch_size=10)
     step(pixels, torch.arange(10), torch.Generator())
     step(pixels, torch.arange(10, 20), torch.Generator())
-    second = {name: p.grad.clone() for name, p in model.named_parameters()}
-    _, _, expected = _autograd_reference(model, pixels[10:], config, seed=0)
-    for name, gradient in expected.items():
+    second = _gradients(model)
+    AutogradStep(model, config, batch_size=10)(pixels, torch.arange(10, 20), torch.Generator())
+    for name, gradient in _gradients(model).items():
         torch.testing.assert_close(second[name], gradient, msg=name)
+
+
+def test_the_switch_picks_the_step():
+    model, config = DenoisingAutoencoder(8), PretrainConfig()
+    assert isinstance(make_pretrain_step("autograd", model, config, 4), AutogradStep)
+    assert isinstance(make_pretrain_step("handwritten", model, config, 4), HandwrittenStep)
