@@ -13,16 +13,19 @@ import gc
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dae_cli.prefect_server import prefect_terminal, start_temporary_server
+from dae_cli.prefect_server import server_settings, start_temporary_server
+from dae_cli.terminal import QuietTerminal
 from dae_core.comparison import CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
 from dae_core.summary import DEFAULT_EXPERIMENT
 
-EXIT_CONFIG = 2
+# Exit codes of the failures a user can act on (README, "The command").
+EXIT_CONFIG, EXIT_DATA, EXIT_TRACKING, EXIT_DIVERGED = 2, 3, 4, 5
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -48,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
     run.add_argument("--summary-json", type=Path, help="write the run summary here")
+    run.add_argument("--name", help="name of the Prefect flow run and the MLflow run (default <preset>-seed<N>)")
 
     compare = commands.add_parser("compare", help="optimizer x noise grid over seeds (dae-compare)")
     _common(compare)
@@ -111,18 +115,19 @@ def _import_torch_lazy_modules() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     config = _config(args)
     server = start_temporary_server()
     from flows.experiment import dae_experiment
     from tasks import progress
 
+    terminal.libraries_loaded()
     _import_torch_lazy_modules()
     bars = _Bars()
     try:
         with server, progress.listening(bars):
             summary = dae_experiment(config=config, data_dir=args.data_dir, download=not args.no_download,
-                                     experiment_name=args.experiment, work_dir=args.work_dir)
+                                     experiment_name=args.experiment, work_dir=args.work_dir, name=args.name)
     finally:
         bars.close()
     _write(args.summary_json, summary.model_dump())
@@ -132,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(args: argparse.Namespace) -> int:
+def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     config = _config(args)
     server = start_temporary_server()
     from tqdm import tqdm
@@ -140,6 +145,7 @@ def _compare(args: argparse.Namespace) -> int:
     from flows.compare import dae_compare
     from tasks import progress
 
+    terminal.libraries_loaded()
     _import_torch_lazy_modules()
     bar = tqdm(total=len(args.cells or CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
 
@@ -171,18 +177,50 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(error: BaseException) -> tuple[str, int] | None:
+    """The cause and the fix of an expected failure, and its exit code; None for a bug."""
+    from dae_core.data import DataError, DataMissing
+    from dae_core.train import TrainingDiverged
+
+    if isinstance(error, ConfigError):
+        return str(error), EXIT_CONFIG
+    if isinstance(error, DataMissing):
+        return (f"{error}\n  fix: pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four "
+                "MNIST IDX files, e.g. --data-dir ../shared/data", EXIT_DATA)
+    if isinstance(error, DataError):
+        return (f"{error}\n  fix: delete the damaged file to download it again, or pass --data-dir with a good "
+                "copy", EXIT_DATA)
+    if isinstance(error, TrainingDiverged):
+        return f"training diverged: {error} (--set pretrain.lr=... or classifier.lr=...)", EXIT_DIVERGED
+    if "tasks.tracking" in sys.modules:
+        from tasks.tracking import TrackingUnavailable
+
+        if isinstance(error, TrackingUnavailable):
+            return (f"{error}\n  fix: start the tracking server, or unset MLFLOW_TRACKING_URI to track "
+                    "into ./mlflow.db", EXIT_TRACKING)
+    return None
+
+
 def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> int:
     """``restore_terminal=False``: Prefect's console stays as the command set it after the
-    command returns (the console script, whose process ends there)."""
+    command returns (the console script, whose process ends there). Expected failures end
+    in one line with the cause and the fix (and the traceback with ``--verbose``)."""
     args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", False)
     try:
         if args.command == "bench":
             return _bench(args)
-        with prefect_terminal(args.verbose, restore=restore_terminal):
-            return {"run": _run, "compare": _compare}[args.command](args)
-    except ConfigError as error:
-        print(f"dae: {error}", file=sys.stderr)
-        return EXIT_CONFIG
+        with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
+            return {"run": _run, "compare": _compare}[args.command](args, terminal)
+    except Exception as error:
+        explained = _explain(error)
+        if explained is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        message, code = explained
+        print(f"dae: {message}", file=sys.stderr)
+        return code
 
 
 def entrypoint() -> None:

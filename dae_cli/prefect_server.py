@@ -1,5 +1,4 @@
-"""How ``dae`` uses Prefect in its own process: Prefect's logging with a quiet terminal,
-and Prefect's temporary server booted while ``dae`` imports torch, MLflow and the flows.
+"""Prefect's temporary server, booted while ``dae`` imports torch, MLflow and the flows.
 
 With no API URL configured, Prefect starts a temporary server the first time a flow needs
 its API, i.e. after every import: its ~3 s of boot sit on the critical path of each
@@ -27,30 +26,13 @@ log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def prefect_terminal(verbose: bool, restore: bool = True) -> Iterator[None]:
-    """Prefect's logging set up, its console handler at WARNING unless ``verbose`` (its
-    loggers keep INFO, so flow and task logs still reach the Prefect API and UI), and
-    no analytics from a temporary server, for the duration of the block. ``restore=False``
-    keeps the console quiet after it, for a process that ends there (Prefect stops its
-    temporary server at exit and says so at INFO)."""
-    from prefect.logging.configuration import ensure_logging_setup
-    from prefect.logging.handlers import PrefectConsoleHandler
+def server_settings() -> Iterator[None]:
+    """Prefect settings for a temporary server started in this block: no analytics (offline,
+    it would try to phone home and log the failure)."""
     from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
 
-    ensure_logging_setup()
-    consoles = [handler for handler in logging.getLogger().handlers if isinstance(handler, PrefectConsoleHandler)]
-    levels = [handler.level for handler in consoles]
-    if not verbose:
-        for handler in consoles:
-            handler.setLevel(logging.WARNING)
-    try:
-        # Offline, the temporary server would try to phone home and log the failure.
-        with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-            yield
-    finally:
-        if restore:
-            for handler, level in zip(consoles, levels, strict=True):
-                handler.setLevel(level)
+    with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        yield
 
 
 def start_temporary_server() -> contextlib.AbstractContextManager[None]:

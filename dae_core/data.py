@@ -11,11 +11,13 @@ import gzip
 import hashlib
 import logging
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -39,6 +41,15 @@ _UBYTE = 0x08
 
 class DataError(RuntimeError):
     """A dataset file is missing, malformed or could not be downloaded."""
+
+
+class DataMissing(DataError):
+    """The raw files are not there and cannot be fetched here: downloading is disabled, or
+    there is plainly no network (no mirror's host name resolves)."""
+
+
+class DownloadFailed(DataError):
+    """Every mirror failed while the network answers: a later try may succeed."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,13 @@ def load_split(directory: Path, train: bool, limit: int | None = None) -> Split:
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
 
 
+def check_raw_files(directory: Path) -> None:
+    """Read both splits in full (headers, sizes, shapes, label range, counts), so that a
+    corrupt or truncated file is refused before anything else runs."""
+    for train in (True, False):
+        load_split(directory, train)
+
+
 def file_digest(directory: Path) -> str:
     """sha256 over the four raw files: the dataset's identity for caching and tracking."""
     digest = hashlib.sha256()
@@ -134,6 +152,10 @@ def download(root: Path, dataset: DatasetName) -> Path:
     if has_raw_files(target):
         return target
     source = getattr(datasets, _TORCHVISION_CLASS[dataset])
+    hosts = sorted({urlparse(mirror).hostname or mirror for mirror in source.mirrors})
+    if not network_reachable(hosts):
+        raise DataMissing(f"{target}: {dataset} is not there and there is no network to download it "
+                          f"({', '.join(hosts)} do not resolve)")
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
         for archive, md5 in source.resources:
@@ -144,6 +166,18 @@ def download(root: Path, dataset: DatasetName) -> Path:
             unpacked.replace(target / unpacked.name)
     log.info("downloaded %s into %s", dataset, target)
     return target
+
+
+def network_reachable(hosts: list[str]) -> bool:
+    """Whether any of ``hosts`` resolves: offline, a download gives up at once instead of
+    trying every mirror, twice over, with retries."""
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, 443)
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _fetch_verified(mirrors: list[str], archive: str, md5: str, scratch: Path) -> None:
@@ -161,7 +195,7 @@ def _fetch_verified(mirrors: list[str], archive: str, md5: str, scratch: Path) -
             (scratch / archive).unlink(missing_ok=True)
             reason = "checksum mismatch" if isinstance(error, RuntimeError) else str(error)
             errors.append(f"{mirror}{archive}: {reason}")
-    raise DataError(f"could not download {archive} with md5 {md5}: " + "; ".join(errors))
+    raise DownloadFailed(f"could not download {archive} with md5 {md5}: " + "; ".join(errors))
 
 
 def locate(root: Path, dataset: DatasetName, allow_download: bool = True) -> Path:
@@ -171,7 +205,7 @@ def locate(root: Path, dataset: DatasetName, allow_download: bool = True) -> Pat
         return target
     if not allow_download:
         missing = [name for name in RAW_FILES if not (target / name).is_file()]
-        raise DataError(f"{target}: missing {', '.join(missing)} and downloading is disabled")
+        raise DataMissing(f"{target}: missing {', '.join(missing)} and downloading is disabled")
     return download(root, dataset)
 
 

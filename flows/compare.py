@@ -10,11 +10,12 @@ from typing import Annotated
 
 from prefect import flow, get_client, task
 from prefect.deployments import run_deployment
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, CellRun, ComparisonReport, cell_config
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset
 from dae_core.summary import DEFAULT_EXPERIMENT
 from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import read_cell, report_comparison, start_comparison
@@ -25,7 +26,15 @@ from tasks.tracking import ends_run
 Grid = list[tuple[str, ExperimentConfig]]
 
 
-@flow(name="dae-compare")
+def _flow_run_name() -> str:
+    """``compare-<preset>-<K>cells-<N>seeds``; the parent MLflow run carries the same name."""
+    parameters = flow_run.parameters
+    base = ExperimentConfig.model_validate(parameters.get("base", LECTURE_CONFIG))
+    cells = len(parameters.get("cells") or CELLS)
+    return f"compare-{closest_preset(base)[0]}-{cells}cells-{parameters.get('seeds', 3)}seeds"
+
+
+@flow(name="dae-compare", flow_run_name=_flow_run_name)
 def dae_compare(
     base: ExperimentConfig = LECTURE_CONFIG,
     seeds: Annotated[int, Field(ge=1, le=50)] = 3,
@@ -85,9 +94,9 @@ def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, ex
 def dispatch_cell(deployment_name: str, config: ExperimentConfig, cell: str, download: bool,
                   experiment: str, parent_run_id: str) -> str:
     """Send one cell to the work pool as its own deployment run; returns the flow run id."""
-    flow_run = run_deployment(deployment_name, timeout=0, as_subflow=True,
-                              parameters=cell_parameters(config, cell, parent_run_id, download, experiment))
-    return str(flow_run.id)
+    dispatched = run_deployment(deployment_name, timeout=0, as_subflow=True,
+                                parameters=cell_parameters(config, cell, parent_run_id, download, experiment))
+    return str(dispatched.id)
 
 
 @task(name="wait-for-cell")

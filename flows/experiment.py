@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.report import report
@@ -14,7 +15,15 @@ from tasks.run import check_tracking, default_work_dir, start_tracking, tracked
 from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
 
-@flow(name="dae-experiment", log_prints=False)
+def _flow_run_name() -> str:
+    """``name`` if given, else ``<cell>-seed<N>`` or ``<preset>-seed<N>``: the flow run and
+    its MLflow run carry the same name."""
+    parameters = flow_run.parameters
+    config = ExperimentConfig.model_validate(parameters.get("config", LECTURE_CONFIG))
+    return parameters.get("name") or run_name(config, parameters.get("run_label"))
+
+
+@flow(name="dae-experiment", log_prints=False, flow_run_name=_flow_run_name)
 def dae_experiment(
     config: ExperimentConfig = LECTURE_CONFIG,
     data_dir: str | None = None,
@@ -24,9 +33,11 @@ def dae_experiment(
     register_model: bool = True,
     parent_run_id: str | None = None,
     run_label: str | None = None,
+    name: str | None = None,
 ) -> RunSummary:
     """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
-    evaluate and report to MLflow. ``config`` defaults to the lecture preset."""
+    evaluate and report to MLflow. ``config`` defaults to the lecture preset; ``name``
+    names the flow run and the MLflow run (default ``<preset>-seed<N>``)."""
     check_tracking()
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)

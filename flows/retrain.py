@@ -6,9 +6,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
+from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from flows.experiment import dae_experiment
 from tasks.data import default_data_dir, fetch_dataset
@@ -21,7 +22,13 @@ class RetrainOutcome(BaseModel):
     decision: Decision
 
 
-@flow(name="dae-retrain")
+def _flow_run_name() -> str:
+    """``retrain-<preset>-seed<N>``, also the name of its training run."""
+    config = ExperimentConfig.model_validate(flow_run.parameters.get("config", LECTURE_CONFIG))
+    return f"retrain-{run_name(config)}"
+
+
+@flow(name="dae-retrain", flow_run_name=_flow_run_name)
 def dae_retrain(
     config: ExperimentConfig = LECTURE_CONFIG,
     margin: Annotated[float, Field(ge=0.0, le=100.0)] = 0.1,
@@ -34,8 +41,8 @@ def dae_retrain(
     finished and its model version is registered; a failure anywhere before leaves
     both aliases where they were."""
     data_dir = data_dir or str(default_data_dir())
-    summary = dae_experiment(config=config, data_dir=data_dir, download=download,
-                             experiment_name=experiment_name, work_dir=work_dir, register_model=True)
+    summary = dae_experiment(config=config, data_dir=data_dir, download=download, experiment_name=experiment_name,
+                             work_dir=work_dir, register_model=True, name=flow_run.name)
     dataset = fetch_dataset(config.data.dataset, data_dir, download)
     new_version = model_version_of_run(summary.mlflow_run_id)
     if new_version is None:

@@ -18,6 +18,13 @@ from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
 from dae_core.config import ExperimentConfig
 from tasks import tracking
 from tasks.data import DatasetRef
+from tasks.run import prefect_flow_run_link
+
+
+def _grid_line(cells: list[str], seeds: list[int]) -> str:
+    return (f"**Comparison** of {len(cells)} cells ({', '.join(f'`{cell}`' for cell in cells)}) over seeds "
+            f"{', '.join(map(str, seeds))}; each cell and seed is a child run named `<cell>-seed<N>`.\n"
+            f"- Prefect flow run: {prefect_flow_run_link()}")
 
 
 @task(name="start-comparison")
@@ -29,7 +36,8 @@ def start_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[st
         "prefect.flow_run_name": flow_run.name or "",
         "prefect.deployment_name": deployment.name or "",
     }
-    run_id = tracking.start_run(experiment, f"compare-{flow_run.name or 'grid'}", tags)
+    run_id = tracking.start_run(experiment, flow_run.name or "compare", tags)
+    tracking.set_description(run_id, _grid_line(cells, seeds))
     tracking.log_config(run_id, base, {"compare.cells": ",".join(cells),
                                        "compare.seeds": ",".join(map(str, seeds))})
     tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, {})
@@ -67,6 +75,8 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str)
     tracking.log_metrics(parent_run_id, finals)
     create_table_artifact([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
                            for row in rows], key="dae-comparison", description="Cells x metrics over seeds")
+    cells, seeds = list(dict.fromkeys(r.cell for r in records)), sorted({r.seed for r in records})
+    tracking.set_description(parent_run_id, f"{_grid_line(cells, seeds)}\n\n{table_markdown}\n\n{findings_markdown}")
     create_markdown_artifact(f"# DAE comparison\n\n{table_markdown}\n\n{findings_markdown}\n\n"
                              f"MLflow parent run: `{parent_run_id}`", key="dae-comparison-report")
     get_run_logger().info("comparison written to %s", out)

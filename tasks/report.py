@@ -30,11 +30,10 @@ def _run_link(run_id: str) -> str:
     return f"`{run_id}` in `{uri}` (open with `mlflow ui --backend-store-uri {uri}`)"
 
 
-def _markdown(summary: RunSummary) -> str:
+def _results(summary: RunSummary) -> str:
+    """The headline numbers, as markdown bullets (Prefect summary and MLflow description)."""
     mse, accuracy = summary.pretrain.mse, summary.classifier.test_accuracy
     return "\n".join([
-        "# DAE experiment",
-        f"- MLflow run: {_run_link(summary.mlflow_run_id)}",
         f"- test accuracy: **{summary.test.accuracy:.2f}%** (noisy test set: {summary.test.noisy_accuracy:.2f}%)",
         f"- pretraining MSE: {mse[0]:.4f} (epoch 1) -> {mse[-1]:.4f} (epoch {len(mse)})" if mse
         else "- pretraining: skipped (random encoder)",
@@ -42,6 +41,10 @@ def _markdown(summary: RunSummary) -> str:
         f"- training time: pretraining {summary.timing.pretrain_s:.1f} s, "
         f"classifier {summary.timing.classifier_s:.1f} s",
     ])
+
+
+def _markdown(summary: RunSummary) -> str:
+    return "\n".join(["# DAE experiment", f"- MLflow run: {_run_link(summary.mlflow_run_id)}", _results(summary)])
 
 
 @task(name="report")
@@ -65,6 +68,7 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.Sta
                     pretrain_loop_s=pretrained.loop_seconds, classifier_loop_s=classified.loop_seconds)
     tracking.log_metrics(run_id, timing_metrics(timing))
     summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id, model_uri)
+    tracking.set_description(run_id, f"{context.description}\n\n{_results(summary)}")
     write_json(out / "summary.json", summary.model_dump())
     tracking.log_files(run_id, [out / "summary.json"], "")
 

@@ -17,7 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 
 from dae_core.checkpoint import write_json
-from dae_core.config import ExperimentConfig
+from dae_core.config import ExperimentConfig, closest_preset, run_name
 from tasks import tracking
 from tasks.data import DatasetRef
 
@@ -31,6 +31,30 @@ class RunContext:
     state_dir: str  # resumable training state, shared by reruns of the same configuration
     progress_id: str | None
     total_epochs: int
+    description: str  # what was run (markdown); the report adds the results
+
+
+def prefect_flow_run_link() -> str:
+    """This flow run as a Prefect UI link where the UI has an address (a Prefect server),
+    else its name and id (the temporary server of ``dae run`` ends with the process)."""
+    from prefect.settings import PREFECT_UI_URL
+
+    name, run_id = flow_run.name or "", flow_run.id
+    if run_id is None:
+        return "none"
+    ui = PREFECT_UI_URL.value()
+    return f"[{name}]({ui.rstrip('/')}/runs/flow-run/{run_id})" if ui else f"`{name}` (`{run_id}`)"
+
+
+def describe_run(config: ExperimentConfig, cell: str | None) -> str:
+    """The first lines of a run's MLflow description: what was run and where it ran."""
+    preset, changed = closest_preset(config)
+    changes = ", ".join(f"`{key}` = {value!r}" for key, value in changed.items()) or "none"
+    return "\n".join([
+        f"**{run_name(config, cell)}**: " + (f"cell `{cell}` of a comparison" if cell else f"preset `{preset}`"),
+        f"- preset `{preset}`, seed {config.seed}; changed fields: {changes}",
+        f"- Prefect flow run: {prefect_flow_run_link()}",
+    ])
 
 
 def default_work_dir() -> str:
@@ -82,7 +106,9 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
         # Which machine trained it: DAE_WORKER_NAME where set (one per worker), else the host.
         "dae.worker": os.environ.get("DAE_WORKER_NAME") or socket.gethostname(),
     }
-    run_id = tracking.start_run(experiment, flow_run.name or "dae-experiment", tags, parent_run_id)
+    run_id = tracking.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
+    description = describe_run(config, run_label)
+    tracking.set_description(run_id, description)
     tracking.log_config(run_id, config)
     sizes = {"train": config.data.train_limit or -1, "test": config.data.test_limit or -1}
     tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, sizes)
@@ -95,6 +121,7 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
         state_dir=str(root / "state" / state_key(config, dataset)),
         progress_id=str(progress) if progress else None,
         total_epochs=total,
+        description=description,
     )
     _take_over_state(context)
     get_run_logger().info("MLflow run %s at %s", run_id, tracking.tracking_uri())
@@ -103,8 +130,9 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
 
 @contextlib.contextmanager
 def tracked(context: RunContext) -> Iterator[RunContext]:
-    """Ends the MLflow run FINISHED or FAILED; removes the resumable state only once the
-    whole run succeeded (a failed run keeps it for the rerun that resumes)."""
-    with tracking.ends_run(context.mlflow_run_id):
+    """Records system metrics while the block runs and ends the MLflow run FINISHED or
+    FAILED; removes the resumable state only once the whole run succeeded (a failed run
+    keeps it for the rerun that resumes)."""
+    with tracking.ends_run(context.mlflow_run_id), tracking.system_metrics(context.mlflow_run_id):
         yield context
     shutil.rmtree(context.state_dir, ignore_errors=True)

@@ -77,16 +77,27 @@ def git_commit() -> str | None:
         return None
 
 
+# Without it MLflow 3.17's UI opens an experiment on its GenAI overview (traces, token
+# usage); with it, on the training runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+DESCRIPTION_TAG = "mlflow.note.content"  # the run description (markdown) the UI shows
+
+
 def experiment_id(name: str) -> str:
+    """The experiment's id, created (or, made by someone else, adopted) as a model-training
+    experiment."""
     tracker = client()
     experiment = tracker.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    try:
-        return tracker.create_experiment(name)
-    except mlflow.exceptions.MlflowException:
-        # Another process created it between our lookup and create.
-        return tracker.get_experiment_by_name(name).experiment_id
+    if experiment is None:
+        try:
+            return tracker.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:
+            # Another process created it between our lookup and create.
+            experiment = tracker.get_experiment_by_name(name)
+    key, kind = EXPERIMENT_KIND
+    if experiment.tags.get(key) != kind:
+        tracker.set_experiment_tag(experiment.experiment_id, key, kind)
+    return experiment.experiment_id
 
 
 def start_run(experiment: str, run_name: str, tags: dict[str, str],
@@ -143,6 +154,27 @@ def log_history(run_id: str, phase: str, history: History) -> None:
     for index in range(history.epochs):
         log_metrics(run_id, epoch_metrics(phase, {name: values[index] for name, values in curves.items()}),
                     step=index + 1)
+
+
+def set_description(run_id: str, markdown: str) -> None:
+    client().set_tag(run_id, DESCRIPTION_TAG, markdown)
+
+
+@contextlib.contextmanager
+def system_metrics(run_id: str, sampling_interval_s: float = 1.0) -> Iterator[None]:
+    """CPU, memory, disk, network (and GPU where nvidia-ml-py finds one) as ``system/*``
+    metrics of the run while the block runs, one sample a second so that a 10-second run
+    has samples. MLflow's own monitor (the one behind ``start_run(log_system_metrics=True)``),
+    addressed by run id: the runs here are never the thread's active run, and MLflow's
+    interval setter would write ``os.environ``."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=sampling_interval_s, tracking_uri=tracking_uri())
+    monitor.start()
+    try:
+        yield
+    finally:
+        monitor.finish()
 
 
 def set_tags(run_id: str, tags: dict[str, Any]) -> None:

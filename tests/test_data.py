@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dae_core import data
-from dae_core.data import DataError, batch_indices, file_digest, load_split, locate, read_idx
+from dae_core.data import DataError, batch_indices, check_raw_files, file_digest, load_split, locate, read_idx
 from tests.conftest import make_dataset, synthetic_digits, write_idx
 
 
@@ -109,6 +109,7 @@ def mirror(tmp_path, monkeypatch):
             raise OSError("mirror down")
         Path(path).write_bytes(archives[archive] if mode == "ok" else b"corrupted" + archives[archive][9:])
 
+    monkeypatch.setattr(data, "network_reachable", lambda hosts: True)  # the .invalid mirrors do not resolve
     monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
     monkeypatch.setattr(utils, "_urlretrieve", retrieve)
     return {"source": source, "requested": requested, "behaviour": behaviour}
@@ -158,3 +159,19 @@ def test_fashion_mnist_uses_torchvisions_folder(tmp_path):
     assert len(load_split(folder, train=False)) == 80
     with pytest.raises(DataError, match="MNIST/raw: missing"):
         locate(tmp_path, "mnist", allow_download=False)
+
+
+def test_without_network_the_download_gives_up_at_once(tmp_path, mirror, monkeypatch):
+    monkeypatch.setattr(data, "network_reachable", lambda hosts: False)
+    with pytest.raises(data.DataMissing, match="no network"):
+        locate(tmp_path, "mnist")
+    assert mirror["requested"] == []
+
+
+def test_check_raw_files_refuses_a_truncated_file(tmp_path):
+    raw = make_dataset(tmp_path)
+    check_raw_files(raw)
+    images = raw / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte: truncated"):
+        check_raw_files(raw)

@@ -70,8 +70,26 @@ def test_experiment_records_params_metrics_and_tags(experiment_run):
         summary.test.per_class_accuracy)
     tags = run.data.tags
     assert uuid.UUID(tags["prefect.flow_run_id"]) and tags["prefect.flow_run_name"] == run.info.run_name
+    assert run.info.run_name == "lecture-seed0"  # TINY differs least from the lecture preset
     dataset = run.inputs.dataset_inputs[0].dataset
     assert dataset.name == "mnist" and len(dataset.digest) > 8
+
+
+def test_the_ui_opens_the_experiment_on_its_training_runs_and_each_run_says_what_it_was(experiment_run):
+    name, summary = experiment_run
+    experiment = mlflow.get_experiment_by_name(name)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    run = MlflowClient().get_run(summary.mlflow_run_id)
+    description = run.data.tags["mlflow.note.content"]
+    assert "preset `lecture`" in description and "changed fields: `data.batch_size` = 40" in description
+    assert f"test accuracy: **{summary.test.accuracy:.2f}%**" in description
+    assert "Prefect flow run: " in description
+
+
+def test_a_run_records_system_metrics(experiment_run):
+    _, summary = experiment_run
+    metrics = MlflowClient().get_run(summary.mlflow_run_id).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
 
 
 def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experiment_run):
@@ -166,6 +184,10 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted((c.data.tags["dae.cell"], c.data.params["seed"]) for c in children) == [
         ("adam-noise", "0"), ("adam-noise", "1"), ("no-pretraining", "0"), ("no-pretraining", "1")]
+    assert sorted(c.info.run_name for c in children) == [
+        "adam-noise-seed0", "adam-noise-seed1", "no-pretraining-seed0", "no-pretraining-seed1"]
+    assert parent.info.run_name == "compare-lecture-2cells-2seeds"
+    assert "| no-pretraining | final_accuracy |" in parent.data.tags["mlflow.note.content"]
     assert {c.data.params["pretrain.epochs"] for c in children} == {str(TINY["pretrain"]["epochs"]), "0"}
     artifacts = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "comparison")}
     assert "comparison/comparison.csv" in artifacts and "comparison/test_accuracy_by_cell.png" in artifacts
@@ -184,7 +206,8 @@ def test_cli_run_writes_the_summary_json(data_root, tmp_path):
     overrides = [f"data.batch_size={TINY['data']['batch_size']}", "data.train_limit=null", "data.test_limit=null",
                  "pretrain.epochs=2", "pretrain.hidden_units=32", "classifier.epochs=1"]
     args = ["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download", "--seed", "4",
-            "--summary-json", str(summary_path), "--experiment", _experiment(), "--work-dir", str(tmp_path / "w")]
+            "--summary-json", str(summary_path), "--experiment", _experiment(), "--work-dir", str(tmp_path / "w"),
+            "--name", "my-first-run"]
     for item in overrides:
         args += ["--set", item]
     assert dae_main(args) == 0
@@ -192,6 +215,7 @@ def test_cli_run_writes_the_summary_json(data_root, tmp_path):
     assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
     run = MlflowClient().get_run(summary["mlflow_run_id"])
     assert run.data.params["seed"] == "4"
+    assert run.info.run_name == run.data.tags["prefect.flow_run_name"] == "my-first-run"
     # The quiet terminal does not silence the Prefect API: the flow run's INFO lines are there.
     messages = _flow_run_log_messages(run.data.tags["prefect.flow_run_id"])
     assert any(message.startswith("MLflow run ") for message in messages), messages

@@ -1,5 +1,7 @@
 """The experiment's stages on tiny generated data: learning, determinism, resume."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -167,3 +169,15 @@ def test_loop_seconds_leave_out_the_epoch_callbacks(raw_dir, tmp_path):
     wall_seconds = time.perf_counter() - started
     assert 0 < result.loop_seconds < result.seconds - 0.3 * config.pretrain.epochs
     assert result.seconds <= wall_seconds
+
+
+MNIST_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
+
+
+@pytest.mark.skipif(not MNIST_RAW.is_dir(), reason="the real MNIST files are not beside this checkout")
+def test_the_smoke_preset_learns_on_real_mnist(tmp_path):
+    """The preset the README offers for trying an install must not look broken."""
+    config = build_config("smoke")
+    _, classifier, evaluation = _pipeline(config, MNIST_RAW, tmp_path)
+    assert evaluation.accuracy >= 75.0
+    assert classifier.history.train_loss[-1] < 0.6
