@@ -8,6 +8,7 @@ losses stay on the device and are read once per epoch (no host sync per step).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Self
@@ -21,6 +22,7 @@ from dae_core.data import batch_indices
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
 from dae_core.pretrain_step import make_pretrain_step
+from dae_core.shapes import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,12 @@ def make_pretrain_optimizer(model: nn.Module, config: PretrainConfig) -> torch.o
 def make_classifier_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
     """Vanilla SGD: no momentum, no weight decay."""
     return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
+
+
+# A classifier whose mean NLL is ten times that of guessing uniformly has diverged: its
+# log-softmax keeps the loss finite (losses over 1000 were seen at lr 10), so a NaN test
+# alone would let it run on and register a useless model.
+DIVERGED_CLASSIFIER_LOSS = 10 * math.log(NUM_CLASSES)
 
 
 def _check_finite(step_losses: torch.Tensor, phase: str, epoch: int) -> None:
@@ -162,7 +170,10 @@ def train_classifier(
             step_loss.append(loss.detach())
         losses = torch.stack(step_loss)
         _check_finite(losses, "classifier", epoch)
-        _record("classifier", epoch, {"train_loss": losses.mean().item(),
+        if (mean_loss := losses.mean().item()) > DIVERGED_CLASSIFIER_LOSS:
+            raise TrainingDiverged(f"classifier epoch {epoch}: mean loss {mean_loss:.4g} is over ten times that of "
+                                   f"guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower the learning rate")
+        _record("classifier", epoch, {"train_loss": mean_loss,
                                       "test_accuracy": accuracy_percent(predict(model, test_pixels), test_labels)},
                 history, on_epoch)
     return history

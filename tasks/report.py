@@ -26,7 +26,7 @@ def _run_link(run_id: str) -> str:
     uri = tracking.tracking_uri()
     if uri.startswith(("http://", "https://")):
         experiment = tracking.client().get_run(run_id).info.experiment_id
-        return f"[{run_id}]({uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id})"
+        return f"[{run_id}]({tracking.run_link(uri, experiment, run_id)})"
     return f"`{run_id}` in `{uri}` (open with `mlflow ui --backend-store-uri {uri}`)"
 
 

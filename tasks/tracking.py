@@ -83,6 +83,22 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 DESCRIPTION_TAG = "mlflow.note.content"  # the run description (markdown) the UI shows
 
 
+# MLflow 3.17's UI follows the link's workflow type: without it, a browser that never picked
+# "Model training" lands on the GenAI overview whatever the experiment's kind tag says.
+_UI_WORKFLOW = "workflowType=machine_learning"
+
+
+def experiment_link(server: str, experiment: str) -> str:
+    """The MLflow UI page of an experiment's runs table."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment}?{_UI_WORKFLOW}"
+
+
+def run_link(server: str, experiment: str, run_id: str, page: str = "") -> str:
+    """The MLflow UI page of a run (``page``: e.g. ``artifacts/figures/x.png``)."""
+    path = f"runs/{run_id}/{page}".rstrip("/")
+    return f"{server.rstrip('/')}/#/experiments/{experiment}/{path}?{_UI_WORKFLOW}"
+
+
 def experiment_id(name: str) -> str:
     """The experiment's id, created (or, made by someone else, adopted) as a model-training
     experiment."""

@@ -57,3 +57,13 @@ def test_without_prefects_private_server_api_dae_still_runs_and_stays_quiet(data
     assert json.loads((tmp_path / "summary.json").read_text())["test"]["accuracy"] > 0
     assert " | INFO " not in result.stderr, result.stderr[-3000:]
     assert result.stdout.startswith("test accuracy "), result.stdout
+
+
+def test_offline_without_data_dae_says_how_to_point_at_local_data_in_two_lines(tmp_path):
+    result = subprocess.run([str(BIN / "dae"), "run", "--preset", "smoke"], cwd=tmp_path, env=_embedded_env(tmp_path),
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-2].startswith("dae: ") and "MNIST/raw" in lines[-2]
+    assert lines[-1].startswith("  fix: pass --data-dir DIR (or set DAE_DATA_DIR)")
+    assert "Traceback" not in result.stderr and " | INFO " not in result.stderr, result.stderr[-3000:]

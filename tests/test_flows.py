@@ -4,6 +4,7 @@ session-wide Prefect test server and one temporary SQLite tracking store."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 
 import mlflow
@@ -268,3 +269,28 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     run_id = fresh_registry.get_model_version("dae-mnist-classifier", second.new_version).run_id
     tags = fresh_registry.get_run(run_id).data.tags
     assert tags["dae.retrain.action"] == "challenger" and "margin" in tags["dae.retrain.reason"]
+
+
+def test_cli_on_a_corrupt_data_file_says_cause_and_fix_and_creates_no_run(tmp_path, capsys):
+    raw = make_dataset(tmp_path / "data")
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    name = _experiment()
+    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(tmp_path / "data"), "--no-download",
+                     "--experiment", name, "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "train-images-idx3-ubyte: truncated" in err and "fix: delete the damaged file" in err
+    assert "Traceback" not in err
+    assert _runs(name) == [], "bad data is refused before any MLflow run exists"
+
+
+def test_cli_on_a_diverging_run_names_the_step_and_the_fix(data_root, tmp_path, capsys):
+    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
+                     "--set", "data.train_limit=null", "--set", "data.test_limit=null", "--set", "data.batch_size=40",
+                     "--set", "classifier.lr=10", "--set", "pretrain.epochs=2",
+                     "--experiment", _experiment(), "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 5, err[-2000:]
+    assert re.search(r"dae: training diverged: classifier epoch 1: mean loss \S+ is over ten times that of "
+                     r"guessing \(23\.0\); lower the learning rate", err), err[-2000:]

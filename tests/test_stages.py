@@ -181,3 +181,16 @@ def test_the_smoke_preset_learns_on_real_mnist(tmp_path):
     _, classifier, evaluation = _pipeline(config, MNIST_RAW, tmp_path)
     assert evaluation.accuracy >= 75.0
     assert classifier.history.train_loss[-1] < 0.6
+
+
+def test_a_classifier_loss_far_above_guessing_stops_training(tiny_config):
+    """Log-softmax keeps a diverged classifier's loss finite: it is caught by its size."""
+    from dae_core.model import encoder_surgery
+    from dae_core.train import make_classifier_optimizer, train_classifier
+
+    torch.manual_seed(0)
+    model = encoder_surgery(DenoisingAutoencoder(16))
+    pixels, labels = torch.rand(80, 784), torch.arange(80) % 10
+    with pytest.raises(TrainingDiverged, match="classifier epoch 1: mean loss .* over ten times that of guessing"):
+        train_classifier(model, make_classifier_optimizer(model, 10.0), pixels * 50, labels, pixels, labels,
+                         epochs=2, batch_size=8, generator=torch.Generator().manual_seed(0))
