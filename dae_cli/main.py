@@ -179,11 +179,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _explain(error: BaseException) -> tuple[str, int] | None:
     """The cause and the fix of an expected failure, and its exit code; None for a bug."""
+    if isinstance(error, ConfigError):  # before the imports below: a refused --set needs no torch
+        return str(error), EXIT_CONFIG
     from dae_core.data import DataError, DataMissing
     from dae_core.train import TrainingDiverged
 
-    if isinstance(error, ConfigError):
-        return str(error), EXIT_CONFIG
     if isinstance(error, DataMissing):
         return (f"{error}\n  fix: pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four "
                 "MNIST IDX files, e.g. --data-dir ../shared/data", EXIT_DATA)
@@ -204,7 +204,7 @@ def _explain(error: BaseException) -> tuple[str, int] | None:
 def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> int:
     """``restore_terminal=False``: Prefect's console stays as the command set it after the
     command returns (the console script, whose process ends there). Expected failures end
-    in one line with the cause and the fix (and the traceback with ``--verbose``)."""
+    in the cause and the fix, one line each at most (and the traceback with ``--verbose``)."""
     args = build_parser().parse_args(argv)
     verbose = getattr(args, "verbose", False)
     try:
