@@ -40,8 +40,9 @@ lint: $(BIN)/dae  ## ruff
 up:  ## the team stack in Docker: PostgreSQL, Prefect, MLflow, RustFS, a worker (needs .env)
 	docker compose up -d --build
 
-deploy:  ## register the deployments of prefect.yaml with the stack's Prefect server
+deploy:  ## register the deployments of prefect.yaml, then the automations of `dae setup`
 	docker compose exec worker prefect --no-prompt deploy --all
+	docker compose exec worker dae setup
 
 down:  ## stop the team stack (volumes are kept)
 	docker compose down

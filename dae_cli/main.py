@@ -61,7 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
                          help="send each cell to the work pool as a run of this deployment, "
                               "e.g. dae-experiment/lecture (needs a Prefect server)")
+    compare.add_argument("--fresh", action="store_true",
+                         help="start a new grid even where an interrupted run of the same comparison "
+                              "could be continued (default: continue it, reusing its finished cells)")
     compare.add_argument("--summary-json", type=Path, help="write the comparison here")
+
+    setup = commands.add_parser("setup", help="create the automations that watch deployed runs "
+                                "(needs a Prefect server and `prefect deploy --all` first)")
+    setup.add_argument("--zombie-after", type=int, default=90, metavar="SECONDS",
+                       help="mark a deployed run Crashed after this long without a heartbeat "
+                            "(they come every 30 s; default 90, at least 45)")
+    setup.add_argument("--notify-webhook", default=os.environ.get("DAE_NOTIFY_WEBHOOK_URL"), metavar="URL",
+                       help="post here when a retrain fails or crashes; env DAE_NOTIFY_WEBHOOK_URL")
+    setup.add_argument("--verbose", action="store_true", help="show tracebacks")
 
     bench = commands.add_parser("bench", help="time the lecture's data path against this project's")
     bench.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR", "data"))
@@ -144,13 +156,14 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
 
     from flows.compare import dae_compare
     from tasks import progress
+    from tasks.comparison import REUSED_PHASE
 
     terminal.libraries_loaded()
     _import_torch_lazy_modules()
     bar = tqdm(total=len(args.cells or CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
 
     def count_finished(phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
-        if phase == "classifier" and epoch == total:
+        if phase == REUSED_PHASE or (phase == "classifier" and epoch == total):
             bar.update(1)
 
     try:
@@ -158,10 +171,13 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
             report = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
                                  data_dir=args.data_dir, download=not args.no_download,
                                  experiment_name=args.experiment, work_dir=args.work_dir,
-                                 fan_out_deployment=args.fan_out)
+                                 fan_out_deployment=args.fan_out, fresh=args.fresh)
     finally:
         bar.close()
     _write(args.summary_json, report.model_dump())
+    if report.reused:
+        print(f"continued the interrupted comparison {report.mlflow_run_id}: {report.reused} of "
+              f"{len(report.runs)} cell runs reused (--fresh trains them all again)\n")
     print(report.table_markdown)
     print()
     print(report.findings_markdown)
@@ -177,10 +193,44 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class SetupError(RuntimeError):
+    """``dae setup`` cannot run here (no server, no deployments, a bad argument)."""
+
+
+def _setup(args: argparse.Namespace) -> int:
+    if args.zombie_after < 45:
+        raise ConfigError(f"--zombie-after {args.zombie_after}: at least 45 s (heartbeats come every 30 s)")
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise SetupError("dae setup needs a Prefect server\n  fix: set PREFECT_API_URL, e.g. "
+                         "http://127.0.0.1:4200/api (automations never run on the temporary server of `dae run`)")
+    import httpx
+
+    from flows.automations import NOTIFY, RECONCILE_DEPLOYMENT, set_up_automations
+
+    try:
+        names = set_up_automations(args.zombie_after, args.notify_webhook)
+    except httpx.HTTPError as error:
+        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} does not answer ({error})\n"
+                         "  fix: start it, or correct PREFECT_API_URL") from None
+    except ObjectNotFound:
+        raise SetupError(f"deployment {RECONCILE_DEPLOYMENT} not found on {PREFECT_API_URL.value()}\n"
+                         "  fix: run `prefect --no-prompt deploy --all` from the project folder first") from None
+    for name in names:
+        print(f"automation ready: {name}")
+    if NOTIFY not in names:
+        print("no notifications: set DAE_NOTIFY_WEBHOOK_URL (or --notify-webhook) to be told of failed retrains")
+    return 0
+
+
 def _explain(error: BaseException) -> tuple[str, int] | None:
     """The cause and the fix of an expected failure, and its exit code; None for a bug."""
     if isinstance(error, ConfigError):  # before the imports below: a refused --set needs no torch
         return str(error), EXIT_CONFIG
+    if isinstance(error, SetupError):
+        return str(error), EXIT_TRACKING
     from dae_core.data import DataError, DataMissing
     from dae_core.train import TrainingDiverged
 
@@ -210,6 +260,8 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
     try:
         if args.command == "bench":
             return _bench(args)
+        if args.command == "setup":
+            return _setup(args)
         with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
             return {"run": _run, "compare": _compare}[args.command](args, terminal)
     except Exception as error:

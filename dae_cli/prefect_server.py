@@ -8,16 +8,24 @@ this process imports (docs/benchmarks.md, section 3). That start uses Prefect's 
 flow's client finds it running, and Prefect stops it at exit). pyproject.toml pins
 Prefect's minor version for it, and where a release lacks that API the early start is
 skipped: Prefect then starts its server itself, as it would without ``dae``.
+
+Each temporary server migrates its SQLite database when it starts, and two servers that
+migrate one new database at once break it ("duplicate column name", then a server that
+never answers). Boots on one database therefore take turns under a file lock beside it:
+an uncontended lock costs nothing; ``dae`` commands started together wait for each
+other's boot, a few seconds each.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import importlib
 import logging
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 # The private API of the early start, as (module, attribute).
 EARLY_START_API = ("prefect.server.api.server", "SubprocessASGIServer")
@@ -52,10 +60,12 @@ def start_temporary_server() -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
     server = server_class()
     failures: list[BaseException] = []
+    lock_path = migration_lock_path()
 
     def boot() -> None:
         try:
-            server.start()
+            with _exclusive(lock_path):
+                server.start()
         except BaseException as error:  # handed to the main thread below
             failures.append(error)
 
@@ -64,6 +74,28 @@ def start_temporary_server() -> contextlib.AbstractContextManager[None]:
     thread = threading.Thread(target=context.run, args=(boot,), name="dae-prefect-server-boot", daemon=True)
     thread.start()
     return _flows_on(thread, failures)
+
+
+def migration_lock_path() -> Path | None:
+    """``<database>.lock`` beside the temporary server's SQLite database; None for another
+    database (a server of its own migrates once)."""
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().server.database.connection_url
+    url = url.get_secret_value() if url is not None else ""
+    scheme, _, path = url.partition(":///")
+    return Path(f"{path}.lock") if scheme.startswith("sqlite") and path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path | None) -> Iterator[None]:
+    if lock_path is None:
+        yield
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ variance that the cells share.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,6 +65,15 @@ class ComparisonReport(BaseModel):
     findings_markdown: str
     mlflow_run_id: str  # the parent run
     runs: list[CellRunRef]
+    reused: int = 0  # cell runs an interrupted run of this comparison had finished, not trained again
+
+
+def grid_key(grid: list[tuple[str, ExperimentConfig]], data_digest: str, where: str) -> str:
+    """Identifies a comparison: its cells' configurations (seeds included), the data and
+    where the cells run (``where``: in process, or the deployment they fan out to). A
+    rerun with the same arguments has the same key and resumes."""
+    identity = "".join(f"{cell}{config.model_dump_json()}" for cell, config in grid) + data_digest + where
+    return hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
 def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SGD_PRETRAIN_LR,

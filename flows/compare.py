@@ -4,8 +4,10 @@ without pretraining, each over several seeds, under one parent MLflow run."""
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 from prefect import flow, get_client, task
@@ -14,11 +16,12 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, CellRun, ComparisonReport, cell_config
+from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, CellRun, ComparisonReport, cell_config, grid_key
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset
+from dae_core.resumable import held_state_folder
 from dae_core.summary import DEFAULT_EXPERIMENT
 from flows.experiment import cell_parameters, dae_experiment
-from tasks.comparison import read_cell, report_comparison, start_comparison
+from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
@@ -47,11 +50,14 @@ def dae_compare(
     work_dir: str | None = None,
     fan_out_deployment: str | None = None,
     cell_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
+    fresh: bool = False,
 ) -> ComparisonReport:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores;
     or, with ``fan_out_deployment`` (e.g. ``dae-experiment/lecture``), each cell is a
     deployment run that any worker of the pool may pick up, and results come back
-    through MLflow."""
+    through MLflow. Run again with the same arguments after an interruption, it continues
+    the interrupted comparison: finished cells are reused, the interrupted one resumes
+    from its last epoch; ``fresh`` starts a new grid instead."""
     check_tracking()
     chosen = cells or list(CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
@@ -60,13 +66,30 @@ def dae_compare(
     data_dir = data_dir or str(default_data_dir())
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
-    parent = start_comparison(base, dataset, chosen, seed_list, experiment_name)
-    with ends_run(parent):
-        if fan_out_deployment:
-            records = _run_on_work_pool(grid, fan_out_deployment, download, experiment_name, parent, cell_timeout_s)
-        else:
-            records = _run_in_process(grid, parallel, data_dir, download, experiment_name, work_dir, parent)
-        return report_comparison(records, parent, work_dir)
+    key = grid_key(grid, dataset.digest, f"{experiment_name}|{fan_out_deployment or 'in-process'}")
+    # The record of this grid's parent run, held while this comparison is alive: an
+    # identical comparison started meanwhile gets a folder (and a parent run) of its own.
+    with held_state_folder(Path(work_dir).resolve() / "state" / f"compare-{key}") as record_dir:
+        opened = open_comparison(base, dataset, chosen, seed_list, experiment_name, key, str(record_dir), fresh,
+                                 cells_in_process=not fan_out_deployment)
+        parent = opened.parent_run_id
+        with ends_run(parent):
+            finished = {(record.cell, record.seed): record for record in opened.finished}
+            remaining = [(cell, config) for cell, config in grid if (cell, config.seed) not in finished]
+            if fan_out_deployment:
+                new = _run_on_work_pool(remaining, fan_out_deployment, download, experiment_name, parent,
+                                        cell_timeout_s)
+            else:
+                new = _run_in_process(remaining, parallel, data_dir, download, experiment_name, work_dir, parent)
+            report = report_comparison(_in_grid_order(grid, [*opened.finished, *new]), parent, work_dir,
+                                       reused=len(finished))
+        shutil.rmtree(record_dir, ignore_errors=True)
+        return report
+
+
+def _in_grid_order(grid: Grid, records: list[CellRun]) -> list[CellRun]:
+    by_cell = {(record.cell, record.seed): record for record in records}
+    return [by_cell[(cell, config.seed)] for cell, config in grid]
 
 
 @task(name="run-cell")

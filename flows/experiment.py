@@ -41,8 +41,8 @@ def dae_experiment(
     check_tracking()
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)
-    context = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
-    with tracked(context):
+    started = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
+    with tracked(started) as context:
         pretrained = pretrain(config, dataset, context)
         initial = encoder_surgery(config, pretrained.path, context)
         classified = train_classifier(config, dataset, initial, context)

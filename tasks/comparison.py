@@ -4,7 +4,10 @@ runs is the flow's business (flows/compare.py)."""
 
 from __future__ import annotations
 
+import json
 import math
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -16,7 +19,7 @@ from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
 from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
 from dae_core.config import ExperimentConfig
-from tasks import tracking
+from tasks import progress, tracking
 from tasks.data import DatasetRef
 from tasks.run import prefect_flow_run_link
 
@@ -27,11 +30,22 @@ def _grid_line(cells: list[str], seeds: list[int]) -> str:
             f"- Prefect flow run: {prefect_flow_run_link()}")
 
 
-@task(name="start-comparison")
-def start_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
-                     experiment: str) -> str:
+# The progress phase of a cell run reused from an interrupted comparison (not trained again).
+REUSED_PHASE = "reused"
+
+
+@dataclass(frozen=True)
+class OpenedComparison:
+    parent_run_id: str
+    finished: list[CellRun]  # cells an interrupted run of the same grid finished: not run again
+    resumed: bool
+
+
+def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
+                  experiment: str, key: str) -> str:
     tags = {
         "dae.role": "comparison",
+        "dae.comparison_key": key,
         "prefect.flow_run_id": str(flow_run.id or ""),
         "prefect.flow_run_name": flow_run.name or "",
         "prefect.deployment_name": deployment.name or "",
@@ -44,8 +58,38 @@ def start_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[st
     return run_id
 
 
+@task(name="open-comparison")
+def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
+                    experiment: str, key: str, record_dir: str, fresh: bool,
+                    cells_in_process: bool) -> OpenedComparison:
+    """The parent MLflow run: the one an interrupted run of this grid left (its record in
+    ``record_dir``), with the cells it finished, unless ``fresh``; else a new one. Cells
+    that ran in the interrupted process died with it: their runs end FAILED (cells sent to
+    the work pool may still be running, and are left to their workers)."""
+    record = Path(record_dir) / "parent.json"
+    logger = get_run_logger()
+    if not fresh and record.exists():
+        previous = json.loads(record.read_text())["mlflow_run_id"]
+        if tracking.reopen_run(previous, {"dae.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                          "prefect.flow_run_id": str(flow_run.id or "")}):
+            if cells_in_process:
+                tracking.fail_running_children(previous, {"dae.killed": "true"})
+            done = tracking.finished_children(previous)
+            finished = [CellRun(cell, seed, tracking.summary_from_run(run_id))
+                        for (cell, seed), run_id in done.items() if cell in cells and seed in seeds]
+            logger.info("resuming comparison %s: %d cell runs already finished", previous, len(finished))
+            for _ in finished:
+                progress.notify(REUSED_PHASE, 1, 1, {})
+            return OpenedComparison(previous, finished, resumed=True)
+        logger.info("the interrupted comparison %s cannot be continued (finished, deleted or in another "
+                    "store): starting a new one", previous)
+    parent = _start_parent(base, dataset, cells, seeds, experiment, key)
+    write_json(record, {"mlflow_run_id": parent})
+    return OpenedComparison(parent, [], resumed=False)
+
+
 @task(name="report-comparison")
-def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str) -> ComparisonReport:
+def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str, reused: int = 0) -> ComparisonReport:
     rows = comparison.comparison_table(records)
     verdicts = comparison.findings(rows)
     table_markdown = comparison.markdown_table(rows)
@@ -65,7 +109,8 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str)
     findings_markdown = "\n".join(["## Verdicts on the lecture's claims", *verdicts])
     result = ComparisonReport(
         rows=rows, table_markdown=table_markdown, findings_markdown=findings_markdown, mlflow_run_id=parent_run_id,
-        runs=[CellRunRef(cell=r.cell, seed=r.seed, mlflow_run_id=r.summary.mlflow_run_id) for r in records])
+        runs=[CellRunRef(cell=r.cell, seed=r.seed, mlflow_run_id=r.summary.mlflow_run_id) for r in records],
+        reused=reused)
     write_json(out / "comparison.json", result.model_dump())
 
     tracking.log_table(parent_run_id, frame, "tables/comparison.json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -12,12 +13,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import deployment, flow_run
 
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig, closest_preset, run_name
+from dae_core.resumable import held_state_folder
 from tasks import tracking
 from tasks.data import DatasetRef
 
@@ -28,7 +31,9 @@ class RunContext:
 
     mlflow_run_id: str
     out_dir: str  # this run's outputs: models, figures, evaluation
-    state_dir: str  # resumable training state, shared by reruns of the same configuration
+    # Resumable training state. ``start_tracking`` names the configuration's folder; the
+    # run itself trains in the one ``tracked`` holds (that folder, unless a live run has it).
+    state_dir: str
     progress_id: str | None
     total_epochs: int
     description: str  # what was run (markdown); the report adds the results
@@ -62,9 +67,11 @@ def default_work_dir() -> str:
     return str(Path(os.environ.get("DAE_WORK_DIR", "dae-work")).resolve())
 
 
-def state_key(config: ExperimentConfig, dataset: DatasetRef) -> str:
-    """Same configuration (seed included) on the same data -> same key -> resume."""
-    identity = config.model_dump_json() + dataset.digest
+def state_key(config: ExperimentConfig, dataset: DatasetRef, store: str) -> str:
+    """Same configuration (seed included) on the same data, tracked into the same store ->
+    same key -> resume. The store is part of it: a rerun against another store starts
+    afresh instead of continuing a run that store has never seen."""
+    identity = config.model_dump_json() + dataset.digest + store
     return hashlib.sha256(identity.encode()).hexdigest()[:20]
 
 
@@ -74,16 +81,24 @@ def report_progress(context: RunContext, epochs_done: int) -> None:
 
 
 def _take_over_state(context: RunContext) -> None:
-    """Link this run to the attempt whose training state it inherits. That attempt was
-    killed (a clean failure would have marked it): mark it FAILED, never left RUNNING."""
+    """Link this run to the attempt whose training state it inherits. That attempt is not
+    alive (it would hold the folder): mark it FAILED, never left RUNNING. An owner that
+    the store does not know (the store was deleted or replaced) is noted and ignored."""
     owner_file = Path(context.state_dir) / "owner.json"
     if owner_file.exists():
         previous = json.loads(owner_file.read_text())["mlflow_run_id"]
         if previous != context.mlflow_run_id:
-            if tracking.client().get_run(previous).info.status == "RUNNING":
-                tracking.set_tags(previous, {"dae.killed": "true", "dae.resumed_by": context.mlflow_run_id})
-                tracking.end_run(previous, succeeded=False)
-            tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from": previous})
+            try:
+                status = tracking.client().get_run(previous).info.status
+            except mlflow.exceptions.MlflowException:
+                get_run_logger().warning("the saved state's run %s is not in %s; resuming its state without it",
+                                         previous, tracking.tracking_uri())
+                tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from_missing": previous})
+            else:
+                if status == "RUNNING":
+                    tracking.set_tags(previous, {"dae.killed": "true", "dae.resumed_by": context.mlflow_run_id})
+                    tracking.end_run(previous, succeeded=False)
+                tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from": previous})
     write_json(owner_file, {"mlflow_run_id": context.mlflow_run_id})
 
 
@@ -118,21 +133,24 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
     context = RunContext(
         mlflow_run_id=run_id,
         out_dir=str(root / "runs" / run_id),
-        state_dir=str(root / "state" / state_key(config, dataset)),
+        state_dir=str(root / "state" / state_key(config, dataset, tracking.store_identity())),
         progress_id=str(progress) if progress else None,
         total_epochs=total,
         description=description,
     )
-    _take_over_state(context)
     get_run_logger().info("MLflow run %s at %s", run_id, tracking.tracking_uri())
     return context
 
 
 @contextlib.contextmanager
 def tracked(context: RunContext) -> Iterator[RunContext]:
-    """Records system metrics while the block runs and ends the MLflow run FINISHED or
-    FAILED; removes the resumable state only once the whole run succeeded (a failed run
+    """The run's block: holds its resumable-state folder (``held_state_folder``), records
+    system metrics, and ends the MLflow run FINISHED or FAILED. Yields the context with
+    the held folder. The state is removed only once the whole run succeeded (a failed run
     keeps it for the rerun that resumes)."""
-    with tracking.ends_run(context.mlflow_run_id), tracking.system_metrics(context.mlflow_run_id):
-        yield context
-    shutil.rmtree(context.state_dir, ignore_errors=True)
+    with (tracking.ends_run(context.mlflow_run_id), tracking.system_metrics(context.mlflow_run_id),
+          held_state_folder(Path(context.state_dir)) as folder):
+        held = dataclasses.replace(context, state_dir=str(folder))
+        _take_over_state(held)
+        yield held
+        shutil.rmtree(folder, ignore_errors=True)

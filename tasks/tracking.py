@@ -35,6 +35,16 @@ def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def store_identity() -> str:
+    """The tracking store this process writes to, as one string: the URI, with a SQLite
+    file's path made absolute (``sqlite:///mlflow.db`` means a different file in each
+    working directory)."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
 def client() -> MlflowClient:
     return MlflowClient()
 
@@ -257,6 +267,51 @@ def load_registered(version: str):
     """Load one registered version. The pt2 format is a torch.export program: loading it
     runs no unpickler, so a tampered artifact cannot execute code."""
     return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}")
+
+
+def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
+    """Mark an unfinished run RUNNING again to continue it; False when the store does not
+    know it or it has already finished."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+        return False
+    client().update_run(run_id, status="RUNNING")
+    set_tags(run_id, tags)
+    return True
+
+
+def _children(parent_run_id: str, status: str) -> list[Any]:
+    parent = client().get_run(parent_run_id)
+    return client().search_runs([parent.info.experiment_id],
+                                f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = '{status}'")
+
+
+def finished_children(parent_run_id: str) -> dict[tuple[str, int], str]:
+    """The FINISHED child runs of a parent, by (``dae.cell`` tag, seed param)."""
+    return {(run.data.tags.get("dae.cell", ""), int(run.data.params["seed"])): run.info.run_id
+            for run in _children(parent_run_id, "FINISHED") if "seed" in run.data.params}
+
+
+def fail_running_children(parent_run_id: str, tags: dict[str, Any]) -> list[str]:
+    """End the RUNNING children of a parent FAILED, with ``tags``; returns their ids."""
+    ended = [run.info.run_id for run in _children(parent_run_id, "RUNNING")]
+    for run_id in ended:
+        set_tags(run_id, tags)
+        end_run(run_id, succeeded=False)
+    return ended
+
+
+def running_runs_of_flow_runs() -> list[Any]:
+    """Every RUNNING run, in every experiment, that a Prefect flow run created."""
+    tracker = client()
+    experiments = [experiment.experiment_id for experiment in tracker.search_experiments()]
+    if not experiments:
+        return []
+    return [run for run in tracker.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000)
+            if run.data.tags.get("prefect.flow_run_id")]
 
 
 def run_of_flow_run(flow_run_id: str, experiment: str) -> str | None:

@@ -64,9 +64,13 @@ def test_worker_runs_the_tested_command_and_reaches_both_servers():
 
 
 def test_deployments_use_the_pool_the_workers_serve():
-    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "nightly"}
+    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "nightly", "crashed-runs"}
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == {stack.POOL}
     assert all(d["enforce_parameter_schema"] for d in DEPLOYMENTS.values())
+    # Heartbeats on every deployed run: the zombie automation of `dae setup` depends on them.
+    heartbeats = {d["work_pool"]["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"]
+                  for d in DEPLOYMENTS.values()}
+    assert heartbeats == {"30"}
     nightly = DEPLOYMENTS["nightly"]
     assert nightly["entrypoint"] == "flows/retrain.py:dae_retrain"
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}

@@ -8,15 +8,20 @@ Skipped with a reason where PostgreSQL is unreachable, except under CI, which mu
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -48,9 +53,9 @@ class Stack:
     def create_run(self, deployment: str, parameters: dict) -> str:
         flow, name = deployment.split("/")
         found = httpx.get(f"{self.api}/deployments/name/{flow}/{name}").raise_for_status().json()
-        created = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run",
-                             json={"parameters": parameters}).raise_for_status().json()
-        return created["id"]
+        created = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})
+        assert created.is_success, created.text
+        return created.json()["id"]
 
     def wait(self, flow_run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
@@ -236,3 +241,91 @@ def test_a_tracking_server_that_goes_away_mid_run_loses_no_epoch(real_stack, tmp
         (run,) = client.search_runs([experiment.experiment_id])
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "pretrain/mse")] == list(range(1, 41))
+
+
+@contextlib.contextmanager
+def _webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A local HTTP endpoint that records the JSON bodies posted to it."""
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+
+
+def _wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(1)
+    return value
+
+
+def _kill_machine(worker_name: str) -> int:
+    """SIGKILL a worker and every process it started, all at once, as when its machine dies."""
+    (worker,) = [p for p in psutil.process_iter(["cmdline"])
+                 if "worker" in (p.info["cmdline"] or []) and worker_name in (p.info["cmdline"] or [])]
+    doomed = [worker, *worker.children(recursive=True)]
+    for process in doomed:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.send_signal(signal.SIGKILL)
+    psutil.wait_procs(doomed, timeout=10)
+    return len(doomed)
+
+
+def test_a_lost_machine_ends_crashed_and_failed_notifies_and_the_next_retrain_completes(real_stack):
+    """Runs last: it kills one of the module's workers (a fresh one takes its place)."""
+    client = real_stack.mlflow()
+    with _webhook_receiver() as (url, received), contextlib.ExitStack() as started:
+        setup = subprocess.run([str(BIN / "dae"), "setup", "--zombie-after", "60", "--notify-webhook", url],
+                               env=real_stack.env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert setup.returncode == 0, setup.stdout + setup.stderr
+        assert setup.stdout.count("automation ready") == 3
+
+        # A retrain that fails (no data where it looks) is reported to the webhook.
+        broken = {"config": CONFIG, "download": False, "experiment_name": "stack-lost", "data_dir": "/nonexistent"}
+        assert real_stack.wait(real_stack.create_run("dae-retrain/nightly", broken))["state_type"] == "FAILED"
+        _wait_until(lambda: any("Failed" in message["text"] for message in received), 90, "a failure notification")
+
+        # A long retrain loses its machine mid-training: worker and flow-run process SIGKILLed.
+        long = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": 1000, "hidden_units": 256}}
+        doomed = real_stack.create_run("dae-retrain/nightly",
+                                       {"config": long, "download": False, "experiment_name": "stack-lost"})
+        experiment = _wait_until(lambda: client.get_experiment_by_name("stack-lost"), 120, "the experiment")
+
+        def training_run():
+            runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+            return next((r for r in runs if client.get_metric_history(r.info.run_id, "pretrain/mse")), None)
+
+        victim = _wait_until(training_run, 180, "the long retrain training")
+        assert _kill_machine(victim.data.tags["dae.worker"]) >= 2
+        killed_at = time.monotonic()
+        started.enter_context(stack.background(stack.worker_command("worker-fresh"),
+                                               {**real_stack.env, "DAE_WORKER_NAME": "worker-fresh"},
+                                               real_stack.root / "worker-fresh.log"))
+
+        crashed = real_stack.wait(doomed, timeout=240)
+        assert crashed["state_type"] == "CRASHED", crashed["state"]
+        crash_seconds = time.monotonic() - killed_at
+        ended = _wait_until(lambda: (r := client.get_run(victim.info.run_id)).info.status == "FAILED" and r, 180,
+                            "the MLflow run of the crashed flow run to end FAILED")
+        assert ended.data.tags["dae.failure"] == "prefect flow run crashed"
+        _wait_until(lambda: any("Crashed" in message["text"] for message in received), 90, "a crash notification")
+
+        # The next retrain is not blocked by the dead one (the deployment's concurrency slot).
+        after = real_stack.wait(real_stack.create_run("dae-retrain/nightly", {
+            "config": CONFIG, "download": False, "experiment_name": "stack-lost"}), timeout=400)
+        assert after["state_type"] == "COMPLETED", after["state"]
+        print(f"crashed {crash_seconds:.0f} s after the kill")

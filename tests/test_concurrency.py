@@ -1,0 +1,188 @@
+"""Runs at the same time, state that outlives its store, and long grids, with real processes:
+temporary Prefect servers booting together on a fresh home, two identical runs at once,
+a killed run's state met by another store, and a SIGKILLed comparison run again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from tests.conftest import make_dataset
+from tests.test_reliability import BIN, _dae_run, _epochs_saved
+
+REPO = Path(__file__).resolve().parents[1]
+SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=10",
+        "classifier.epochs=2", "runtime.threads=1", "seed=3"]
+
+BOOT = """
+from dae_cli.prefect_server import server_settings, start_temporary_server
+from prefect import flow
+
+@flow
+def hello() -> int:
+    return 1
+
+with server_settings(), start_temporary_server():
+    assert hello() == 1
+"""
+
+
+def test_temporary_servers_booting_together_on_a_fresh_home_all_start(tmp_path):
+    """Before the lock, about two rounds in three logged "duplicate column name" or
+    "table ... already exists", and one in three lost a server."""
+    for trial in range(3):
+        env = {**os.environ, "PREFECT_HOME": str(tmp_path / f"home{trial}"),
+               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+        starts = []
+        for _ in range(4):
+            starts.append(subprocess.Popen([sys.executable, "-c", BOOT], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, text=True))
+            time.sleep(0.5)
+        outputs = [(start.wait(timeout=300), start.stdout.read()) for start in starts]
+        failed = [output[-2000:] for code, output in outputs if code != 0 or "OperationalError" in output]
+        assert failed == [], f"round {trial}:\n" + "\n".join(failed)
+
+
+def _mlflow_runs(uri: str, experiment: str) -> dict[str, object]:
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    return {run.info.run_id: run for run in client.search_runs([found.experiment_id])} if found else {}
+
+
+def _wait_for_epochs(process: subprocess.Popen, work_dir: Path, epochs: int) -> None:
+    deadline = time.monotonic() + 240
+    while _epochs_saved(work_dir) < epochs:
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, f"training never reached epoch {epochs}"
+        time.sleep(0.05)
+
+
+def test_two_identical_runs_at_once_keep_their_own_state(tmp_path, prefect_api_url):
+    data_root = tmp_path / "data"
+    make_dataset(data_root, train=3000, test=200)
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": store}
+    work = tmp_path / "work"
+    work.mkdir()
+    # Long enough that the second starts (~6 s of imports) while the first still trains.
+    longer = [*SLOW, "pretrain.epochs=60"]
+    first = _dae_run(env, data_root, work, "twice", tmp_path / "first.json", longer)
+    _wait_for_epochs(first, work, 2)
+    second = _dae_run(env, data_root, work, "twice", tmp_path / "second.json", longer)
+    assert second.wait(timeout=400) == 0, second.stdout.read()
+    assert first.wait(timeout=400) == 0, first.stdout.read()
+
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("first.json", "second.json"))
+    assert one["test"] == two["test"] and one["pretrain"] == two["pretrain"], "same config, same numbers"
+    runs = _mlflow_runs(store, "twice")
+    assert {run.info.status for run in runs.values()} == {"FINISHED"} and len(runs) == 2
+    assert runs[two["mlflow_run_id"]].info.start_time < runs[one["mlflow_run_id"]].info.end_time, \
+        "the second run must have started while the first was training"
+    for run in runs.values():
+        assert not {"dae.killed", "dae.resumed_from", "dae.resumed_by"} & set(run.data.tags), run.data.tags
+    client = MlflowClient(tracking_uri=store)
+    for summary in (one, two):
+        steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "pretrain/mse")]
+        assert sorted(steps) == list(range(1, 61)), "each run logged each epoch once"
+    assert list((work / "state").iterdir()) == [], "both runs removed their own state"
+
+
+def test_a_killed_runs_state_is_never_crossed_into_another_store(tmp_path, prefect_api_url):
+    data_root = tmp_path / "data"
+    make_dataset(data_root, train=3000, test=200)
+    first_store, other_store = tmp_path / "first.db", tmp_path / "other.db"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": f"sqlite:///{first_store}"}
+    work = tmp_path / "work"
+    work.mkdir()
+    victim = _dae_run(env, data_root, work, "stores", tmp_path / "unused.json", SLOW)
+    _wait_for_epochs(victim, work, 3)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+
+    # Another store: it never saw the killed run, so this run starts afresh beside its state.
+    other = _dae_run({**env, "MLFLOW_TRACKING_URI": f"sqlite:///{other_store}"}, data_root, work, "stores",
+                     tmp_path / "other.json", SLOW)
+    output = other.stdout.read()
+    assert other.wait(timeout=400) == 0, output
+    (run,) = _mlflow_runs(f"sqlite:///{other_store}", "stores").values()
+    assert "dae.resumed_from" not in run.data.tags and "Traceback" not in output
+
+    # The first store deleted and made again: the state's owner is gone. Noted, not a crash;
+    # the state itself (same configuration, same data) is resumed.
+    first_store.unlink()
+    again = _dae_run(env, data_root, work, "stores", tmp_path / "again.json", SLOW)
+    output = again.stdout.read()
+    assert again.wait(timeout=400) == 0, output
+    assert "Traceback" not in output
+    (run,) = _mlflow_runs(f"sqlite:///{first_store}", "stores").values()
+    assert run.data.tags.get("dae.resumed_from_missing"), run.data.tags
+    steps = [m.step for m in MlflowClient(tracking_uri=f"sqlite:///{first_store}").get_metric_history(
+        run.info.run_id, "pretrain/mse")]
+    assert sorted(steps) == list(range(1, 11))
+    fresh, resumed = (json.loads((tmp_path / name).read_text()) for name in ("other.json", "again.json"))
+    assert fresh["test"] == resumed["test"], "a resumed run ends with the uninterrupted numbers"
+
+
+def _compare(env: dict[str, str], data_root: Path, work: Path, summary: Path, *extra: str) -> subprocess.Popen:
+    command = [str(BIN / "dae"), "compare", "--preset", "smoke", "--cells", "adam-noise", "no-pretraining",
+               "--seeds", "2", "--data-dir", str(data_root), "--no-download", "--work-dir", str(work),
+               "--experiment", "grid", "--summary-json", str(summary), *extra]
+    for item in ("data.batch_size=40", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=6",
+                 "pretrain.hidden_units=32", "classifier.epochs=2", "runtime.threads=1"):
+        command += ["--set", item]
+    return subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def test_a_sigkilled_comparison_run_again_reuses_its_finished_cells(tmp_path, data_root, prefect_api_url):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": store}
+    work = tmp_path / "work"
+    work.mkdir()
+    client = MlflowClient(tracking_uri=store)
+    victim = _compare(env, data_root, work, tmp_path / "unused.json")
+    deadline = time.monotonic() + 300
+    while True:
+        finished = [r for r in _mlflow_runs(store, "grid").values()
+                    if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"]
+        if finished:
+            break
+        assert victim.poll() is None, victim.stdout.read()
+        assert time.monotonic() < deadline, "no cell finished"
+        time.sleep(0.1)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    (parent,) = [r for r in _mlflow_runs(store, "grid").values() if r.data.tags.get("dae.role") == "comparison"]
+    done_before = {r.info.run_id for r in _mlflow_runs(store, "grid").values()
+                   if r.data.tags.get("mlflow.parentRunId") and r.info.status == "FINISHED"}
+    assert 1 <= len(done_before) < 4
+
+    rerun = _compare(env, data_root, work, tmp_path / "resumed.json")
+    output = rerun.stdout.read()
+    assert rerun.wait(timeout=400) == 0, output
+    assert f"continued the interrupted comparison {parent.info.run_id}" in output
+    resumed = json.loads((tmp_path / "resumed.json").read_text())
+    assert resumed["reused"] == len(done_before)
+    assert resumed["mlflow_run_id"] == parent.info.run_id, "the interrupted parent run is continued"
+    used = {ref["mlflow_run_id"] for ref in resumed["runs"]}
+    assert len(used) == 4 and done_before <= used, "finished cells are reused, not trained again"
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    children = [r for r in _mlflow_runs(store, "grid").values()
+                if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sum(r.info.status == "FINISHED" for r in children) == 4
+    assert all(r.info.status == "FAILED" for r in children if r.info.run_id not in used), "the killed cell ended"
+
+    fresh = _compare(env, data_root, work, tmp_path / "fresh.json", "--fresh")
+    assert fresh.wait(timeout=400) == 0, fresh.stdout.read()
+    renewed = json.loads((tmp_path / "fresh.json").read_text())
+    assert renewed["reused"] == 0
+    assert renewed["mlflow_run_id"] != parent.info.run_id and not used & {r["mlflow_run_id"] for r in renewed["runs"]}
+    assert renewed["rows"] == resumed["rows"], "a resumed grid ends with the numbers of a fresh one"
