@@ -22,7 +22,7 @@ from dae_cli.prefect_server import server_settings, start_temporary_server
 from dae_cli.terminal import QuietTerminal
 from dae_core.comparison import CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
-from dae_core.summary import DEFAULT_EXPERIMENT
+from dae_core.summary import CHAMPION_URI, DEFAULT_EXPERIMENT
 
 # Exit codes of the failures a user can act on (README, "The command").
 EXIT_CONFIG, EXIT_DATA, EXIT_TRACKING, EXIT_DIVERGED = 2, 3, 4, 5
@@ -65,6 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
                          help="start a new grid even where an interrupted run of the same comparison "
                               "could be continued (default: continue it, reusing its finished cells)")
     compare.add_argument("--summary-json", type=Path, help="write the comparison here")
+
+    predict = commands.add_parser("predict", help="the registered model's digit for each picture or IDX image")
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                         help="PNG, JPEG, ... (any size; light or dark paper) or an IDX file of 28x28 images")
+    predict.add_argument("--model", default=CHAMPION_URI,
+                         help=f"model URI (default {CHAMPION_URI}; e.g. models:/dae-mnist-classifier/3)")
+    predict.add_argument("--json", action="store_true",
+                         help='print [{"file", "digit", "probability", "probabilities"}, ...]')
+    predict.add_argument("--verbose", action="store_true", help="show tracebacks")
 
     setup = commands.add_parser("setup", help="create the automations that watch deployed runs "
                                 "(needs a Prefect server and `prefect deploy --all` first)")
@@ -193,6 +202,17 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from dae_cli.predict import predict_files, print_predictions, report_errors
+    from dae_cli.terminal import mlflow_warnings_only
+
+    with mlflow_warnings_only(args.verbose):
+        predictions, errors = predict_files(args.files, args.model)
+    print_predictions(predictions, args.json)
+    report_errors(errors)
+    return EXIT_DATA if errors else 0
+
+
 class SetupError(RuntimeError):
     """``dae setup`` cannot run here (no server, no deployments, a bad argument)."""
 
@@ -231,6 +251,12 @@ def _explain(error: BaseException) -> tuple[str, int] | None:
         return str(error), EXIT_CONFIG
     if isinstance(error, SetupError):
         return str(error), EXIT_TRACKING
+    if "dae_cli.predict" in sys.modules:
+        from dae_cli.predict import ModelUnavailable
+
+        if isinstance(error, ModelUnavailable):
+            return (f"{error}\n  fix: run `dae run` first (its first registered model becomes champion), "
+                    "point MLFLOW_TRACKING_URI at the store that has it, or pass --model", EXIT_TRACKING)
     from dae_core.data import DataError, DataMissing
     from dae_core.train import TrainingDiverged
 
@@ -262,6 +288,8 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
             return _bench(args)
         if args.command == "setup":
             return _setup(args)
+        if args.command == "predict":
+            return _predict(args)
         with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
             return {"run": _run, "compare": _compare}[args.command](args, terminal)
     except Exception as error:

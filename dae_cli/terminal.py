@@ -8,7 +8,9 @@ ends with its own one-line error instead.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from types import TracebackType
 
 # Prefect's run engines: a failure there is reported by ``dae`` itself.
@@ -18,6 +20,22 @@ _ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
 class _WarningsOutsideRunEngines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return record.levelno >= logging.WARNING and not record.name.startswith(_ENGINE_LOGGERS)
+
+
+@contextlib.contextmanager
+def mlflow_warnings_only(verbose: bool) -> Iterator[None]:
+    """MLflow's logger at WARNING for the block unless ``verbose`` (it logs, e.g., each new
+    SQLite store's migration at INFO). Imports MLflow, which sets its logger up then."""
+    import mlflow  # noqa: F401
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class QuietTerminal:

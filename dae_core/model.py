@@ -53,3 +53,15 @@ class EncoderClassifier(nn.Module):
 def encoder_surgery(autoencoder: DenoisingAutoencoder) -> EncoderClassifier:
     """Drop the decoder and put a fresh classification head on a copy of the encoder."""
     return EncoderClassifier(copy.deepcopy(autoencoder.encoder))
+
+
+class ClassProbabilities(nn.Module):
+    """What is registered and served: the classifier's per-class probabilities,
+    (B, 784) pixels in [0, 1] -> (B, 10), each row summing to 1."""
+
+    def __init__(self, classifier: EncoderClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.classifier(pixels).exp()

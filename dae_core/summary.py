@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 DEFAULT_EXPERIMENT = "dae-mnist"
 REGISTERED_MODEL = "dae-mnist-classifier"
+# The model people use: the registered version that holds the alias ``champion``.
+CHAMPION_URI = f"models:/{REGISTERED_MODEL}@champion"
 
 
 class PretrainCurves(BaseModel):

@@ -48,6 +48,8 @@ def dae_retrain(
     if new_version is None:
         raise RuntimeError(f"run {summary.mlflow_run_id} registered no model version")
     champion = alias_version(CHAMPION)
+    if champion == new_version:  # crowned by its own run as the first version: no champion before it
+        champion = None
     decision = decide(
         new_version, score_version(new_version, config, dataset),
         champion, score_version(champion, config, dataset) if champion else None, margin,

@@ -29,6 +29,16 @@ class Decision:
     reason: str
 
 
+def crown_first_version(version: str, run_id: str) -> bool:
+    """The first registered version becomes ``champion`` when there is none (the rule of
+    ``decide``), so that a model can be used after the very first run. True if it did."""
+    if tracking.alias_version(CHAMPION) is not None:
+        return False
+    tracking.set_alias(CHAMPION, version)
+    tracking.set_tags(run_id, {"dae.champion": f"version {version}: the first registered version"})
+    return True
+
+
 @task(name="score-registered-model")
 def score_version(version: str, config: ExperimentConfig, dataset: DatasetRef) -> float:
     """Test accuracy (percent) of a registered version, loaded back from the registry, so

@@ -18,6 +18,7 @@ from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
 from dae_core.train import ClassifierHistory, PretrainHistory
 from tasks import tracking
 from tasks.data import DatasetRef
+from tasks.registry import crown_first_version
 from tasks.run import RunContext
 
 
@@ -62,12 +63,15 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.Sta
     confusion = {"true": digits, **{f"predicted_{p}": [row[p] for row in evaluation.confusion] for p in digits}}
     tracking.log_table(run_id, confusion, "tables/confusion_matrix.json")
     classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
-    model_uri = tracking.log_classifier(run_id, classifier, register=register_model)
+    logged = tracking.log_classifier(run_id, classifier, register=register_model)
+    if logged.version is not None:
+        crown_first_version(logged.version, run_id)
 
     timing = Timing(pretrain_s=pretrained.seconds, classifier_s=classified.seconds,
                     pretrain_loop_s=pretrained.loop_seconds, classifier_loop_s=classified.loop_seconds)
     tracking.log_metrics(run_id, timing_metrics(timing))
-    summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id, model_uri)
+    summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id,
+                            logged.uri)
     tracking.set_description(run_id, f"{context.description}\n\n{_results(summary)}")
     write_json(out / "summary.json", summary.model_dump())
     tracking.log_files(run_id, [out / "summary.json"], "")

@@ -22,6 +22,11 @@ MLFLOW_SERVER = ["mlflow", "server"]
 MLFLOW_SERVER_FLAGS = {"--host", "--port", "--backend-store-uri", "--serve-artifacts", "--artifacts-destination",
                        "--allowed-hosts"}
 WORKER = ["prefect", "worker", "start", "--pool", POOL, "--type", "process"]
+MODEL_SERVER = ["mlflow", "models", "serve"]
+CHAMPION = "models:/dae-mnist-classifier@champion"
+# The serving device is pinned: a CPU-exported pt2 program refuses to load on CUDA, which
+# MLflow would pick on a GPU host.
+MODEL_SERVER_ENV = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}
 WORKER_ENV = {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DAE_DATA_DIR", "DAE_WORK_DIR"}
 MLFLOW_SERVER_ENV = {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 PREFECT_SERVER_ENV = {"PREFECT_SERVER_DATABASE_CONNECTION_URL"}
@@ -104,6 +109,12 @@ def mlflow_server_command(port: int, backend: str, destination: str) -> list[str
     return [*MLFLOW_SERVER, "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend,
             "--serve-artifacts", "--artifacts-destination", destination, "--allowed-hosts", hosts,
             "--workers", "1"]
+
+
+def model_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
+    # --env-manager local: the image already has the model's requirements (no rebuild at start).
+    return [*MODEL_SERVER, "--model-uri", CHAMPION, "--env-manager", "local", "--host", host,
+            "--port", str(port), "--workers", "1"]
 
 
 def worker_command(name: str) -> list[str]:

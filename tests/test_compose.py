@@ -63,8 +63,21 @@ def test_worker_runs_the_tested_command_and_reaches_both_servers():
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment), "the worker needs no S3 keys"
 
 
+def test_model_server_serves_the_champion_as_tested_pinned_to_the_cpu():
+    service = SERVICES["model-server"]
+    command = service["command"]
+    assert command[:3] == stack.MODEL_SERVER
+    flags, tested = _flags(command), _flags(stack.model_server_command(5001))
+    assert set(flags) == set(tested)
+    assert flags["--model-uri"] == tested["--model-uri"] == stack.CHAMPION
+    assert flags["--env-manager"] == "local", "no environment rebuild at start"
+    assert service["environment"] == stack.MODEL_SERVER_ENV
+    assert service["image"] == SERVICES["worker"]["image"], "the worker's image has the model's requirements"
+    assert "/ping" in " ".join(service["healthcheck"]["test"])
+
+
 def test_deployments_use_the_pool_the_workers_serve():
-    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "nightly", "crashed-runs"}
+    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "nightly", "batch", "crashed-runs"}
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == {stack.POOL}
     assert all(d["enforce_parameter_schema"] for d in DEPLOYMENTS.values())
     # Heartbeats on every deployed run: the zombie automation of `dae setup` depends on them.
@@ -86,7 +99,7 @@ def test_services_are_pinned_private_and_health_gated():
             assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} not bound to BIND_ADDRESS"
         for dependency, rule in service.get("depends_on", {}).items():
             assert rule["condition"] in {"service_healthy", "service_completed_successfully"}, (name, dependency)
-    for name in ("postgres", "prefect-server", "s3", "mlflow"):
+    for name in ("postgres", "prefect-server", "s3", "mlflow", "model-server"):
         assert "healthcheck" in SERVICES[name], name
 
 

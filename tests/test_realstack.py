@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 import psutil
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from tests import stack
@@ -141,6 +143,37 @@ def test_retrain_sets_champion_then_decides_by_the_margin(real_stack):
     assert int(challenger.version) > int(champion.version)
     decided = client.get_run(challenger.run_id).data.tags
     assert decided["dae.retrain.action"] == "challenger" and "margin" in decided["dae.retrain.reason"]
+
+
+def test_the_served_champion_answers_like_its_evaluation_on_a_gpu_host(real_stack, tmp_path):
+    """`mlflow models serve` on the champion, as the compose service runs it, on a host where
+    torch reports CUDA (faked here): the answers' confusion matrix on the test images is the
+    one the champion's run logged."""
+    from dae_core.data import load_split
+
+    client = real_stack.mlflow()
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-serve"}
+    assert real_stack.wait(real_stack.create_run("dae-retrain/nightly", parameters))["state_type"] == "COMPLETED"
+    champion = client.get_model_version_by_alias("dae-mnist-classifier", "champion")
+    fake_gpu = tmp_path / "fake-gpu"
+    fake_gpu.mkdir()
+    (fake_gpu / "sitecustomize.py").write_text("import torch\ntorch.cuda.is_available = lambda: True\n")
+    port = stack.free_port()
+    env = {**real_stack.env, **{key: value for key, value in stack.MODEL_SERVER_ENV.items()
+                                if key != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(fake_gpu)}
+    test = load_split(Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw", train=False)
+    with stack.background(stack.model_server_command(port), env, tmp_path / "model-server.log",
+                          ready_url=f"http://127.0.0.1:{port}/ping", timeout=240):
+        answered = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                              json={"inputs": test.flat_pixels(torch.float32).tolist()})
+    assert answered.status_code == 200, answered.text
+    probabilities = np.asarray(answered.json()["predictions"])
+    assert probabilities.shape == (len(test), 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+    served = np.zeros((10, 10), int)
+    np.add.at(served, (test.labels.numpy(), probabilities.argmax(axis=1)), 1)
+    logged = json.loads(Path(client.download_artifacts(champion.run_id, "tables/confusion_matrix.json",
+                                                       str(tmp_path))).read_text())
+    assert served.tolist() == [row[1:] for row in logged["data"]]
 
 
 def test_two_retrains_triggered_at_once_never_overlap(real_stack):

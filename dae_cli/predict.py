@@ -1,0 +1,75 @@
+"""``dae predict``: the registered model on pictures people have.
+
+No Prefect here: a prediction is one model load and one forward pass, and needs no flow
+run (batch scoring with a record of its own is the ``dae-score`` flow).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class ModelUnavailable(RuntimeError):
+    """The model URI names nothing the tracking store has."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    digit: int
+    probability: float
+    probabilities: list[float]
+
+
+def predict_files(files: list[Path], model_uri: str) -> tuple[list[Prediction], list[str]]:
+    """Predictions for every digit of every readable file, and one error line per file
+    that could not be read (the others are still scored)."""
+    from dae_core.images import ImageUnreadable, read_digits
+
+    read, errors = [], []
+    for path in files:
+        try:
+            read.append(read_digits(path))
+        except ImageUnreadable as error:
+            errors.append(str(error))
+    if not read:
+        return [], errors
+    probabilities = _probabilities(model_uri, np.concatenate([digits.pixels for digits in read]))
+    names = [name for digits in read for name in digits.names]
+    rounded = probabilities.astype(np.float64).round(6)  # the float32 values, as printed
+    return [Prediction(name, int(row.argmax()), float(row.max()), row.tolist())
+            for name, row in zip(names, rounded, strict=True)], errors
+
+
+def _probabilities(model_uri: str, pixels: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) -> (N, 10) per-class probabilities from the model at ``model_uri``."""
+    import mlflow
+
+    from tasks import tracking
+
+    tracking.check_store()
+    try:
+        model = tracking.load_serving_model(model_uri)
+    except mlflow.exceptions.MlflowException as error:
+        raise ModelUnavailable(f"no model at {model_uri} in {tracking.tracking_uri()} "
+                               f"({str(error).splitlines()[0]})") from None
+    return np.asarray(model.predict(pixels.reshape(len(pixels), -1).astype(np.float32)))
+
+
+def print_predictions(predictions: list[Prediction], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([asdict(prediction) for prediction in predictions], indent=2))
+        return
+    width = max((len(prediction.file) for prediction in predictions), default=0)
+    for prediction in predictions:
+        print(f"{prediction.file:<{width}}  {prediction.digit}  ({100 * prediction.probability:.1f}%)")
+
+
+def report_errors(errors: list[str]) -> None:
+    for error in errors:
+        print(f"dae: cannot score {error}", file=sys.stderr)

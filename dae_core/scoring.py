@@ -1,0 +1,98 @@
+"""Batch scoring: which images, which labels, and what the predictions say about them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from dae_core.data import DataError, read_idx
+from dae_core.evaluate import accuracy_percent, confusion_matrix, per_class_accuracy
+from dae_core.images import Digits, ImageUnreadable, read_digits
+from dae_core.shapes import NUM_CLASSES
+
+
+@dataclass(frozen=True)
+class Batch:
+    digits: Digits
+    labels: np.ndarray | None  # (N,) ints 0..9 where known for every image
+    skipped: list[str]  # one line per unreadable file
+
+
+@dataclass(frozen=True)
+class Scores:
+    accuracy: float  # percent
+    per_class_accuracy: list[float]  # percent, NaN for a digit absent from the labels
+
+
+def _folder_label(path: Path) -> int | None:
+    """ImageFolder layout: ``<source>/<digit>/<picture>``."""
+    name = path.parent.name
+    return int(name) if len(name) == 1 and name.isdigit() else None
+
+
+def read_batch(source: Path, labels_file: Path | None = None) -> Batch:
+    """The images of ``source``: an IDX file (labels from ``labels_file``, an IDX labels
+    file) or a folder of pictures, searched recursively (labels from digit-named
+    subfolders, ``7/scan.png``, when every picture has one)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(path for path in source.rglob("*") if path.is_file() and not path.name.startswith("."))
+        read, skipped, labels = [], [], []
+        for path in files:
+            try:
+                read.append(read_digits(path))
+            except ImageUnreadable as error:
+                skipped.append(str(error))
+                continue
+            labels += [_folder_label(path)] * len(read[-1].names)
+        if not read:
+            raise DataError(f"{source}: no readable pictures" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+        digits = Digits([name for part in read for name in part.names], np.concatenate([p.pixels for p in read]))
+        known = None if None in labels else np.asarray(labels, dtype=np.int64)
+        return Batch(digits, known, skipped)
+    digits = read_digits(source)
+    if labels_file is None:
+        return Batch(digits, None, [])
+    labels = read_idx(Path(labels_file), ndim=1).astype(np.int64)
+    if len(labels) != len(digits.names):
+        raise DataError(f"{labels_file}: {len(labels)} labels for {len(digits.names)} images in {source}")
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{labels_file}: label {int(labels.max())} outside 0..9")
+    return Batch(digits, labels, [])
+
+
+def scores(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
+    predicted, truth = torch.from_numpy(probabilities.argmax(axis=1)), torch.from_numpy(labels)
+    return Scores(accuracy_percent(predicted, truth), per_class_accuracy(confusion_matrix(predicted, truth)))
+
+
+def prediction_rows(batch: Batch, probabilities: np.ndarray) -> dict[str, list]:
+    """The predictions table, a column per field: file, digit, probability, label (where
+    known), p0..p9."""
+    table: dict[str, list] = {
+        "file": list(batch.digits.names),
+        "digit": probabilities.argmax(axis=1).tolist(),
+        "probability": probabilities.max(axis=1).round(6).tolist(),
+    }
+    if batch.labels is not None:
+        table["label"] = batch.labels.tolist()
+    for digit in range(NUM_CLASSES):
+        table[f"p{digit}"] = probabilities[:, digit].round(6).tolist()
+    return table
+
+
+class ScoringSummary(BaseModel):
+    """What the ``dae-score`` flow returns."""
+
+    mlflow_run_id: str
+    model_uri: str
+    model_version: str | None
+    images: int
+    skipped: list[str]
+    accuracy: float | None  # percent, when labels were known
+    per_class_accuracy: list[float] | None
+    predictions_csv: str  # the run's artifact path

@@ -1,0 +1,96 @@
+"""Tasks of the ``dae-score`` flow: score a batch with a registered model, and record it
+as an MLflow run of its own (predictions CSV, accuracy where labels are known) with a
+summary table in Prefect."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+
+from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
+from dae_core.shapes import NUM_CLASSES
+from tasks import tracking
+from tasks.run import prefect_flow_run_link
+
+PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    batch: Batch
+    probabilities: np.ndarray  # (N, 10)
+    model_uri: str
+    model_version: str | None
+
+
+# Not cached: the inputs name files whose contents may change between runs.
+@task(name="score-batch", cache_policy=NO_CACHE)
+def score_batch(source: str, labels_file: str | None, model_uri: str) -> ScoredBatch:
+    logger = get_run_logger()
+    batch = read_batch(Path(source), Path(labels_file) if labels_file else None)
+    for line in batch.skipped:
+        logger.warning("skipped %s", line)
+    version = tracking.resolve_model_version(model_uri)
+    model = tracking.load_serving_model(model_uri)
+    pixels = batch.digits.pixels.reshape(len(batch.digits.names), -1).astype(np.float32)
+    logger.info("scoring %d images with %s (version %s)", len(pixels), model_uri, version)
+    return ScoredBatch(batch, np.asarray(model.predict(pixels)), model_uri, version)
+
+
+def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list[dict]:
+    predicted = np.bincount(scored.probabilities.argmax(axis=1), minlength=NUM_CLASSES)
+    labelled = (np.bincount(scored.batch.labels, minlength=NUM_CLASSES) if scored.batch.labels is not None
+                else [None] * NUM_CLASSES)
+    return [{"digit": digit, "predicted": int(predicted[digit]),
+             "labelled": None if labelled[digit] is None else int(labelled[digit]),
+             "accuracy_percent": None if per_class is None or math.isnan(per_class[digit])
+             else round(per_class[digit], 2)}
+            for digit in range(NUM_CLASSES)]
+
+
+@task(name="report-scoring", cache_policy=NO_CACHE)
+def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, experiment: str,
+                   work_dir: str) -> ScoringSummary:
+    tags = {"dae.role": "scoring", "dae.model_uri": scored.model_uri, "dae.model_version": scored.model_version or "",
+            "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": flow_run.name or "",
+            "prefect.deployment_name": deployment.name or ""}
+    run_id = tracking.start_run(experiment, flow_run.name or "score", tags)
+    with tracking.ends_run(run_id):
+        images = len(scored.batch.digits.names)
+        tracking.log_params(run_id, {"source": source, "labels_file": labels_file or "",
+                                     "model_uri": scored.model_uri, "images": images})
+        measured = scores(scored.probabilities, scored.batch.labels) if scored.batch.labels is not None else None
+        metrics = {"score/images": images, "score/skipped": len(scored.batch.skipped)}
+        if measured is not None:
+            metrics["score/accuracy"] = measured.accuracy
+            metrics.update({f"score/class_{digit}_accuracy": value
+                            for digit, value in enumerate(measured.per_class_accuracy) if not math.isnan(value)})
+        tracking.log_metrics(run_id, metrics)
+        csv = Path(work_dir).resolve() / "scoring" / run_id / Path(PREDICTIONS_ARTIFACT).name
+        csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(prediction_rows(scored.batch, scored.probabilities)).to_csv(csv, index=False)
+        tracking.log_files(run_id, [csv], str(Path(PREDICTIONS_ARTIFACT).parent))
+        if scored.batch.skipped:
+            tracking.log_text(run_id, "\n".join(scored.batch.skipped) + "\n", "predictions/skipped.txt")
+        accuracy = f"{measured.accuracy:.2f}%" if measured else "no labels"
+        headline = (f"**Scored {images} images** from `{source}` with `{scored.model_uri}` (version "
+                    f"{scored.model_version}): accuracy {accuracy}; {len(scored.batch.skipped)} files skipped.\n"
+                    f"- Prefect flow run: {prefect_flow_run_link()}")
+        tracking.set_description(run_id, headline)
+        create_table_artifact(_per_digit_table(scored, measured.per_class_accuracy if measured else None),
+                              key="dae-scoring", description="Predictions per digit (and accuracy where labelled)")
+        create_markdown_artifact(f"# Batch scoring\n\n{headline}\n- MLflow run: `{run_id}`, predictions in "
+                                 f"`{PREDICTIONS_ARTIFACT}`", key="dae-scoring-summary")
+    return ScoringSummary(mlflow_run_id=run_id, model_uri=scored.model_uri, model_version=scored.model_version,
+                          images=images, skipped=scored.batch.skipped,
+                          accuracy=measured.accuracy if measured else None,
+                          per_class_accuracy=measured.per_class_accuracy if measured else None,
+                          predictions_csv=PREDICTIONS_ARTIFACT)

@@ -1,0 +1,160 @@
+"""Using the model: the first version becomes champion, `dae predict` on pictures people
+have, loading where MLflow would pick CUDA, and batch scoring with its own MLflow run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from PIL import Image
+
+from dae_core.config import build_config
+from dae_core.summary import CHAMPION_URI, REGISTERED_MODEL
+from tests.conftest import TINY, write_idx
+
+BIN = Path(sys.executable).parent
+
+
+def framed_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten blocky templates (a random 5x5 pattern in 4x4-pixel blocks) inside the 20x20 box
+    that MNIST digits fill: framed like MNIST, so a picture of one comes back the same."""
+    patterns = np.random.default_rng(99).random((10, 5, 5)) > 0.55
+    templates = np.zeros((10, 28, 28), bool)
+    templates[:, 4:24, 4:24] = patterns.repeat(4, axis=1).repeat(4, axis=2)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    images = templates[labels] * rng.uniform(200, 255, (count, 1, 1)) * (rng.random((count, 28, 28)) > 0.05)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory, prefect_server):
+    """A store of its own where one `dae-experiment` run registered (and crowned) a model."""
+    from flows.experiment import dae_experiment
+
+    root = tmp_path_factory.mktemp("served")
+    raw = root / "data" / "MNIST" / "raw"
+    for prefix, count, seed in (("train", 300, 1), ("t10k", 100, 2)):
+        images, labels = framed_digits(count, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        first = dae_experiment(config=build_config("smoke", TINY), data_dir=str(root / "data"), download=False,
+                               experiment_name="served", work_dir=str(root / "work"))
+        yield {"uri": uri, "root": root, "raw": raw, "first": first,
+               "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
+    mlflow.set_tracking_uri(None)
+
+
+def test_the_first_registered_version_becomes_champion_and_later_ones_do_not(champion_store):
+    from flows.experiment import dae_experiment
+
+    client = champion_store["client"]
+    first = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert first.run_id == champion_store["first"].mlflow_run_id
+    assert "first registered version" in client.get_run(first.run_id).data.tags["dae.champion"]
+    root = champion_store["root"]
+    second = dae_experiment(config=build_config("smoke", {**TINY, "seed": 1}), data_dir=str(root / "data"),
+                            download=False, experiment_name="served", work_dir=str(root / "work"))
+    assert client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version == first.version
+    assert "dae.champion" not in client.get_run(second.mlflow_run_id).data.tags
+
+
+def _dae_predict(store: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+    return subprocess.run([str(BIN / "dae"), "predict", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_dae_predict_reads_pictures_of_any_kind_like_the_idx_images(champion_store, tmp_path):
+    images, labels = framed_digits(30, seed=2)
+    write_idx(tmp_path / "digits.idx", images)
+    pictures = []
+    for index, image in enumerate(images):
+        size = (97 + index, 61 + 2 * index) if index % 2 else (300, 301)  # odd sizes, either orientation
+        scaled = Image.fromarray(image).resize((min(size),) * 2, Image.Resampling.BICUBIC)
+        canvas = Image.new("L", size, 0)
+        canvas.paste(scaled, (size[0] - min(size), 0))  # off-centre
+        if index % 3 == 0:  # dark digit on light paper, in colour, as a scan or a phone photo
+            canvas = Image.eval(canvas, lambda value: 235 - value * 200 // 255).convert("RGB")
+        path = tmp_path / f"digit{index:02d}.{'jpg' if index % 3 == 0 else 'png'}"
+        canvas.save(path)
+        pictures.append(str(path))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    done = _dae_predict(champion_store["uri"], "--json", str(tmp_path / "digits.idx"), *pictures,
+                        str(tmp_path / "broken.png"))
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "broken.png" in done.stderr
+    assert "Traceback" not in done.stderr
+    rows = json.loads(done.stdout)
+    assert [row["file"] for row in rows] == [f"{tmp_path / 'digits.idx'}[{i}]" for i in range(30)] + pictures
+    for row in rows:
+        assert abs(sum(row["probabilities"]) - 1) < 1e-4 and row["probability"] == max(row["probabilities"])
+        assert row["digit"] == int(np.argmax(row["probabilities"]))
+    from_idx, from_pictures = [row["digit"] for row in rows[:30]], [row["digit"] for row in rows[30:]]
+    assert np.mean(np.asarray(from_idx) == labels) >= 0.9
+    assert np.mean(np.asarray(from_pictures) == np.asarray(from_idx)) >= 0.9
+
+    plain = _dae_predict(champion_store["uri"], pictures[0])
+    assert plain.returncode == 0 and plain.stdout.startswith(pictures[0]) and "%" in plain.stdout
+
+
+def test_dae_predict_without_a_champion_says_what_to_do(tmp_path):
+    Image.new("L", (30, 30), 0).save(tmp_path / "x.png")
+    done = _dae_predict(f"sqlite:///{tmp_path / 'empty.db'}", str(tmp_path / "x.png"))
+    assert done.returncode == 4
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and CHAMPION_URI in lines[0] and "dae run" in lines[1], done.stderr
+
+
+def test_serving_loads_on_the_cpu_where_mlflow_would_pick_cuda(champion_store, monkeypatch):
+    """A GPU host: MLflow's loader picks CUDA and refuses the CPU-exported program; the
+    project's loader pins the serving device."""
+    from tasks import tracking
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="cuda"):
+        mlflow.pyfunc.load_model(CHAMPION_URI)
+    model = tracking.load_serving_model(CHAMPION_URI)
+    probabilities = np.asarray(model.predict(np.zeros((4, 784), np.float32)))
+    assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champion_store, tmp_path):
+    from flows.score import dae_score
+
+    client, raw = champion_store["client"], champion_store["raw"]
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    scored = dae_score(source=str(raw / "t10k-images-idx3-ubyte"), labels_file=str(raw / "t10k-labels-idx1-ubyte"),
+                       work_dir=str(tmp_path))
+    run = client.get_run(scored.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["dae.model_version"] == str(champion.version)
+    # The same model on the same test images: the evaluation's accuracy, exactly.
+    assert scored.accuracy == run.data.metrics["score/accuracy"] == \
+        client.get_run(champion.run_id).data.metrics["test/accuracy"]
+    table = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=scored.predictions_csv,
+                                                dst_path=str(tmp_path / "out"))
+    lines = Path(table).read_text().splitlines()
+    assert len(lines) == 101 and lines[0].startswith("file,digit,probability,label,p0")
+
+    folder = tmp_path / "inbox"
+    images, labels = framed_digits(20, seed=5)
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - image).save(folder / str(label) / f"{index}.png")
+    (folder / "3" / "corrupt.png").write_text("no")
+    by_folder = dae_score(source=str(folder), work_dir=str(tmp_path))
+    assert by_folder.images == 20 and len(by_folder.skipped) == 1 and "corrupt.png" in by_folder.skipped[0]
+    assert by_folder.accuracy is not None and by_folder.accuracy >= 80
