@@ -47,7 +47,7 @@ def champion_store(tmp_path_factory, prefect_server):
         images, labels = framed_digits(count, seed)
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri, previous = f"sqlite:///{root / 'mlflow.db'}", mlflow.get_tracking_uri()
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
@@ -55,7 +55,8 @@ def champion_store(tmp_path_factory, prefect_server):
                                experiment_name="served", work_dir=str(root / "work"))
         yield {"uri": uri, "root": root, "raw": raw, "first": first,
                "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
-    mlflow.set_tracking_uri(None)
+    # Restored, not reset: set_tracking_uri(None) means ./mlflow.db, whatever the environment says.
+    mlflow.set_tracking_uri(previous)
 
 
 def test_the_first_registered_version_becomes_champion_and_later_ones_do_not(champion_store):
