@@ -1,7 +1,9 @@
 """Side-by-side timing in one process: the lecture's data path against this project's,
 per pretraining and per classifier epoch, and the fraction of the machine's measured
 float32 matmul peak that a pretraining epoch reaches. Pretraining is timed with the
-default autograd step and with the hand-written one (``runtime.pretrain_gradients``).
+default autograd step and with the hand-written one (``runtime.pretrain_gradients``),
+and each epoch in every mixed-precision mode the device offers (``runtime.autocast``),
+against the matmul peak of that mode's type.
 
 The lecture's path: torchvision MNIST with ToTensor, a shuffling DataLoader (batch 1000),
 float64 tensors, noise drawn per batch on the host. The project's path: the split read
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +26,7 @@ import torch.nn.functional as F
 from dae_core.config import build_config
 from dae_core.data import load_split, locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
+from dae_core.precision import MixedPrecision, tf32_matmuls
 from dae_core.runtime import resolve_device, resolve_dtype
 from dae_core.train import (
     make_classifier_optimizer,
@@ -54,10 +58,11 @@ def _best_seconds(run: Callable[[], Any], repeats: int, device: torch.device) ->
     return min(times)
 
 
-def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """Best float32 GEMM rate over ``repeats`` square products."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_peak_gflops(device: torch.device, size: int = 2048, repeats: int = 10,
+                       dtype: torch.dtype = torch.float32) -> float:
+    """Best GEMM rate in ``dtype`` over ``repeats`` square products."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b  # warm-up: thread pool, kernels
     seconds = _best_seconds(lambda: a @ b, repeats, device)
     return 2 * size**3 / seconds / 1e9
@@ -95,6 +100,73 @@ def lecture_classifier_epoch(model, optimizer, loader, test_loader, device: torc
             model(images.view(-1, 784).double().to(device)).argmax(1).eq(labels.to(device)).sum().item()
 
 
+# The CPU features that decide how fast each precision multiplies.
+_MATMUL_FLAGS = {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_fp16"}
+
+
+def cpu_matmul_flags() -> list[str]:
+    """Which of ``_MATMUL_FLAGS`` this CPU has (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(_MATMUL_FLAGS & set(flags))
+
+
+def autocast_modes(device: torch.device) -> list[str]:
+    """float32 and the mixed-precision modes this device can run."""
+    return ["none", "bfloat16", "float16"] if device.type == "cuda" else ["none", "bfloat16"]
+
+
+_GEMM_TYPES = {"none": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixels: torch.Tensor,
+                        test_labels: torch.Tensor, epochs: int, device: torch.device) -> dict[str, dict[str, float]]:
+    """Per mode: a pretraining and a classifier epoch (best of ``epochs``, the modes timed in
+    alternation so that a slow spell of the machine hits all), the GEMM peak of the mode's
+    type, and what fraction of it the pretraining epoch reaches."""
+    config = build_config("lecture", {"pretrain": {"epochs": 1}})
+    generator = torch.Generator(device=device).manual_seed(0)
+    runs = {}
+    for mode in autocast_modes(device):
+        precision = MixedPrecision(mode, device)
+        model = DenoisingAutoencoder().to(device)
+        optimizer = make_pretrain_optimizer(model, config.pretrain)
+        classifier = encoder_surgery(model)
+        sgd = make_classifier_optimizer(classifier, 0.1)
+        runs[mode] = (
+            lambda m=model, o=optimizer, p=precision: pretrain(m, o, pixels, config.pretrain, 1000, generator,
+                                                               precision=p),
+            lambda c=classifier, o=sgd, p=precision: train_classifier(c, o, pixels, train_labels, test_pixels,
+                                                                      test_labels, 1, 1000, generator, precision=p),
+            precision,
+        )
+    times: dict[str, dict[str, list[float]]] = {mode: {"pretrain": [], "classifier": []} for mode in runs}
+    for round_ in range(epochs + 1):  # round 0 warms up (allocator, kernels, oneDNN's bf16 plans)
+        for mode, (pretrain_epoch, classifier_epoch, precision) in runs.items():
+            with tf32_matmuls(precision):
+                seconds = (_best_seconds(pretrain_epoch, 1, device), _best_seconds(classifier_epoch, 1, device))
+            if round_:
+                times[mode]["pretrain"].append(seconds[0])
+                times[mode]["classifier"].append(seconds[1])
+    results = {}
+    for mode in runs:
+        peak = matmul_peak_gflops(device, dtype=_GEMM_TYPES[mode])
+        pretrain_s, classifier_s = min(times[mode]["pretrain"]), min(times[mode]["classifier"])
+        gflops = PRETRAIN_FLOP_PER_SAMPLE * len(pixels) / pretrain_s / 1e9
+        results[mode] = {"pretrain_epoch_s": pretrain_s, "classifier_epoch_s": classifier_s,
+                         "matmul_peak_gflops": peak, "pretrain_gflops": gflops,
+                         "pretrain_fraction_of_peak": gflops / peak}
+    for mode in results:
+        results[mode]["pretrain_speedup_vs_float32"] = results["none"]["pretrain_epoch_s"] / results[mode][
+            "pretrain_epoch_s"]
+        results[mode]["classifier_speedup_vs_float32"] = results["none"]["classifier_epoch_s"] / results[mode][
+            "classifier_epoch_s"]
+    return results
+
+
 def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", device: str = "auto") -> dict[str, Any]:
     place = resolve_device(device)
     precision = resolve_dtype(dtype)
@@ -105,6 +177,7 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "cpu_matmul_flags": cpu_matmul_flags(),
                     "device": str(place), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(place) if place.type == "cuda" else None},
         "epochs_timed": epochs,
@@ -150,6 +223,9 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
         lambda: train_classifier(classifier, sgd, pixels, train.labels, test_pixels, test.labels, 1, 1000,
                                  generator), epochs, place)
 
+    if precision == torch.float32:
+        results["autocast"] = precision_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
+
     samples = len(pixels)
     pretrain_gflops = PRETRAIN_FLOP_PER_SAMPLE * samples / results["project_pretrain_epoch_s"] / 1e9
     classifier_gflops = CLASSIFIER_FLOP_PER_SAMPLE * samples / results["project_classifier_epoch_s"] / 1e9
@@ -164,3 +240,40 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
         "classifier_fraction_of_peak": classifier_gflops / results["matmul_peak_gflops"],
     })
     return results
+
+
+def reference_pretrain_epoch(model: DenoisingAutoencoder, optimizer: torch.optim.Optimizer, pixels: torch.Tensor,
+                             batch_size: int, sparsity_weight: float, generator: torch.Generator) -> None:
+    """The plainest autograd epoch of the same training: what anyone would write first."""
+    for index in torch.randperm(len(pixels), generator=generator, device=pixels.device).split(batch_size):
+        clean = pixels[index]
+        noise = torch.randn(clean.shape, generator=generator, device=pixels.device)
+        reconstruction, hidden = model((clean + noise * 0.2 + 0.1).clamp(0, 1))
+        loss = F.mse_loss(reconstruction, clean) + sparsity_weight * hidden.abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def speed_ratio(samples: int = 6_000, rounds: int = 9, seed: int = 0) -> float:
+    """How many times faster the project's pretraining epoch is than
+    ``reference_pretrain_epoch`` on the same random data: the median over ``rounds`` of the
+    ratio of two epochs timed back to back in this process. A ratio of neighbours, so a
+    slower machine, or a busy spell that lasts longer than a round, cancels out. The CI
+    speed guard (tests/test_speed.py) compares it with the recorded one."""
+    device = torch.device("cpu")
+    config = build_config("lecture", {"pretrain": {"epochs": 1}})
+    pixels = torch.rand(samples, 784, generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    reference_model, project_model = DenoisingAutoencoder(), DenoisingAutoencoder()
+    reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=config.pretrain.lr)
+    project_optimizer = make_pretrain_optimizer(project_model, config.pretrain)
+    ratios = []
+    for round_ in range(rounds + 1):  # round 0 warms up
+        reference = _best_seconds(lambda: reference_pretrain_epoch(
+            reference_model, reference_optimizer, pixels, 1000, config.pretrain.sparsity_weight, generator), 1, device)
+        project = _best_seconds(lambda: pretrain(project_model, project_optimizer, pixels, config.pretrain, 1000,
+                                                 generator), 1, device)
+        if round_:
+            ratios.append(reference / project)
+    return statistics.median(ratios)

@@ -96,6 +96,7 @@ class EvaluationConfig(_Strict):
 # hand-written step of dae_core.pretrain_step (the same numbers within float rounding;
 # measured faster on CPU, docs/benchmarks.md; valid for this exact architecture only).
 PretrainGradients = Literal["autograd", "handwritten"]
+Autocast = Literal["none", "bfloat16", "float16"]
 
 
 class RuntimeConfig(_Strict):
@@ -106,6 +107,22 @@ class RuntimeConfig(_Strict):
     # None leaves torch's default (one per core).
     threads: int | None = Field(None, ge=1, le=256)
     pretrain_gradients: PretrainGradients = "autograd"
+    # Mixed precision (dae_core/precision.py): 16-bit matmuls, float32 weights and optimizer
+    # state. "none" keeps the lecture's float32 numbers bit for bit.
+    autocast: Autocast = "none"
+
+    @model_validator(mode="after")
+    def _autocast_fits(self) -> RuntimeConfig:
+        if self.autocast == "none":
+            return self
+        if self.dtype != "float32":
+            raise ValueError(f"autocast={self.autocast!r} needs dtype='float32' (its weights), not {self.dtype!r}")
+        if self.pretrain_gradients != "autograd":
+            raise ValueError(f"autocast={self.autocast!r} needs pretrain_gradients='autograd' (the hand-written "
+                             "step computes in its own float32 buffers)")
+        if self.autocast == "float16" and self.device == "cpu":
+            raise ValueError("autocast='float16' is for GPUs; on a CPU use 'bfloat16'")
+        return self
 
 
 class ExperimentConfig(_Strict):

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from dae_core.config import PretrainConfig, PretrainGradients
 from dae_core.model import DenoisingAutoencoder, l1_sparsity
 from dae_core.noise import corrupt
+from dae_core.precision import FLOAT32, MixedPrecision
 
 
 class PretrainStep(Protocol):
@@ -45,25 +46,30 @@ class PretrainStep(Protocol):
 
 
 def make_pretrain_step(gradients: PretrainGradients, model: DenoisingAutoencoder, config: PretrainConfig,
-                       batch_size: int) -> PretrainStep:
-    step = HandwrittenStep if gradients == "handwritten" else AutogradStep
-    return step(model, config, batch_size)
+                       batch_size: int, precision: MixedPrecision = FLOAT32) -> PretrainStep:
+    if gradients == "handwritten":
+        return HandwrittenStep(model, config, batch_size)
+    return AutogradStep(model, config, batch_size, precision)
 
 
 class AutogradStep:
-    """The model's forward, the loss of dae_core.model, autograd's backward."""
+    """The model's forward, the loss of dae_core.model, autograd's backward; the forward
+    under ``precision``'s autocast (the noise is drawn in float32, outside it)."""
 
-    def __init__(self, model: DenoisingAutoencoder, config: PretrainConfig, batch_size: int) -> None:
-        self.model, self.config = model, config
+    def __init__(self, model: DenoisingAutoencoder, config: PretrainConfig, batch_size: int,
+                 precision: MixedPrecision = FLOAT32) -> None:
+        self.model, self.config, self.precision = model, config, precision
 
     def __call__(self, pixels: torch.Tensor, index: torch.Tensor,
                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         clean = pixels[index]  # (B, 784)
-        reconstruction, hidden = self.model(corrupt(clean, self.config.noise, generator))
-        mse = F.mse_loss(reconstruction, clean)
-        loss = mse + self.config.sparsity_weight * l1_sparsity(hidden)
+        noisy = corrupt(clean, self.config.noise, generator)
+        with self.precision.autocast():
+            reconstruction, hidden = self.model(noisy)
+            mse = F.mse_loss(reconstruction, clean)
+            loss = mse + self.config.sparsity_weight * l1_sparsity(hidden)
         self.model.zero_grad(set_to_none=True)
-        loss.backward()
+        self.precision.backward(loss)
         return mse.detach(), loss.detach()
 
 

@@ -29,6 +29,7 @@ from dae_core.data import Split, load_split
 from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.noise import corrupt
+from dae_core.precision import MixedPrecision, tf32_matmuls
 from dae_core.runtime import Placement, make_generator, seeded, set_thread_count
 from dae_core.train import (
     ClassifierHistory,
@@ -125,9 +126,11 @@ def pretrain_stage(
     history = _resume(state_path, model, optimizer, generator, place, PretrainHistory())
     clock = LoopClock()
     callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
+    precision = MixedPrecision(config.runtime.autocast, place.device)
     clock.resume()
-    pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
-             history, callback, config.runtime.pretrain_gradients)
+    with tf32_matmuls(precision):
+        pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
+                 history, callback, config.runtime.pretrain_gradients, precision)
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
                              "history": history.as_dict()})
@@ -181,9 +184,11 @@ def classifier_stage(
     train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
     clock = LoopClock()
     callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
+    precision = MixedPrecision(config.runtime.autocast, place.device)
     clock.resume()
-    train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
-                     config.classifier.epochs, config.data.batch_size, generator, history, callback)
+    with tf32_matmuls(precision):
+        train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
+                         config.classifier.epochs, config.data.batch_size, generator, history, callback, precision)
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "history": history.as_dict()})
     return StageResult(output, history, time.perf_counter() - started, clock.seconds)

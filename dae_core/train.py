@@ -21,6 +21,7 @@ from dae_core.config import PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
+from dae_core.precision import FLOAT32, MixedPrecision
 from dae_core.pretrain_step import make_pretrain_step
 from dae_core.shapes import NUM_CLASSES
 
@@ -115,21 +116,23 @@ def pretrain(
     history: PretrainHistory | None = None,
     on_epoch: EpochCallback | None = None,
     gradients: PretrainGradients = "autograd",
+    precision: MixedPrecision = FLOAT32,
 ) -> PretrainHistory:
     """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
 
     The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
     images, as the lecture printed it; ``loss`` adds the sparsity penalty. ``gradients``
-    picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one.
+    picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one;
+    ``precision`` its mixed precision (dae_core.precision).
     """
     history = history if history is not None else PretrainHistory()
-    step = make_pretrain_step(gradients, model, config, batch_size)
+    step = make_pretrain_step(gradients, model, config, batch_size, precision)
     for epoch in range(history.epochs + 1, config.epochs + 1):
         model.train()
         step_mse, step_loss = [], []
         for index in batch_indices(len(pixels), batch_size, generator, pixels.device):
             mse, loss = step(pixels, index, generator)
-            optimizer.step()
+            precision.step(optimizer)
             step_mse.append(mse)
             step_loss.append(loss)
         losses = torch.stack(step_loss)
@@ -151,9 +154,10 @@ def train_classifier(
     generator: torch.Generator,
     history: ClassifierHistory | None = None,
     on_epoch: EpochCallback | None = None,
+    precision: MixedPrecision = FLOAT32,
 ) -> ClassifierHistory:
     """NLL training of the whole classifier (encoder included) on clean images,
-    with test accuracy (percent) after every epoch."""
+    with test accuracy (percent) after every epoch (measured in float32)."""
     history = history if history is not None else ClassifierHistory()
     batch_buffer = train_pixels.new_empty(batch_size, train_pixels.shape[1])
     for epoch in range(history.epochs + 1, epochs + 1):
@@ -163,10 +167,11 @@ def train_classifier(
             # Gathered into one reused buffer: pixels[index] allocated (and page-faulted)
             # a fresh batch every step, 14% of a CPU classifier epoch (docs/benchmarks.md).
             batch = torch.index_select(train_pixels, 0, index, out=batch_buffer[: len(index)])
-            loss = F.nll_loss(model(batch), torch.index_select(train_labels, 0, index))
+            with precision.autocast():
+                loss = F.nll_loss(model(batch), torch.index_select(train_labels, 0, index))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            precision.backward(loss)
+            precision.step(optimizer)
             step_loss.append(loss.detach())
         losses = torch.stack(step_loss)
         _check_finite(losses, "classifier", epoch)

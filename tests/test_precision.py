@@ -1,0 +1,114 @@
+"""Mixed precision (runtime.autocast) on tiny data: bfloat16 trains like float32 with float32
+weights and optimizer state; contradictory settings are refused; GPU checks behind `gpu`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dae_core.config import ConfigError, build_config
+from dae_core.model import DenoisingAutoencoder, encoder_surgery
+from dae_core.precision import MixedPrecision
+from dae_core.runtime import make_generator
+from dae_core.train import make_classifier_optimizer, make_pretrain_optimizer, pretrain, train_classifier
+from tests.conftest import synthetic_digits
+
+CPU = torch.device("cpu")
+
+
+def _pixels(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = synthetic_digits(count, seed)
+    return torch.from_numpy(images).reshape(count, -1).float() / 255, torch.from_numpy(labels).long()
+
+
+def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15):
+    config = build_config("smoke", {"pretrain": {"epochs": epochs, "hidden_units": 64}, "data": {"batch_size": 40}})
+    pixels, _ = _pixels(240, 1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = DenoisingAutoencoder(64).to(device)
+    optimizer = make_pretrain_optimizer(model, config.pretrain)
+    history = pretrain(model, optimizer, pixels.to(device), config.pretrain, 40,
+                       make_generator(0, "pretrain", device), precision=MixedPrecision(mode, device))
+    return model, optimizer, history
+
+
+def test_bfloat16_pretraining_follows_float32_with_float32_weights_and_state():
+    _, _, reference = _pretrained("none")
+    model, optimizer, mixed = _pretrained("bfloat16")
+    assert mixed.mse[-1] < 0.8 * mixed.mse[0], "it learns"
+    for full, half in zip(reference.mse, mixed.mse, strict=True):
+        assert abs(half - full) <= 0.05 * full, (full, half)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {v.dtype for state in optimizer.state.values() for v in state.values() if v.numel() > 1} == {torch.float32}
+
+
+def test_bfloat16_classifier_training_learns_and_is_scored_in_float32():
+    model, _, _ = _pretrained("none", epochs=3)
+    train_x, train_y = _pixels(240, 1)
+    test_x, test_y = _pixels(80, 2)
+    results = {}
+    for mode in ("none", "bfloat16"):
+        classifier = encoder_surgery(model)
+        history = train_classifier(classifier, make_classifier_optimizer(classifier, 0.5), train_x, train_y, test_x,
+                                   test_y, 5, 40, make_generator(0, "classifier", CPU),
+                                   precision=MixedPrecision(mode, CPU))
+        results[mode] = history.test_accuracy[-1]
+        assert history.train_loss[-1] < history.train_loss[0]
+    assert results["bfloat16"] >= 80 and abs(results["bfloat16"] - results["none"]) <= 5
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"runtime": {"autocast": "float16", "device": "cpu"}}, "for GPUs"),
+    ({"runtime": {"autocast": "bfloat16", "dtype": "float64"}}, "float32"),
+    ({"runtime": {"autocast": "bfloat16", "pretrain_gradients": "handwritten"}}, "autograd"),
+    ({"runtime": {"autocast": "int8"}}, "autocast"),
+])
+def test_contradictory_precision_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("smoke", overrides)
+
+
+def test_float16_on_a_machine_without_a_gpu_is_explained(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        MixedPrecision("float16", CPU)
+
+
+def test_the_lecture_preset_stays_in_float32():
+    assert build_config("lecture", {}).runtime.autocast == "none"
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda") if torch.cuda.is_available() else CPU
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("mode", ["none", "bfloat16", "float16"])
+def test_gpu_training_stays_on_the_gpu_and_follows_the_cpu_curve(mode):
+    model, optimizer, history = _pretrained(mode, CUDA)
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    _, _, cpu = _pretrained("none")
+    for on_gpu, on_cpu in zip(history.mse, cpu.mse, strict=True):
+        assert abs(on_gpu - on_cpu) <= 0.05 * on_cpu
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_runs_repeat_within_float_rounding():
+    first, second = _pretrained("bfloat16", CUDA)[2], _pretrained("bfloat16", CUDA)[2]
+    assert all(abs(a - b) <= 1e-3 * a for a, b in zip(first.mse, second.mse, strict=True))
+
+
+def test_the_benchmark_times_each_precision_against_its_own_peak():
+    from dae_core.bench import precision_benchmark
+
+    train_x, train_y = _pixels(2000, 1)
+    test_x, test_y = _pixels(200, 2)
+    results = precision_benchmark(train_x, train_y, test_x, test_y, epochs=1, device=CPU)
+    assert set(results) == {"none", "bfloat16"}
+    for mode, measured in results.items():
+        assert measured["pretrain_epoch_s"] > 0 and measured["classifier_epoch_s"] > 0
+        assert measured["matmul_peak_gflops"] > 0 and 0 < measured["pretrain_fraction_of_peak"] < 2, mode
+    assert results["none"]["pretrain_speedup_vs_float32"] == 1.0
