@@ -73,15 +73,17 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
 def prediction_rows(batch: Batch, probabilities: np.ndarray) -> dict[str, list]:
     """The predictions table, a column per field: file, digit, probability, label (where
     known), p0..p9."""
+    # Rounded in float64: a rounded float32 prints as 0.9876949787139893.
+    probabilities = probabilities.astype(np.float64).round(6)
     table: dict[str, list] = {
         "file": list(batch.digits.names),
         "digit": probabilities.argmax(axis=1).tolist(),
-        "probability": probabilities.max(axis=1).round(6).tolist(),
+        "probability": probabilities.max(axis=1).tolist(),
     }
     if batch.labels is not None:
         table["label"] = batch.labels.tolist()
     for digit in range(NUM_CLASSES):
-        table[f"p{digit}"] = probabilities[:, digit].round(6).tolist()
+        table[f"p{digit}"] = probabilities[:, digit].tolist()
     return table
 
 
