@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import fcntl
 import importlib
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from dae_core.resumable import exclusive_file_lock
 
 # The private API of the early start, as (module, attribute).
 EARLY_START_API = ("prefect.server.api.server", "SubprocessASGIServer")
@@ -64,7 +65,7 @@ def start_temporary_server() -> contextlib.AbstractContextManager[None]:
 
     def boot() -> None:
         try:
-            with _exclusive(lock_path):
+            with exclusive_file_lock(lock_path) if lock_path else contextlib.nullcontext():
                 server.start()
         except BaseException as error:  # handed to the main thread below
             failures.append(error)
@@ -85,17 +86,6 @@ def migration_lock_path() -> Path | None:
     url = url.get_secret_value() if url is not None else ""
     scheme, _, path = url.partition(":///")
     return Path(f"{path}.lock") if scheme.startswith("sqlite") and path and path != ":memory:" else None
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path | None) -> Iterator[None]:
-    if lock_path is None:
-        yield
-        return
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 @contextlib.contextmanager

@@ -48,7 +48,7 @@ class QuietTerminal:
         self.verbose, self.restore = verbose, restore
         self._filter = _WarningsOutsideRunEngines()
         self._consoles: list[logging.Handler] = []
-        self._mlflow_level: int | None = None
+        self._mlflow = contextlib.ExitStack()
 
     def __enter__(self) -> QuietTerminal:
         from prefect.logging.configuration import ensure_logging_setup
@@ -64,10 +64,7 @@ class QuietTerminal:
 
     def libraries_loaded(self) -> None:
         """MLflow sets its logger up when it is imported: quiet it after that."""
-        if not self.verbose:
-            mlflow_logger = logging.getLogger("mlflow")
-            self._mlflow_level = mlflow_logger.level
-            mlflow_logger.setLevel(logging.WARNING)
+        self._mlflow.enter_context(mlflow_warnings_only(self.verbose))
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -75,5 +72,4 @@ class QuietTerminal:
             return
         for handler in self._consoles:
             handler.removeFilter(self._filter)
-        if self._mlflow_level is not None:
-            logging.getLogger("mlflow").setLevel(self._mlflow_level)
+        self._mlflow.close()

@@ -5,7 +5,8 @@ one folder. The first live run holds ``<key>``; a second one started meanwhile h
 ``<key>-2`` and trains with its own state, so neither reads nor overwrites the other's
 files. Holding is an exclusive ``flock`` on ``<folder>/lock``: the kernel drops it when
 the process dies however it dies (SIGKILL, OOM, a lost container), so the folder of a
-killed run is free again for the rerun that resumes it.
+killed run is free again for the rerun that resumes it. ``exclusive_file_lock`` is the
+waiting kind, for processes that must take turns (a new database's first migration).
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ def _hold(folder: Path) -> IO[str] | None:
                 return stream
         stream.close()
     return None
+
+
+@contextlib.contextmanager
+def exclusive_file_lock(path: Path) -> Iterator[None]:
+    """Wait for, then hold, an exclusive ``flock`` on ``path`` for the block: how processes
+    that would race on a new database (its first migration) take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 def holder_pid(folder: Path) -> int | None:

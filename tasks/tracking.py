@@ -8,7 +8,6 @@ a request costs tens of milliseconds.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import subprocess
@@ -25,6 +24,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 from dae_core.config import ExperimentConfig
+from dae_core.resumable import exclusive_file_lock
 from dae_core.summary import CURVE_KEYS, REGISTERED_MODEL, RunSummary, epoch_metrics, summary_from_metrics
 from dae_core.train import History
 
@@ -68,9 +68,7 @@ def check_store(timeout_s: float = 5.0) -> str:
                                       "nothing was trained") from None
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
-        database.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{database}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with exclusive_file_lock(Path(f"{database}.lock")):
             client().search_experiments(max_results=1)
     return uri
 
