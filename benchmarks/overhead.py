@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 BIN = Path(sys.executable).parent
 SHORT = ["--set", "pretrain.epochs=3", "--set", "classifier.epochs=2"]
@@ -94,13 +95,20 @@ def servers(data_dir: Path, base: dict[str, str], warm_runs: int) -> None:
 
     folder = Path(tempfile.mkdtemp(prefix="dae-servers-"))
     base = {**base, "PREFECT_HOME": str(folder / "prefect")}
-    with stack.servers(folder, base, str(folder / "artifacts")) as (prefect_api, mlflow_uri):
-        env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri}
+    credentials = stack.Credentials()
+    with stack.servers(folder, base, str(folder / "artifacts"), credentials) as (prefect_api, mlflow_uri):
+        users = subprocess.run(stack.USERS, env={**base, "MLFLOW_TRACKING_URI": mlflow_uri, **credentials.users_env()},
+                               capture_output=True, text=True)
+        assert users.returncode == 0, users.stderr
+        # As docker-compose.yml runs it: both servers ask for credentials; runs log as the worker.
+        worker = credentials.client_env(credentials.worker)
+        env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri, **worker}
         table_head("Against a Prefect server and an MLflow server (PostgreSQL), 3 + 2 epochs")
         timed_run(env, data_dir, folder, "first run", SHORT)
         runs = [timed_run(env, data_dir, folder, f"warm run {k}", SHORT) for k in range(1, warm_runs + 1)]
         print(f"\nmedian warm overhead: {statistics.median(r['wall'] - r['bare'] for r in runs):.1f} s")
-        latency = log_batch_latency_ms(mlflow_uri)
+        with mock.patch.dict(os.environ, worker):  # MLflow's client reads its credentials there
+            latency = log_batch_latency_ms(mlflow_uri)
         last = runs[-1]
         # A lecture run's bare training, from this machine's per-epoch times above.
         lecture_training = (last["pretrain_loop_s"] / 3 * LECTURE_EPOCHS["pretrain"]

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="post here when a retrain fails or crashes; env DAE_NOTIFY_WEBHOOK_URL")
     setup.add_argument("--verbose", action="store_true", help="show tracebacks")
 
+    users = commands.add_parser("users", help="create or update the team stack's MLflow identities (worker, "
+                                "serving) and their grants; run as MLflow's admin")
+    users.add_argument("--verbose", action="store_true", help="show tracebacks")
+
     bench = commands.add_parser("bench", help="time the lecture's data path against this project's")
     bench.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR", "data"))
     bench.add_argument("--epochs", type=int, default=2, help="timed epochs per path")
@@ -232,6 +236,11 @@ def _setup(args: argparse.Namespace) -> int:
 
     try:
         names = set_up_automations(args.zombie_after, args.notify_webhook)
+    except httpx.HTTPStatusError as error:
+        if error.response.status_code in (401, 403):
+            raise  # explained by _explain: the auth string
+        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} answered {error.response.status_code}\n"
+                         "  fix: check PREFECT_API_URL (it ends in /api)") from None
     except httpx.HTTPError as error:
         raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} does not answer ({error})\n"
                          "  fix: start it, or correct PREFECT_API_URL") from None
@@ -245,12 +254,51 @@ def _setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _users(args: argparse.Namespace) -> int:
+    from dae_cli.access import admin_refused, identities_from_env, sync_identities
+    from dae_cli.terminal import mlflow_warnings_only
+    from tasks.tracking import TrackingRefused, check_store, tracking_uri
+
+    identities = identities_from_env()
+    with mlflow_warnings_only(args.verbose):
+        if not tracking_uri().startswith(("http://", "https://")):
+            raise SetupError("dae users needs an MLflow server with authentication on\n"
+                             "  fix: set MLFLOW_TRACKING_URI, e.g. http://127.0.0.1:5000")
+        try:
+            check_store()
+        except TrackingRefused:
+            raise admin_refused(tracking_uri(), "HTTP 401") from None
+        for line in sync_identities(tracking_uri(), identities):
+            print(line)
+    return 0
+
+
+def _refused_by_prefect(error: BaseException) -> str | None:
+    """The URL a Prefect server refused for want of the right auth string, if that is the error."""
+    if "httpx" not in sys.modules:
+        return None
+    import httpx
+
+    if isinstance(error, httpx.HTTPStatusError) and error.response.status_code in (401, 403):
+        return str(error.request.url)
+    return None
+
+
 def _explain(error: BaseException) -> tuple[str, int] | None:
     """The cause and the fix of an expected failure, and its exit code; None for a bug."""
     if isinstance(error, ConfigError):  # before the imports below: a refused --set needs no torch
         return str(error), EXIT_CONFIG
+    if refused := _refused_by_prefect(error):
+        return (f"the Prefect server refused the request ({refused}: HTTP {error.response.status_code})\n"
+                "  fix: set PREFECT_API_AUTH_STRING to the server's auth string (PREFECT_API_AUTH_STRING "
+                "of the team stack's .env)", EXIT_TRACKING)
     if isinstance(error, SetupError):
         return str(error), EXIT_TRACKING
+    if "dae_cli.access" in sys.modules:
+        from dae_cli.access import AccessError
+
+        if isinstance(error, AccessError):
+            return str(error), EXIT_CONFIG
     if "dae_cli.predict" in sys.modules:
         from dae_cli.predict import ModelUnavailable
 
@@ -269,8 +317,11 @@ def _explain(error: BaseException) -> tuple[str, int] | None:
     if isinstance(error, TrainingDiverged):
         return f"training diverged: {error} (--set pretrain.lr=... or classifier.lr=...)", EXIT_DIVERGED
     if "tasks.tracking" in sys.modules:
-        from tasks.tracking import TrackingUnavailable
+        from tasks.tracking import TrackingRefused, TrackingUnavailable
 
+        if isinstance(error, TrackingRefused):
+            return (f"{error}\n  fix: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account "
+                    "of that server (on the team stack: your own, or DAE_WORKER_* of its .env)", EXIT_TRACKING)
         if isinstance(error, TrackingUnavailable):
             return (f"{error}\n  fix: start the tracking server, or unset MLFLOW_TRACKING_URI to track "
                     "into ./mlflow.db", EXIT_TRACKING)
@@ -290,6 +341,8 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
             return _setup(args)
         if args.command == "predict":
             return _predict(args)
+        if args.command == "users":
+            return _users(args)
         with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
             return {"run": _run, "compare": _compare}[args.command](args, terminal)
     except Exception as error:

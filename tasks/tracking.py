@@ -22,6 +22,7 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 
 from dae_core.config import ExperimentConfig
 from dae_core.resumable import exclusive_file_lock
@@ -54,6 +55,10 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; raised before any training starts."""
 
 
+class TrackingRefused(TrackingUnavailable):
+    """The tracking server answers but refuses these credentials (or none)."""
+
+
 def check_store(timeout_s: float = 5.0) -> str:
     """Fail fast, naming the URI, when a tracking server is unreachable (MLflow's own
     client would retry for minutes); create a local SQLite store once, under a file
@@ -66,6 +71,14 @@ def check_store(timeout_s: float = 5.0) -> str:
         except (OSError, ValueError) as error:
             raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable ({error}); "
                                       "nothing was trained") from None
+        # /health answers everyone; an authenticating server refuses the API itself.
+        try:
+            client().search_experiments(max_results=1)
+        except MlflowException as error:
+            if error.get_http_status_code() in (401, 403):
+                raise TrackingRefused(f"MLflow tracking server {uri} refused the credentials "
+                                      f"(HTTP {error.get_http_status_code()}); nothing was trained") from None
+            raise
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         with exclusive_file_lock(Path(f"{database}.lock")):
@@ -250,9 +263,18 @@ def log_classifier(run_id: str, model, register: bool) -> LoggedClassifier:
     example = np.zeros((2, 784), dtype=np.float32)
     with torch.no_grad():
         output = served(torch.from_numpy(example)).numpy()
+    run = client().get_run(run_id)
     with _EXPORT_LOCK:
+        # Created first in the run's own experiment: left to itself, log_model files a model
+        # logged by run id under the thread's active experiment, i.e. "Default" in a task
+        # thread, where a worker of the authenticated stack may not write.
+        logged_model = mlflow.initialize_logged_model(
+            name="classifier", source_run_id=run_id, experiment_id=run.info.experiment_id,
+            params={key: str(value) for key, value in run.data.params.items()},
+        )
         info = mlflow.pytorch.log_model(
             served, name="classifier", input_example=example, signature=infer_signature(example, output),
+            model_id=logged_model.model_id,
             serialization_format="pt2",
             # Stated, not inferred: inference re-imports the model in a subprocess (~10 s).
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],

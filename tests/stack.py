@@ -1,12 +1,14 @@
 """The real stack as the real-stack test starts it: PostgreSQL databases, a Prefect
 server, an MLflow server with artifacts proxied to an S3-compatible store, and process
-workers. The command lines here are the ones docker-compose.yml runs (a test holds
-the two together)."""
+workers, behind the stack's credentials. The command lines here are the ones
+docker-compose.yml runs (a test holds the two together)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,23 +16,68 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
 POOL = "dae-pool"
+# The servers' entry point in docker-compose.yml: the exposure guard, MLflow's auth settings.
+START_SERVER = ["/bin/sh", str(REPO / "docker" / "start-server.sh")]
 PREFECT_SERVER = ["prefect", "server", "start"]
 MLFLOW_SERVER = ["mlflow", "server"]
 MLFLOW_SERVER_FLAGS = {"--host", "--port", "--backend-store-uri", "--serve-artifacts", "--artifacts-destination",
-                       "--allowed-hosts"}
+                       "--allowed-hosts", "--app-name"}
 WORKER = ["prefect", "worker", "start", "--pool", POOL, "--type", "process"]
 MODEL_SERVER = ["mlflow", "models", "serve"]
 CHAMPION = "models:/dae-mnist-classifier@champion"
 # The serving device is pinned: a CPU-exported pt2 program refuses to load on CUDA, which
 # MLflow would pick on a GPU host.
 MODEL_SERVER_ENV = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_DEFAULT_PREDICTION_DEVICE": "cpu"}
-WORKER_ENV = {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DAE_DATA_DIR", "DAE_WORK_DIR"}
-MLFLOW_SERVER_ENV = {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
-PREFECT_SERVER_ENV = {"PREFECT_SERVER_DATABASE_CONNECTION_URL"}
+# Clients authenticate through the standard variables, never through URLs or files.
+CLIENT_CREDENTIALS_ENV = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
+WORKER_ENV = {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI", "DAE_DATA_DIR", "DAE_WORK_DIR",
+              *CLIENT_CREDENTIALS_ENV}
+MLFLOW_SERVER_ENV = {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                     "MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                     "MLFLOW_FLASK_SERVER_SECRET_KEY"}
+PREFECT_SERVER_ENV = {"PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_SERVER_API_AUTH_STRING"}
+USERS = ["dae", "users"]
 PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def _secret() -> str:
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The secrets of a stack, as .env gives them to docker-compose.yml; fresh ones each time."""
+
+    prefect_auth_string: str = field(default_factory=_secret)
+    admin: tuple[str, str] = field(default_factory=lambda: ("admin", _secret()))
+    worker: tuple[str, str] = field(default_factory=lambda: ("dae-worker", _secret()))
+    serving: tuple[str, str] = field(default_factory=lambda: ("dae-serving", _secret()))
+    mlflow_secret_key: str = field(default_factory=_secret)
+
+    def secrets(self) -> dict[str, str]:
+        return {"PREFECT_API_AUTH_STRING": self.prefect_auth_string, "MLFLOW_ADMIN_PASSWORD": self.admin[1],
+                "DAE_WORKER_PASSWORD": self.worker[1], "DAE_SERVING_PASSWORD": self.serving[1],
+                "MLFLOW_SECRET_KEY": self.mlflow_secret_key}
+
+    def prefect_headers(self) -> dict[str, str]:
+        """What Prefect's client sends for PREFECT_API_AUTH_STRING."""
+        return {"Authorization": f"Basic {base64.b64encode(self.prefect_auth_string.encode()).decode()}"}
+
+    def client_env(self, identity: tuple[str, str]) -> dict[str, str]:
+        """A client's environment: Prefect's auth string and one MLflow identity."""
+        return {"PREFECT_API_AUTH_STRING": self.prefect_auth_string,
+                "MLFLOW_TRACKING_USERNAME": identity[0], "MLFLOW_TRACKING_PASSWORD": identity[1]}
+
+    def users_env(self) -> dict[str, str]:
+        """The environment of the `mlflow-users` service: the admin's login and the identities'."""
+        return {**self.client_env(self.admin), "DAE_WORKER_USERNAME": self.worker[0],
+                "DAE_WORKER_PASSWORD": self.worker[1], "DAE_SERVING_USERNAME": self.serving[0],
+                "DAE_SERVING_PASSWORD": self.serving[1]}
 
 
 def postgres_reachable() -> bool:
@@ -104,9 +151,12 @@ def prefect_server_command(port: int) -> list[str]:
     return [*PREFECT_SERVER, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def mlflow_server_command(port: int, backend: str, destination: str) -> list[str]:
+def mlflow_server_command(port: int, backend: str, destination: str, login: bool = True) -> list[str]:
+    """``login``: MLflow's basic-auth app, as in docker-compose.yml (it needs the settings
+    that ``servers`` gives it)."""
     hosts = f"127.0.0.1,127.0.0.1:{port},localhost,localhost:{port}"
-    return [*MLFLOW_SERVER, "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", backend,
+    return [*MLFLOW_SERVER, *(["--app-name", "basic-auth"] if login else []), "--host", "127.0.0.1",
+            "--port", str(port), "--backend-store-uri", backend,
             "--serve-artifacts", "--artifacts-destination", destination, "--allowed-hosts", hosts,
             "--workers", "1"]
 
@@ -123,21 +173,28 @@ def worker_command(name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def servers(root: Path, env: dict[str, str], artifacts_destination: str,
+def servers(root: Path, env: dict[str, str], artifacts_destination: str, credentials: Credentials,
             mlflow_env: dict[str, str] | None = None) -> Iterator[tuple[str, str]]:
-    """Fresh PostgreSQL databases with a Prefect server and an MLflow server on them;
-    yields (Prefect API URL, MLflow tracking URI). Everything is stopped and dropped after."""
+    """Fresh PostgreSQL databases with a Prefect server and an MLflow server on them, both
+    asking for ``credentials``, started through the compose file's entry point; yields
+    (Prefect API URL, MLflow tracking URI). Everything is stopped and dropped after."""
     prefect_port, mlflow_port = free_port(), free_port()
     database = f"{PG_HOST}:{PG_PORT}"
     with contextlib.ExitStack() as started:
         prefect_db = started.enter_context(fresh_database("dae_prefect", ("pg_trgm",)))
         mlflow_db = started.enter_context(fresh_database("dae_mlflow"))
+        auth_db = started.enter_context(fresh_database("dae_mlflow_auth"))
         started.enter_context(background(
-            prefect_server_command(prefect_port),
-            {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@{database}/{prefect_db}"},
+            [*START_SERVER, *prefect_server_command(prefect_port)],
+            {**env, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://postgres@{database}/{prefect_db}",
+             "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string},
             root / "prefect-server.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
         started.enter_context(background(
-            mlflow_server_command(mlflow_port, f"postgresql://postgres@{database}/{mlflow_db}", artifacts_destination),
-            {**env, **(mlflow_env or {})}, root / "mlflow-server.log",
-            ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
+            [*START_SERVER, *mlflow_server_command(mlflow_port, f"postgresql://postgres@{database}/{mlflow_db}",
+                                                   artifacts_destination)],
+            {**env, **(mlflow_env or {}), "MLFLOW_AUTH_DATABASE_URI": f"postgresql://postgres@{database}/{auth_db}",
+             "MLFLOW_AUTH_CONFIG_DIR": str(root), "MLFLOW_AUTH_ADMIN_USERNAME": credentials.admin[0],
+             "MLFLOW_AUTH_ADMIN_PASSWORD": credentials.admin[1],
+             "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.mlflow_secret_key},
+            root / "mlflow-server.log", ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
         yield f"http://127.0.0.1:{prefect_port}/api", f"http://127.0.0.1:{mlflow_port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -29,8 +30,14 @@ def _flags(command: list[str]) -> dict[str, str]:
     return flags
 
 
+def _entrypoint(service: dict) -> list[str]:
+    """The servers' entry point, as the real-stack test runs it (the script in the repo)."""
+    return [service["entrypoint"][0], str(REPO / service["entrypoint"][1].replace("/opt/dae/", "docker/"))]
+
+
 def test_prefect_server_runs_the_tested_command_on_postgres():
     service = SERVICES["prefect-server"]
+    assert _entrypoint(service) == stack.START_SERVER
     assert service["command"][:3] == stack.PREFECT_SERVER
     assert set(service["environment"]) >= stack.PREFECT_SERVER_ENV
     assert service["environment"]["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
@@ -40,6 +47,7 @@ def test_prefect_server_runs_the_tested_command_on_postgres():
 def test_mlflow_server_proxies_artifacts_to_s3_and_allows_the_worker_host():
     service = SERVICES["mlflow"]
     command = service["command"]
+    assert _entrypoint(service) == stack.START_SERVER
     assert command[:2] == stack.MLFLOW_SERVER
     flags = _flags(command)
     assert set(flags) >= stack.MLFLOW_SERVER_FLAGS
@@ -48,6 +56,7 @@ def test_mlflow_server_proxies_artifacts_to_s3_and_allows_the_worker_host():
     assert flags["--backend-store-uri"].startswith("postgresql://")
     assert flags["--artifacts-destination"].startswith("s3://")
     assert "mlflow:5000" in flags["--allowed-hosts"].split(",")
+    assert flags["--app-name"] == tested["--app-name"] == "basic-auth"
     assert set(service["environment"]) >= stack.MLFLOW_SERVER_ENV
 
 
@@ -61,6 +70,17 @@ def test_worker_runs_the_tested_command_and_reaches_both_servers():
     assert environment["MLFLOW_TRACKING_URI"] == f"http://mlflow:{mlflow_port}"
     assert environment["PREFECT_API_URL"] == f"http://prefect-server:{prefect_port}/api"
     assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(environment), "the worker needs no S3 keys"
+    assert environment["MLFLOW_TRACKING_PASSWORD"].startswith("${DAE_WORKER_PASSWORD:?")
+    assert environment["PREFECT_API_AUTH_STRING"].startswith("${PREFECT_API_AUTH_STRING:?")
+
+
+def test_the_identities_are_made_by_the_admin_before_anyone_uses_them():
+    service = SERVICES["mlflow-users"]
+    assert service["command"] == stack.USERS
+    assert set(service["environment"]) >= stack.CLIENT_CREDENTIALS_ENV
+    assert service["environment"]["MLFLOW_TRACKING_PASSWORD"].startswith("${MLFLOW_ADMIN_PASSWORD:?")
+    for name in ("worker", "model-server"):
+        assert SERVICES[name]["depends_on"]["mlflow-users"]["condition"] == "service_completed_successfully"
 
 
 def test_model_server_serves_the_champion_as_tested_pinned_to_the_cpu():
@@ -71,7 +91,11 @@ def test_model_server_serves_the_champion_as_tested_pinned_to_the_cpu():
     assert set(flags) == set(tested)
     assert flags["--model-uri"] == tested["--model-uri"] == stack.CHAMPION
     assert flags["--env-manager"] == "local", "no environment rebuild at start"
-    assert service["environment"] == stack.MODEL_SERVER_ENV
+    assert service["environment"] == {**stack.MODEL_SERVER_ENV,
+                                      "MLFLOW_TRACKING_USERNAME": "${DAE_SERVING_USERNAME:-dae-serving}",
+                                      "MLFLOW_TRACKING_PASSWORD": "${DAE_SERVING_PASSWORD:?set in .env (12 "
+                                                                  "characters or more)}"}
+    assert service["ports"] == ["127.0.0.1:${MODEL_PORT:-5001}:5001"], "no login: never published beyond loopback"
     assert service["image"] == SERVICES["worker"]["image"], "the worker's image has the model's requirements"
     assert "/ping" in " ".join(service["healthcheck"]["test"])
 
@@ -96,20 +120,61 @@ def test_services_are_pinned_private_and_health_gated():
         image = service.get("image", "")
         assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned image {image!r}"
         for port in service.get("ports", []):
-            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} not bound to BIND_ADDRESS"
+            bound_to = "${BIND_ADDRESS:-127.0.0.1}:" if name in ("prefect-server", "mlflow") else "127.0.0.1:"
+            assert port.startswith(bound_to), f"{name}: {port} not bound to {bound_to}"
         for dependency, rule in service.get("depends_on", {}).items():
             assert rule["condition"] in {"service_healthy", "service_completed_successfully"}, (name, dependency)
     for name in ("postgres", "prefect-server", "s3", "mlflow", "model-server"):
         assert "healthcheck" in SERVICES[name], name
 
 
+SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "S3_ACCESS_KEY", *stack.Credentials().secrets())
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
 def test_compose_secrets_come_from_env_only():
     text = (REPO / "docker-compose.yml").read_text()
-    for variable in ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "S3_ACCESS_KEY"):
+    example = _env_file(REPO / ".env.example")
+    for variable in SECRETS:
         assert f"${{{variable}" in text
         assert f"{variable}=" not in text
+        assert example[variable].startswith("change-me"), f".env.example must not hold a usable {variable}"
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
+    assert used <= set(example), f".env.example does not document {sorted(used - set(example))}"
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert ".env" not in tracked and ".env.example" in tracked
+    # The image gets the code it needs and nothing else: no `COPY .`, so never a .env.
+    copied = [line.split()[1] for line in (REPO / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
+    assert "." not in copied and ".env" not in copied
+
+
+def _start_server(bind_address: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*stack.START_SERVER, "echo", "started"], capture_output=True, text=True,
+                          env={"PATH": os.environ["PATH"], "BIND_ADDRESS": bind_address, **env})
+
+
+def test_servers_refuse_to_start_exposed_with_the_example_secrets():
+    example = _env_file(REPO / ".env.example")
+    url = f"postgresql://dae:{example['POSTGRES_PASSWORD']}@postgres:5432/mlflow"
+    refused = _start_server("0.0.0.0", DATABASE_URL=url, MLFLOW_AUTH_ADMIN_PASSWORD="a-real-secret-1234")
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "DATABASE_URL" in refused.stderr and "MLFLOW_AUTH_ADMIN_PASSWORD" not in refused.stderr
+    assert _start_server("127.0.0.1", DATABASE_URL=url).stdout == "started\n", "loopback: example values allowed"
+    assert _start_server("192.168.1.20", DATABASE_URL="postgresql://dae:s3cret-value@p/m").stdout == "started\n"
+
+
+def test_the_mlflow_login_settings_are_written_at_start_not_shipped(tmp_path):
+    done = _start_server("127.0.0.1", MLFLOW_AUTH_DATABASE_URI="postgresql://dae:pw@postgres/mlflow_auth",
+                         MLFLOW_AUTH_CONFIG_DIR=str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    written = tmp_path / "mlflow-auth.ini"
+    assert "database_uri = postgresql://dae:pw@postgres/mlflow_auth" in written.read_text()
+    assert "default_permission = READ" in written.read_text()
+    assert written.stat().st_mode & 0o077 == 0, "the settings hold the database password: owner only"
 
 
 def test_compose_file_validates():
@@ -122,3 +187,18 @@ def test_compose_file_validates():
         done = subprocess.run([binary, "--env-file", ".env.example", *files, "config", "-q"], cwd=REPO,
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
+
+
+def test_compose_refuses_to_start_without_the_credentials(tmp_path):
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.skip("docker-compose is not installed (see test_compose_file_validates)")
+    example = _env_file(REPO / ".env.example")
+    for missing in ("MLFLOW_ADMIN_PASSWORD", "DAE_WORKER_PASSWORD", "PREFECT_API_AUTH_STRING", "MLFLOW_SECRET_KEY"):
+        for bind_address in ("127.0.0.1", "0.0.0.0"):
+            env_file = tmp_path / f"{missing}.env"
+            kept = {**example, "BIND_ADDRESS": bind_address}
+            env_file.write_text("".join(f"{k}={v}\n" for k, v in kept.items() if k != missing))
+            done = subprocess.run([binary, "--env-file", str(env_file), "-f", "docker-compose.yml", "config", "-q"],
+                                  cwd=REPO, capture_output=True, text=True)
+            assert done.returncode != 0 and missing in done.stderr, (missing, bind_address, done.stderr)

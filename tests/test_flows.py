@@ -105,6 +105,10 @@ def test_experiment_logs_figures_tables_and_a_loadable_registered_model(experime
     assert tables == {"per_class_accuracy.json", "confusion_matrix.json"}
     versions = client.search_model_versions("name='dae-mnist-classifier'")
     assert run_id in {v.run_id for v in versions}
+    # The model lives in the run's experiment (not "Default", where a worker may not write).
+    (logged,) = mlflow.search_logged_models(experiment_ids=[client.get_run(run_id).info.experiment_id],
+                                            filter_string=f"source_run_id = '{run_id}'", output_format="list")
+    assert logged.name == "classifier" and logged.params["seed"] == client.get_run(run_id).data.params["seed"]
     model = mlflow.pytorch.load_model(summary.model_uri)
     probabilities = model(torch.rand(5, 784))
     assert probabilities.shape == (5, 10) and (probabilities >= 0).all()

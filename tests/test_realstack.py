@@ -1,6 +1,8 @@
 """The deployments against real servers: PostgreSQL, `prefect server start`, an MLflow
 server with artifacts proxied to an S3-compatible store (moto's server here, RustFS in
-docker-compose.yml), `prefect deploy --all` and process workers on the `dae-pool` pool.
+docker-compose.yml), `prefect deploy --all` and process workers on the `dae-pool` pool;
+both servers ask for credentials as in docker-compose.yml, and every client here uses the
+identity its service has there (workers and `dae`: the worker's; this process: the admin's).
 
 Skipped with a reason where PostgreSQL is unreachable, except under CI, which must run it.
 """
@@ -8,6 +10,7 @@ Skipped with a reason where PostgreSQL is unreachable, except under CI, which mu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import http.server
 import json
 import os
@@ -40,10 +43,15 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 @dataclass
 class Stack:
-    env: dict[str, str]
+    env: dict[str, str]  # a worker's: Prefect's auth string and the worker's MLflow identity
     api: str
     mlflow_uri: str
     root: Path
+    credentials: stack.Credentials
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.credentials.prefect_headers()
 
     def mlflow(self) -> MlflowClient:
         return MlflowClient(tracking_uri=self.mlflow_uri, registry_uri=self.mlflow_uri)
@@ -54,15 +62,16 @@ class Stack:
 
     def create_run(self, deployment: str, parameters: dict) -> str:
         flow, name = deployment.split("/")
-        found = httpx.get(f"{self.api}/deployments/name/{flow}/{name}").raise_for_status().json()
-        created = httpx.post(f"{self.api}/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})
+        found = httpx.get(f"{self.api}/deployments/name/{flow}/{name}", headers=self.headers)
+        created = httpx.post(f"{self.api}/deployments/{found.raise_for_status().json()['id']}/create_flow_run",
+                             json={"parameters": parameters}, headers=self.headers)
         assert created.is_success, created.text
         return created.json()["id"]
 
     def wait(self, flow_run_id: str, timeout: float = 300) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}").raise_for_status().json()
+            run = httpx.get(f"{self.api}/flow_runs/{flow_run_id}", headers=self.headers).raise_for_status().json()
             if run["state_type"] in FINAL:
                 return run
             time.sleep(1)
@@ -96,13 +105,24 @@ def real_stack(tmp_path_factory):
             ready_url=f"http://127.0.0.1:{s3_port}/moto-api/data.json"))
         boto3.client("s3", endpoint_url=s3_env["MLFLOW_S3_ENDPOINT_URL"], aws_access_key_id="stack-test",
                      aws_secret_access_key="stack-test-secret", region_name="us-east-1").create_bucket(Bucket="mlflow")
+        credentials = stack.Credentials()
         prefect_api, mlflow_uri = started.enter_context(
-            stack.servers(root, base, "s3://mlflow/artifacts", mlflow_env=s3_env))
+            stack.servers(root, base, "s3://mlflow/artifacts", credentials, mlflow_env=s3_env))
+        # The mlflow-users service: the admin creates the worker's and the model server's identities.
+        users = subprocess.run([str(BIN / stack.USERS[0]), *stack.USERS[1:]], capture_output=True, text=True,
+                               env={**base, "MLFLOW_TRACKING_URI": mlflow_uri, **credentials.users_env()},
+                               timeout=120)
+        assert users.returncode == 0, users.stdout + users.stderr
         # Clients (deploy, workers, flows) get no S3 keys: artifacts go through the MLflow server.
         env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri,
-               "DAE_DATA_DIR": str(root / "data"),
+               "DAE_DATA_DIR": str(root / "data"), **credentials.client_env(credentials.worker),
                "DAE_WORK_DIR": str(root / "work"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
-        real = Stack(env=env, api=env["PREFECT_API_URL"], mlflow_uri=env["MLFLOW_TRACKING_URI"], root=root)
+        real = Stack(env=env, api=env["PREFECT_API_URL"], mlflow_uri=env["MLFLOW_TRACKING_URI"], root=root,
+                     credentials=credentials)
+        # This process reads (and checks) as the admin; MLflow's client takes credentials from the environment.
+        patched = started.enter_context(pytest.MonkeyPatch.context())
+        for name, value in credentials.client_env(credentials.admin).items():
+            patched.setenv(name, value)
         for command in (["work-pool", "create", stack.POOL, "--type", "process"], ["--no-prompt", "deploy", "--all"]):
             done = real.cli(*command)
             assert done.returncode == 0, done.stdout + done.stderr
@@ -160,7 +180,8 @@ def test_the_served_champion_answers_like_its_evaluation_on_a_gpu_host(real_stac
     (fake_gpu / "sitecustomize.py").write_text("import torch\ntorch.cuda.is_available = lambda: True\n")
     port = stack.free_port()
     env = {**real_stack.env, **{key: value for key, value in stack.MODEL_SERVER_ENV.items()
-                                if key != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(fake_gpu)}
+                                if key != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(fake_gpu),
+           **real_stack.credentials.client_env(real_stack.credentials.serving)}
     test = load_split(Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw", train=False)
     with stack.background(stack.model_server_command(port), env, tmp_path / "model-server.log",
                           ready_url=f"http://127.0.0.1:{port}/ping", timeout=240):
@@ -203,10 +224,11 @@ def test_compare_fans_cells_out_over_two_workers(real_stack):
 
 
 def test_a_bad_deployment_parameter_is_refused_by_the_server(real_stack):
-    deployment = httpx.get(f"{real_stack.api}/deployments/name/dae-experiment/lecture").raise_for_status().json()
+    deployment = httpx.get(f"{real_stack.api}/deployments/name/dae-experiment/lecture",
+                           headers=real_stack.headers).raise_for_status().json()
 
     def lecture_runs() -> int:
-        counted = httpx.post(f"{real_stack.api}/flow_runs/count",
+        counted = httpx.post(f"{real_stack.api}/flow_runs/count", headers=real_stack.headers,
                              json={"deployments": {"id": {"any_": [deployment["id"]]}}})
         return counted.raise_for_status().json()
 
@@ -362,3 +384,98 @@ def test_a_lost_machine_ends_crashed_and_failed_notifies_and_the_next_retrain_co
             "config": CONFIG, "download": False, "experiment_name": "stack-lost"}), timeout=400)
         assert after["state_type"] == "COMPLETED", after["state"]
         print(f"crashed {crash_seconds:.0f} s after the kill")
+
+
+def _mlflow_api(real_stack: Stack, method: str, path: str, login: tuple[str, str] | None, **kwargs) -> int:
+    """The HTTP status of one MLflow REST call as ``login`` (None: anonymous)."""
+    return httpx.request(method, f"{real_stack.mlflow_uri}/api/2.0/mlflow/{path}", auth=login, timeout=30,
+                         **kwargs).status_code
+
+
+def test_nobody_gets_into_either_server_without_credentials(real_stack):
+    credentials = real_stack.credentials
+    wrong_password = (credentials.worker[0], "not-the-password-at-all")
+    for login, expected in ((None, 401), (wrong_password, 401), (credentials.worker, 200)):
+        assert _mlflow_api(real_stack, "GET", "experiments/search?max_results=1", login) == expected, login
+    assert httpx.get(f"{real_stack.mlflow_uri}/", timeout=30).status_code == 401, "the MLflow UI asks for a login"
+    for headers, expected in (({}, 401), (stack.Credentials().prefect_headers(), 401), (real_stack.headers, 200)):
+        assert httpx.post(f"{real_stack.api}/flows/filter", json={}, headers=headers).status_code == expected
+    # Health checks (compose's, `dae`'s own) stay open.
+    assert httpx.get(f"{real_stack.mlflow_uri}/health").status_code == 200
+    assert httpx.get(f"{real_stack.api}/health").status_code == 200
+
+
+def test_dae_without_credentials_says_which_one_is_missing(real_stack):
+    command = [str(BIN / "dae"), "run", "--preset", "smoke", "--no-download",
+               "--data-dir", real_stack.env["DAE_DATA_DIR"]]
+    for missing in ("PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"):
+        env = {key: value for key, value in real_stack.env.items() if key != missing}
+        done = subprocess.run(command, env=env, cwd=real_stack.root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 4, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and missing in done.stderr.splitlines()[-1], done.stderr
+
+
+def test_each_identity_changes_the_registry_only_as_its_role_allows(real_stack):
+    """The worker registers versions and, as MLflow 3.17 ties moving an alias to the same
+    right (docs/deployment.md, "Security"), moves @champion; it deletes nothing. The model
+    server's identity only reads; anonymous callers get nothing."""
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-identities"}
+    assert real_stack.wait(real_stack.create_run("dae-experiment/lecture", parameters))["state_type"] == "COMPLETED"
+    client = real_stack.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("stack-identities").experiment_id])
+    version = client.search_model_versions(f"run_id='{run.info.run_id}'")[0].version
+    credentials, model = real_stack.credentials, "dae-mnist-classifier"
+    move_champion = {"json": {"name": model, "alias": "champion", "version": version}}
+    for login, expected in ((None, 401), (credentials.serving, 403), (credentials.worker, 200)):
+        assert _mlflow_api(real_stack, "POST", "registered-models/alias", login, **move_champion) == expected, login
+    read_champion = f"registered-models/alias?name={model}&alias=champion"
+    assert _mlflow_api(real_stack, "GET", read_champion, credentials.serving) == 200
+    for path, body in (("registered-models/alias", {"name": model, "alias": "champion"}),
+                       ("model-versions/delete", {"name": model, "version": version}),
+                       ("registered-models/delete", {"name": model})):
+        assert _mlflow_api(real_stack, "DELETE", path, credentials.worker, json=body) == 403, path
+    assert client.get_model_version_by_alias(model, "champion").version == version
+
+
+def test_a_password_rotated_with_dae_users_replaces_the_old_one(real_stack):
+    credentials = real_stack.credentials
+    rotated = dataclasses.replace(credentials, serving=(credentials.serving[0], "a-brand-new-serving-password"))
+    try:
+        for current in (rotated, credentials):
+            done = subprocess.run([str(BIN / "dae"), "users"], capture_output=True, text=True, timeout=120,
+                                  env={**_env(real_stack.root), "MLFLOW_TRACKING_URI": real_stack.mlflow_uri,
+                                       **current.users_env()})
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "dae-serving: password set; READ" in done.stdout
+            assert not {*current.secrets().values()} & {*done.stdout.split(), *done.stderr.split()}
+            stale = credentials if current is rotated else rotated
+            assert _mlflow_api(real_stack, "GET", "experiments/search?max_results=1", current.serving) == 200
+            assert _mlflow_api(real_stack, "GET", "experiments/search?max_results=1", stale.serving) == 401
+    finally:
+        subprocess.run([str(BIN / "dae"), "users"], capture_output=True, timeout=120,
+                       env={**_env(real_stack.root), "MLFLOW_TRACKING_URI": real_stack.mlflow_uri,
+                            **credentials.users_env()})
+
+
+def test_no_secret_reaches_runs_parameters_or_logs(real_stack):
+    """After a deployed run: no configured secret in any MLflow run's params and tags or its
+    text artifacts, in any Prefect flow run's parameters or logs, or in the workers' output."""
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-secrets"}
+    assert real_stack.wait(real_stack.create_run("dae-experiment/lecture", parameters))["state_type"] == "COMPLETED"
+    client = real_stack.mlflow()
+    seen: list[str] = []
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            seen += [*run.data.params.values(), *run.data.tags.values(), *run.data.params, *run.data.tags]
+    (run,) = client.search_runs([client.get_experiment_by_name("stack-secrets").experiment_id])
+    for artifact in client.list_artifacts(run.info.run_id):
+        if not artifact.is_dir and artifact.path.endswith((".json", ".md", ".txt", ".yaml")):
+            seen.append(Path(client.download_artifacts(run.info.run_id, artifact.path)).read_text())
+    flow_runs = httpx.post(f"{real_stack.api}/flow_runs/filter", json={"limit": 200}, headers=real_stack.headers)
+    seen += [json.dumps(flow_run["parameters"]) for flow_run in flow_runs.raise_for_status().json()]
+    logs = httpx.post(f"{real_stack.api}/logs/filter", json={"limit": 200}, headers=real_stack.headers)
+    seen += [entry["message"] for entry in logs.raise_for_status().json()]
+    seen += [path.read_text() for path in real_stack.root.glob("worker-*.log")]
+    assert len(seen) > 50, "nothing to scan: the run left no trace"
+    for name, secret in real_stack.credentials.secrets().items():
+        assert not any(secret in text for text in seen), f"{name} leaked"
