@@ -20,7 +20,7 @@ from typing import Any
 
 from dae_cli.prefect_server import server_settings, start_temporary_server
 from dae_cli.terminal import QuietTerminal
-from dae_core.comparison import CELLS
+from dae_core.comparison import CELLS, DEFAULT_CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
 from dae_core.summary import CHAMPION_URI, DEFAULT_EXPERIMENT
 
@@ -57,14 +57,35 @@ def build_parser() -> argparse.ArgumentParser:
     _common(compare)
     compare.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
     compare.add_argument("--parallel", type=int, default=1, help="cells trained at once (default 1)")
-    compare.add_argument("--cells", nargs="+", choices=list(CELLS), help="a subset of the grid (default: all)")
+    compare.add_argument("--cells", nargs="+", choices=list(CELLS),
+                         help=f"the cells (default: {' '.join(DEFAULT_CELLS)}; the frozen-encoder and noisy "
+                              "fine-tuning cells ask the robustness question)")
     compare.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
                          help="send each cell to the work pool as a run of this deployment, "
                               "e.g. dae-experiment/lecture (needs a Prefect server)")
     compare.add_argument("--fresh", action="store_true",
                          help="start a new grid even where an interrupted run of the same comparison "
                               "could be continued (default: continue it, reusing its finished cells)")
+    compare.add_argument("--tuned", metavar="RUN_ID",
+                         help="train each cell that this `dae tune` run tuned with its best parameters")
     compare.add_argument("--summary-json", type=Path, help="write the comparison here")
+
+    tune = commands.add_parser("tune", help="tune each cell's training choices on a validation split (dae-tune)")
+    _common(tune)
+    tune.add_argument("--cells", nargs="+", choices=list(CELLS),
+                      help="the cells to tune (default: adam-noise sgd-noise)")
+    tune.add_argument("--trials", type=int, default=12, help="trials per cell, complete or pruned (default 12)")
+    tune.add_argument("--objective", default="mse", choices=["mse", "accuracy"],
+                      help="validation MSE of pretraining (default) or validation accuracy of the classifier")
+    tune.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                      help="a searched field, e.g. pretrain.lr=log:0.1:1000, classifier.lr=float:0.01:1, "
+                           "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false; "
+                           "repeatable (default: the pretraining rate over a range that suits each optimizer)")
+    tune.add_argument("--parallel", type=int, default=1, help="trials at once (default 1)")
+    tune.add_argument("--storage", default=os.environ.get("DAE_TUNING_STORAGE"), metavar="URL",
+                      help="the studies' database (env DAE_TUNING_STORAGE; default: optuna.db beside a local "
+                           "tracking store, else in the work folder)")
+    tune.add_argument("--summary-json", type=Path, help="write the best parameters per cell here")
 
     predict = commands.add_parser("predict", help="the registered model's digit for each picture or IDX image")
     predict.add_argument("files", nargs="+", type=Path, metavar="FILE",
@@ -173,7 +194,7 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
 
     terminal.libraries_loaded()
     _import_torch_lazy_modules()
-    bar = tqdm(total=len(args.cells or CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
+    bar = tqdm(total=len(args.cells or DEFAULT_CELLS) * args.seeds, desc="cells", unit="run", file=sys.stderr)
 
     def count_finished(phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
         if phase == REUSED_PHASE or (phase == "classifier" and epoch == total):
@@ -184,7 +205,7 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
             report = dae_compare(base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
                                  data_dir=args.data_dir, download=not args.no_download,
                                  experiment_name=args.experiment, work_dir=args.work_dir,
-                                 fan_out_deployment=args.fan_out, fresh=args.fresh)
+                                 fan_out_deployment=args.fan_out, fresh=args.fresh, tuned_run_id=args.tuned)
     finally:
         bar.close()
     _write(args.summary_json, report.model_dump())
@@ -194,6 +215,39 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     print(report.table_markdown)
     print()
     print(report.findings_markdown)
+    return 0
+
+
+def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
+    from dae_core.tuning import markdown_table, parse_dimension
+
+    config = _config(args)
+    for text in args.space:
+        parse_dimension(text)  # refused here, before any server or import, naming the entry
+    server = start_temporary_server()
+    from tqdm import tqdm
+
+    from flows.tune import DEFAULT_TUNED_CELLS, dae_tune
+    from tasks import progress
+    from tasks.tuning import TRIAL_PHASE
+
+    terminal.libraries_loaded()
+    _import_torch_lazy_modules()
+    bar = tqdm(total=len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, desc="trials", unit="trial",
+               file=sys.stderr)
+    try:
+        with server, progress.listening(lambda phase, *_: bar.update(1) if phase == TRIAL_PHASE else None):
+            report = dae_tune(base=config, cells=args.cells, trials=args.trials, objective=args.objective,
+                              space=args.space or None, parallel=args.parallel, data_dir=args.data_dir,
+                              download=not args.no_download, experiment_name=args.experiment,
+                              work_dir=args.work_dir, storage=args.storage)
+    finally:
+        bar.close()
+    _write(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value", "trials",
+                                                                               "pruned"}},
+                                                         "mlflow_run_id": True}))
+    print(markdown_table(report))
+    print(f"\nMLflow run {report.mlflow_run_id}; compare at these settings: dae compare --tuned {report.mlflow_run_id}")
     return 0
 
 
@@ -344,7 +398,7 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
         if args.command == "users":
             return _users(args)
         with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
-            return {"run": _run, "compare": _compare}[args.command](args, terminal)
+            return {"run": _run, "compare": _compare, "tune": _tune}[args.command](args, terminal)
     except Exception as error:
         explained = _explain(error)
         if explained is None:

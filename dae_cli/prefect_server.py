@@ -34,13 +34,26 @@ EARLY_START_API = ("prefect.server.api.server", "SubprocessASGIServer")
 log = logging.getLogger(__name__)
 
 
+# Prefect gives a temporary server 20 s to answer; a busy 2-core machine, or commands
+# booting one after another under the lock below, took longer ("Timed out while attempting
+# to connect to ephemeral Prefect API server" with the CI's tests beside a tuning run).
+STARTUP_TIMEOUT_S = 90
+
+
 @contextlib.contextmanager
 def server_settings() -> Iterator[None]:
     """Prefect settings for a temporary server started in this block: no analytics (offline,
-    it would try to phone home and log the failure)."""
-    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+    it would try to phone home and log the failure), and time to start on a busy machine
+    (a larger value set by the user is kept)."""
+    from prefect.settings import (
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
-    with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+    timeout = max(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value(), STARTUP_TIMEOUT_S)
+    with temporary_settings(updates={PREFECT_SERVER_ANALYTICS_ENABLED: False,
+                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: timeout}):
         yield
 
 

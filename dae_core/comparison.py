@@ -25,14 +25,30 @@ LECTURE_CELL = "adam-noise"
 # its MSE stays near the blank-image level; 10 (the largest rate the config allows) ends
 # at ~0.024 and still falls, never near Adam's 0.0067 (docs/reproduction.md).
 SGD_PRETRAIN_LR = 10.0
-CellName = Literal["adam-noise", "adam-clean", "sgd-noise", "sgd-clean", "no-pretraining"]
+CellName = Literal["adam-noise", "adam-clean", "sgd-noise", "sgd-clean", "no-pretraining",
+                   "adam-noise-frozen", "adam-clean-frozen", "adam-noise-noisytune", "adam-clean-noisytune"]
+_FROZEN = {"classifier": {"freeze_encoder": True}}
+_NOISY_TUNING = {"classifier": {"train_noise": {"enabled": True}}}
+_CLEAN_PRETRAINING = {"pretrain": {"noise": {"enabled": False}}}
 CELLS: dict[CellName, dict[str, Any]] = {
     "adam-noise": {},
-    "adam-clean": {"pretrain": {"noise": {"enabled": False}}},
+    "adam-clean": _CLEAN_PRETRAINING,
     "sgd-noise": {"pretrain": {"optimizer": "sgd"}},
     "sgd-clean": {"pretrain": {"optimizer": "sgd", "noise": {"enabled": False}}},
     "no-pretraining": {"pretrain": {"epochs": 0}},
+    # The robustness question (docs/comparison.md): what noise in pretraining gives when
+    # fine-tuning cannot change the encoder (a linear probe of its features), and when
+    # fine-tuning itself sees noisy images.
+    "adam-noise-frozen": _FROZEN,
+    "adam-clean-frozen": {**_CLEAN_PRETRAINING, **_FROZEN},
+    "adam-noise-noisytune": _NOISY_TUNING,
+    "adam-clean-noisytune": {**_CLEAN_PRETRAINING, **_NOISY_TUNING},
 }
+# `dae compare` without --cells: the lecture's grid and its baseline.
+DEFAULT_CELLS: list[CellName] = ["adam-noise", "adam-clean", "sgd-noise", "sgd-clean", "no-pretraining"]
+# What a cell is paired with (same seeds) in the table: the lecture's cell, except where a
+# claim compares two protocols that differ from it in the same way.
+REFERENCES: dict[str, str] = {"adam-clean-frozen": "adam-noise-frozen", "adam-clean-noisytune": "adam-noise-noisytune"}
 
 METRICS: dict[str, Callable[[RunSummary], float]] = {
     "final_accuracy": lambda s: s.test.accuracy,
@@ -77,8 +93,9 @@ def grid_key(grid: list[tuple[str, ExperimentConfig]], data_digest: str, where: 
 
 
 def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SGD_PRETRAIN_LR,
-                threads: int | None = None) -> ExperimentConfig:
-    """The base config with one cell's changes, a seed and (optionally) a thread count."""
+                threads: int | None = None, tuned: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The base config with one cell's changes, a seed, (optionally) a thread count and
+    the cell's tuned parameters (nested, e.g. ``{"pretrain": {"lr": 42.0}}``), which win."""
     if cell not in CELLS:
         raise ValueError(f"cell = {cell!r}: allowed cells are {list(CELLS)}")
     # Built fresh each call: writing into CELLS' nested dicts would change the grid itself.
@@ -87,7 +104,8 @@ def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SG
         extra["pretrain"] = {"lr": sgd_lr}
     if threads is not None:
         extra["runtime"] = {"threads": threads}
-    return ExperimentConfig.model_validate(deep_merge(deep_merge(base.model_dump(), CELLS[cell]), extra))
+    merged = deep_merge(deep_merge(base.model_dump(), CELLS[cell]), extra)
+    return ExperimentConfig.model_validate(deep_merge(merged, tuned or {}))
 
 
 def interval(values: list[float]) -> dict[str, float]:
@@ -115,14 +133,16 @@ def _by_cell(records: list[CellRun]) -> dict[str, dict[int, RunSummary]]:
 
 
 def comparison_table(records: list[CellRun]) -> list[dict[str, Any]]:
-    """One row per cell and metric: mean, std, 95% CI, and the paired difference
-    against the lecture's cell with its own 95% CI."""
+    """One row per cell and metric: mean, std, 95% CI, and the paired difference against
+    the cell's reference (``REFERENCES``, else the lecture's cell) with its own 95% CI."""
     grouped = _by_cell(records)
-    reference = grouped.get(LECTURE_CELL, {})
     rows = []
     for cell, by_seed in grouped.items():
+        reference_cell = REFERENCES.get(cell, LECTURE_CELL)
+        reference = grouped.get(reference_cell, {})
         for metric, read in METRICS.items():
-            row = {"cell": cell, "metric": metric, **interval([read(s) for s in by_seed.values()])}
+            row = {"cell": cell, "metric": metric, "reference": reference_cell,
+                   **interval([read(s) for s in by_seed.values()])}
             paired = [read(by_seed[seed]) - read(reference[seed]) for seed in by_seed if seed in reference]
             difference = interval(paired) if cell != LECTURE_CELL else interval([])
             row.update({f"diff_{key}": value for key, value in difference.items() if key != "n"})
@@ -139,6 +159,12 @@ CLAIMS = [
     ("Denoising buys robustness: noise during pretraining raises accuracy on noisy test digits",
      "adam-clean", "noisy_accuracy", -1),
     ("Noise during pretraining raises clean test accuracy", "adam-clean", "final_accuracy", -1),
+    ("Under a frozen encoder (a linear probe), noise during pretraining raises accuracy on noisy test digits",
+     "adam-clean-frozen", "noisy_accuracy", -1),
+    ("Under a frozen encoder, noise during pretraining raises clean test accuracy",
+     "adam-clean-frozen", "final_accuracy", -1),
+    ("Fine-tuned on noisy digits, noise during pretraining still raises accuracy on noisy test digits",
+     "adam-clean-noisytune", "noisy_accuracy", -1),
 ]
 
 
@@ -151,7 +177,8 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     for claim, cell, metric, sign in CLAIMS:
         row = lookup.get((cell, metric))
         if row is None or math.isnan(row["diff_ci_low"]):
-            verdicts.append(f"- {claim}: not testable here (needs the {cell} cell and two or more seeds)")
+            verdicts.append(f"- {claim}: not testable here (needs the {cell} and "
+                            f"{REFERENCES.get(cell, LECTURE_CELL)} cells and two or more seeds)")
             continue
         low, high = row["diff_ci_low"], row["diff_ci_high"]
         if (sign > 0 and low > 0) or (sign < 0 and high < 0):
@@ -160,7 +187,7 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
             verdict = "contradicted"
         else:
             verdict = "not shown (the interval includes zero)"
-        verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {LECTURE_CELL} = "
+        verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {row['reference']} = "
                         f"{row['diff_mean']:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row['n']})")
     sgd = lookup.get(("sgd-noise", "final_mse"))
     if sgd is not None and not math.isnan(sgd["mean"]):
@@ -183,7 +210,7 @@ def curve_bands(records: list[CellRun], read: Callable[[RunSummary], list[float]
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ("| cell | metric | mean | std | 95% CI | paired diff vs adam-noise (95% CI) |\n"
+    header = ("| cell | metric | mean | std | 95% CI | paired diff vs its reference (95% CI) |\n"
               "|---|---|---|---|---|---|")
 
     def number(value: float) -> str:
@@ -192,7 +219,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [header]
     for row in rows:
         diff = ("-" if math.isnan(row["diff_mean"]) else
-                f"{row['diff_mean']:+.4g} ({number(row['diff_ci_low'])} to {number(row['diff_ci_high'])})")
+                f"{row['diff_mean']:+.4g} ({number(row['diff_ci_low'])} to {number(row['diff_ci_high'])}) "
+                f"vs {row['reference']}")
         lines.append(f"| {row['cell']} | {row['metric']} | {number(row['mean'])} | {number(row['std'])} | "
                      f"{number(row['ci_low'])} to {number(row['ci_high'])} | {diff} |")
     return "\n".join(lines)

@@ -28,7 +28,9 @@ class DataConfig(_Strict):
     # Use only the first N images of a split: smoke runs and tests, never the lecture.
     train_limit: int | None = Field(None, ge=1, le=60_000)
     test_limit: int | None = Field(None, ge=1, le=10_000)
-
+    # Images held out of the training split (a seeded draw) for validation: tuning's
+    # objective (`dae tune`), never the test set. 0 trains on all of them, as the lecture.
+    validation_size: int = Field(0, ge=0, le=30_000)
 
     @model_validator(mode="after")
     def _batch_fits_the_data(self) -> DataConfig:
@@ -37,6 +39,9 @@ class DataConfig(_Strict):
                 f"batch_size={self.batch_size} is larger than train_limit={self.train_limit}; "
                 f"use a batch_size of at most {self.train_limit}"
             )
+        if self.train_limit is not None and self.validation_size >= self.train_limit:
+            raise ValueError(f"validation_size={self.validation_size} leaves no training images of "
+                             f"train_limit={self.train_limit}; hold out fewer")
         return self
 
 
@@ -51,7 +56,9 @@ class PretrainConfig(_Strict):
     # 0 skips pretraining: the classifier then starts from a random encoder (the baseline).
     epochs: int = Field(20, ge=0, le=1000)
     optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    # Wide enough for a search to find vanilla SGD's best rate (docs/comparison.md); a rate
+    # that is too large ends in TrainingDiverged, not in silent nonsense.
+    lr: float = Field(1e-3, gt=0.0, le=1000.0)
     # Only meaningful for sgd; refused with adam so that a config never claims what it did not do.
     momentum: float = Field(0.0, ge=0.0, lt=1.0)
     hidden_units: int = Field(400, ge=1, le=4096)
@@ -76,6 +83,11 @@ class ClassifierConfig(_Strict):
     # Vanilla SGD (no momentum, no weight decay), as in the lecture; the lecture does not
     # show the rate: docs/reproduction.md records how this one was found.
     lr: float = Field(0.1, gt=0.0, le=10.0)
+    # Train the new head only, on the pretrained features as they are (a linear probe):
+    # what pretraining alone gives, before fine-tuning changes the encoder.
+    freeze_encoder: bool = False
+    # Corrupt the training images while fine-tuning (off: clean images, as the lecture).
+    train_noise: NoiseConfig = NoiseConfig(enabled=False)
 
 
 class EvaluationConfig(_Strict):

@@ -118,6 +118,16 @@ def load_split(directory: Path, train: bool, limit: int | None = None) -> Split:
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
 
 
+def hold_out(split: Split, size: int, generator: torch.Generator) -> tuple[Split, Split | None]:
+    """(training, validation): ``size`` images drawn at random (``generator``) from
+    ``split``, the rest kept in their order; no validation when ``size`` is 0."""
+    if size == 0:
+        return split, None
+    order = torch.randperm(len(split), generator=generator, device=split.labels.device)
+    held, kept = order[:size], order[size:].sort().values
+    return Split(split.images[kept], split.labels[kept]), Split(split.images[held], split.labels[held])
+
+
 def check_raw_files(directory: Path) -> None:
     """Read both splits in full (headers, sizes, shapes, label range, counts), so that a
     corrupt or truncated file is refused before anything else runs."""

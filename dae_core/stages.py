@@ -24,8 +24,8 @@ from dae_core.checkpoint import (
     training_state,
     write_json,
 )
-from dae_core.config import ExperimentConfig
-from dae_core.data import Split, load_split
+from dae_core.config import ExperimentConfig, NoiseConfig
+from dae_core.data import Split, hold_out, load_split
 from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.noise import corrupt
@@ -36,6 +36,7 @@ from dae_core.train import (
     EpochCallback,
     History,
     PretrainHistory,
+    PretrainValidation,
     make_classifier_optimizer,
     make_pretrain_optimizer,
     pretrain,
@@ -57,15 +58,47 @@ class StageResult(Generic[HistoryT]):
     loop_seconds: float
 
 
-def _split(config: ExperimentConfig, raw_dir: Path, train: bool, place: Placement) -> Split:
-    limit = config.data.train_limit if train else config.data.test_limit
-    return load_split(raw_dir, train, limit).to(place.device)
+def _test_split(config: ExperimentConfig, raw_dir: Path, place: Placement) -> Split:
+    return load_split(raw_dir, False, config.data.test_limit).to(place.device)
 
 
-def _autoencoder(config: ExperimentConfig, place: Placement) -> DenoisingAutoencoder:
+def training_and_validation(config: ExperimentConfig, raw_dir: Path, place: Placement) -> tuple[Split, Split | None]:
+    """The images trained on and the ``data.validation_size`` held out of them (a seeded
+    draw: the same for every trial and stage of a seed; None when nothing is held out)."""
+    train = load_split(raw_dir, True, config.data.train_limit)
+    kept, held = hold_out(train, config.data.validation_size, make_generator(config.seed, "validation-split",
+                                                                             torch.device("cpu")))
+    return kept.to(place.device), held.to(place.device) if held is not None else None
+
+
+def pretrain_validation(config: ExperimentConfig, validation: Split | None, place: Placement
+                        ) -> PretrainValidation | None:
+    """The validation images corrupted once as pretraining corrupts its inputs, and clean."""
+    if validation is None:
+        return None
+    clean = validation.flat_pixels(place.dtype)
+    return corrupt(clean, config.pretrain.noise, make_generator(config.seed, "validation-noise", place.device)), clean
+
+
+def classifier_noise(config: ExperimentConfig, place: Placement) -> tuple[NoiseConfig, torch.Generator] | None:
+    """How fine-tuning corrupts its training images, and the generator it draws from."""
+    noise = config.classifier.train_noise
+    return (noise, make_generator(config.seed, "classifier-noise", place.device)) if noise.enabled else None
+
+
+def fresh_autoencoder(config: ExperimentConfig, place: Placement) -> DenoisingAutoencoder:
     with seeded(config.seed, "autoencoder-init"):
         model = DenoisingAutoencoder(config.pretrain.hidden_units)
     return model.to(place.device, place.dtype)
+
+
+def fresh_classifier(config: ExperimentConfig, autoencoder: DenoisingAutoencoder) -> EncoderClassifier:
+    """The surgery: the decoder dropped, a fresh seeded Linear(H, 10) + LogSoftmax head."""
+    with seeded(config.seed, "classifier-head-init"):
+        classifier = encoder_surgery(autoencoder)
+        classifier.head[0].reset_parameters()
+    weights = next(autoencoder.parameters())
+    return classifier.to(weights.device, weights.dtype)
 
 
 def _resume(state_path: Path, model, optimizer, generator, place: Placement, empty: HistoryT) -> HistoryT:
@@ -118,8 +151,9 @@ def pretrain_stage(
     started = time.perf_counter()
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
-    pixels = _split(config, raw_dir, True, place).flat_pixels(place.dtype)
-    model = _autoencoder(config, place)
+    train, validation = training_and_validation(config, raw_dir, place)
+    pixels = train.flat_pixels(place.dtype)
+    model = fresh_autoencoder(config, place)
     initial_encoder = model.encoder[0].weight.detach().cpu().clone()
     optimizer = make_pretrain_optimizer(model, config.pretrain)
     generator = make_generator(config.seed, "pretrain", place.device)
@@ -130,7 +164,8 @@ def pretrain_stage(
     clock.resume()
     with tf32_matmuls(precision):
         pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
-                 history, callback, config.runtime.pretrain_gradients, precision)
+                 history, callback, config.runtime.pretrain_gradients, precision,
+                 pretrain_validation(config, validation, place))
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
                              "history": history.as_dict()})
@@ -149,11 +184,7 @@ def surgery_stage(config: ExperimentConfig, autoencoder_path: Path, output: Path
     """Replace the decoder with a fresh, seeded Linear(H, 10) + LogSoftmax head."""
     place = Placement.of(config.runtime)
     autoencoder, _ = load_autoencoder(config, autoencoder_path, place)
-    with seeded(config.seed, "classifier-head-init"):
-        classifier = encoder_surgery(autoencoder)
-        classifier.head[0].reset_parameters()
-    classifier.to(place.dtype)
-    save_checkpoint(output, {"model": classifier.state_dict()})
+    save_checkpoint(output, {"model": fresh_classifier(config, autoencoder).state_dict()})
     return output
 
 
@@ -171,14 +202,15 @@ def classifier_stage(
     state_path: Path,
     on_epoch: EpochCallback | None = None,
 ) -> StageResult[ClassifierHistory]:
-    """Train the whole classifier with vanilla SGD on clean images."""
+    """Train the classifier with vanilla SGD: all of it, or the head alone
+    (``classifier.freeze_encoder``); on clean images unless ``classifier.train_noise``."""
     started = time.perf_counter()
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
-    train = _split(config, raw_dir, True, place)
-    test = _split(config, raw_dir, False, place)
+    train, validation = training_and_validation(config, raw_dir, place)
+    test = _test_split(config, raw_dir, place)
     model = load_classifier(config, initial_path, place)
-    optimizer = make_classifier_optimizer(model, config.classifier.lr)
+    optimizer = make_classifier_optimizer(model, config.classifier.lr, config.classifier.freeze_encoder)
     generator = make_generator(config.seed, "classifier", place.device)
     history = _resume(state_path, model, optimizer, generator, place, ClassifierHistory())
     train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
@@ -188,7 +220,9 @@ def classifier_stage(
     clock.resume()
     with tf32_matmuls(precision):
         train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
-                         config.classifier.epochs, config.data.batch_size, generator, history, callback, precision)
+                         config.classifier.epochs, config.data.batch_size, generator, history, callback, precision,
+                         (validation.flat_pixels(place.dtype), validation.labels) if validation is not None else None,
+                         classifier_noise(config, place))
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "history": history.as_dict()})
     return StageResult(output, history, time.perf_counter() - started, clock.seconds)
@@ -198,7 +232,7 @@ def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pat
                    output: Path) -> Evaluation:
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
-    test = _split(config, raw_dir, False, place)
+    test = _test_split(config, raw_dir, place)
     result = evaluate(
         load_classifier(config, classifier_path, place), test.flat_pixels(place.dtype), test.labels,
         config.evaluation.test_noise, make_generator(config.seed, "noisy-test", place.device),
@@ -221,7 +255,7 @@ def figures_stage(
     autoencoder, stored = load_autoencoder(config, autoencoder_path, place)
     classifier_history = ClassifierHistory.from_dict(load_checkpoint(classifier_path)["history"])
     samples = config.evaluation.figure_samples
-    clean = _split(config, raw_dir, False, place).flat_pixels(place.dtype)[:samples]
+    clean = _test_split(config, raw_dir, place).flat_pixels(place.dtype)[:samples]
     noisy = corrupt(clean, config.evaluation.test_noise, make_generator(config.seed, "figures", place.device))
     with torch.no_grad():
         reconstructed, _ = autoencoder(noisy)

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dae_core.config import PretrainConfig, PretrainGradients
+from dae_core.config import NoiseConfig, PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
+from dae_core.noise import corrupt
 from dae_core.precision import FLOAT32, MixedPrecision
 from dae_core.pretrain_step import make_pretrain_step
 from dae_core.shapes import NUM_CLASSES
@@ -41,8 +42,10 @@ class History:
         return len(getattr(self, fields(self)[0].name))
 
     def append(self, metrics: Mapping[str, float]) -> None:
+        """A run measures what it has data for (no validation split: no ``val_*``)."""
         for metric in fields(self):
-            getattr(self, metric.name).append(metrics[metric.name])
+            if metric.name in metrics:
+                getattr(self, metric.name).append(metrics[metric.name])
 
     def as_dict(self) -> dict[str, list[float]]:
         """Plain lists, as checkpoints store them."""
@@ -50,19 +53,21 @@ class History:
 
     @classmethod
     def from_dict(cls, stored: Mapping[str, Any]) -> Self:
-        return cls(**{metric.name: list(stored[metric.name]) for metric in fields(cls)})
+        return cls(**{metric.name: list(stored.get(metric.name, [])) for metric in fields(cls)})
 
 
 @dataclass
 class PretrainHistory(History):
     mse: list[float] = field(default_factory=list)  # reconstruction MSE against the clean images
     loss: list[float] = field(default_factory=list)  # mse + the sparsity penalty
+    val_mse: list[float] = field(default_factory=list)  # on the validation split, after the epoch
 
 
 @dataclass
 class ClassifierHistory(History):
     train_loss: list[float] = field(default_factory=list)  # mean NLL over the epoch's batches
     test_accuracy: list[float] = field(default_factory=list)  # percent, after the epoch
+    val_accuracy: list[float] = field(default_factory=list)  # percent, on the validation split
 
 
 class TrainingDiverged(FloatingPointError):
@@ -77,9 +82,27 @@ def make_pretrain_optimizer(model: nn.Module, config: PretrainConfig) -> torch.o
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, fused=True)
 
 
-def make_classifier_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """Vanilla SGD: no momentum, no weight decay."""
+def make_classifier_optimizer(model: EncoderClassifier, lr: float, freeze_encoder: bool = False
+                              ) -> torch.optim.Optimizer:
+    """Vanilla SGD: no momentum, no weight decay. ``freeze_encoder``: the head alone (the
+    encoder then stops asking for gradients, so backward skips it)."""
+    if freeze_encoder:
+        model.encoder.requires_grad_(False)
+        return torch.optim.SGD(model.head.parameters(), lr=lr, fused=True)
     return torch.optim.SGD(model.parameters(), lr=lr, fused=True)
+
+
+# (corrupted inputs, clean targets) of the validation images, corrupted once.
+PretrainValidation = tuple[torch.Tensor, torch.Tensor]
+
+
+def validation_mse(model: DenoisingAutoencoder, validation: PretrainValidation) -> float:
+    """Reconstruction MSE of the validation images, in float32, without gradients."""
+    model.eval()
+    inputs, targets = validation
+    with torch.no_grad():
+        reconstructed, _ = model(inputs)
+        return F.mse_loss(reconstructed.float(), targets.float()).item()
 
 
 # A classifier whose mean NLL is ten times that of guessing uniformly has diverged: its
@@ -117,13 +140,15 @@ def pretrain(
     on_epoch: EpochCallback | None = None,
     gradients: PretrainGradients = "autograd",
     precision: MixedPrecision = FLOAT32,
+    validation: PretrainValidation | None = None,
 ) -> PretrainHistory:
     """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
 
     The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
     images, as the lecture printed it; ``loss`` adds the sparsity penalty. ``gradients``
     picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one;
-    ``precision`` its mixed precision (dae_core.precision).
+    ``precision`` its mixed precision (dae_core.precision). With ``validation``, each
+    epoch also reports ``val_mse`` on those images.
     """
     history = history if history is not None else PretrainHistory()
     step = make_pretrain_step(gradients, model, config, batch_size, precision)
@@ -137,8 +162,10 @@ def pretrain(
             step_loss.append(loss)
         losses = torch.stack(step_loss)
         _check_finite(losses, "pretrain", epoch)
-        _record("pretrain", epoch, {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()},
-                history, on_epoch)
+        metrics = {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()}
+        if validation is not None:
+            metrics["val_mse"] = validation_mse(model, validation)
+        _record("pretrain", epoch, metrics, history, on_epoch)
     return history
 
 
@@ -147,19 +174,24 @@ def train_classifier(
     optimizer: torch.optim.Optimizer,
     train_pixels: torch.Tensor,
     train_labels: torch.Tensor,
-    test_pixels: torch.Tensor,
-    test_labels: torch.Tensor,
+    test_pixels: torch.Tensor | None,
+    test_labels: torch.Tensor | None,
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
     history: ClassifierHistory | None = None,
     on_epoch: EpochCallback | None = None,
     precision: MixedPrecision = FLOAT32,
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
+    train_noise: tuple[NoiseConfig, torch.Generator] | None = None,
 ) -> ClassifierHistory:
-    """NLL training of the whole classifier (encoder included) on clean images,
-    with test accuracy (percent) after every epoch (measured in float32)."""
+    """NLL training of the classifier (the parameters ``optimizer`` holds) on clean
+    images, or on images corrupted by ``train_noise`` (drawn from its own generator, so
+    the batches are the same), with test and validation accuracy (percent, float32) after
+    every epoch where those images are given (tuning passes no test images)."""
     history = history if history is not None else ClassifierHistory()
     batch_buffer = train_pixels.new_empty(batch_size, train_pixels.shape[1])
+    noisy_buffer = torch.empty_like(batch_buffer) if train_noise is not None else None
     for epoch in range(history.epochs + 1, epochs + 1):
         model.train()
         step_loss = []
@@ -167,6 +199,8 @@ def train_classifier(
             # Gathered into one reused buffer: pixels[index] allocated (and page-faulted)
             # a fresh batch every step, 14% of a CPU classifier epoch (docs/benchmarks.md).
             batch = torch.index_select(train_pixels, 0, index, out=batch_buffer[: len(index)])
+            if train_noise is not None:
+                batch = corrupt(batch, train_noise[0], train_noise[1], out=noisy_buffer[: len(index)])
             with precision.autocast():
                 loss = F.nll_loss(model(batch), torch.index_select(train_labels, 0, index))
             optimizer.zero_grad(set_to_none=True)
@@ -178,8 +212,11 @@ def train_classifier(
         if (mean_loss := losses.mean().item()) > DIVERGED_CLASSIFIER_LOSS:
             raise TrainingDiverged(f"classifier epoch {epoch}: mean loss {mean_loss:.4g} is over ten times that of "
                                    f"guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower the learning rate")
-        _record("classifier", epoch, {"train_loss": mean_loss,
-                                      "test_accuracy": accuracy_percent(predict(model, test_pixels), test_labels)},
-                history, on_epoch)
+        metrics = {"train_loss": mean_loss}
+        if test_pixels is not None:
+            metrics["test_accuracy"] = accuracy_percent(predict(model, test_pixels), test_labels)
+        if validation is not None:
+            metrics["val_accuracy"] = accuracy_percent(predict(model, validation[0]), validation[1])
+        _record("classifier", epoch, metrics, history, on_epoch)
     return history
 

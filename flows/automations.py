@@ -29,7 +29,7 @@ RECONCILE = "dae: end the MLflow runs of dead flow runs"
 NOTIFY = "dae: notify when a retrain fails or crashes"
 RECONCILE_DEPLOYMENT = "dae-reconcile/crashed-runs"
 NOTIFY_BLOCK = "dae-notify"
-WATCHED_FLOWS = ["dae-experiment", "dae-retrain", "dae-compare"]
+WATCHED_FLOWS = ["dae-experiment", "dae-retrain", "dae-compare", "dae-tune"]
 FINAL_EVENTS = {f"prefect.flow-run.{state}" for state in ("Completed", "Failed", "Cancelled", "Crashed")}
 FLOW_RUNS = ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]})
 

@@ -16,15 +16,25 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
-from dae_core.comparison import CELLS, SGD_PRETRAIN_LR, CellName, CellRun, ComparisonReport, cell_config, grid_key
+from dae_core.comparison import (
+    DEFAULT_CELLS,
+    SGD_PRETRAIN_LR,
+    CellName,
+    CellRun,
+    ComparisonReport,
+    cell_config,
+    grid_key,
+)
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset
 from dae_core.resumable import held_state_folder
 from dae_core.summary import DEFAULT_EXPERIMENT
+from dae_core.tuning import nested_overrides
 from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
+from tasks.tuning import read_tuning
 
 Grid = list[tuple[str, ExperimentConfig]]
 
@@ -33,7 +43,7 @@ def _flow_run_name() -> str:
     """``compare-<preset>-<K>cells-<N>seeds``; the parent MLflow run carries the same name."""
     parameters = flow_run.parameters
     base = ExperimentConfig.model_validate(parameters.get("base", LECTURE_CONFIG))
-    cells = len(parameters.get("cells") or CELLS)
+    cells = len(parameters.get("cells") or DEFAULT_CELLS)
     return f"compare-{closest_preset(base)[0]}-{cells}cells-{parameters.get('seeds', 3)}seeds"
 
 
@@ -43,7 +53,7 @@ def dae_compare(
     seeds: Annotated[int, Field(ge=1, le=50)] = 3,
     cells: list[CellName] | None = None,
     parallel: Annotated[int, Field(ge=1, le=64)] = 1,
-    sgd_lr: Annotated[float, Field(gt=0.0, le=10.0)] = SGD_PRETRAIN_LR,
+    sgd_lr: Annotated[float, Field(gt=0.0, le=1000.0)] = SGD_PRETRAIN_LR,
     data_dir: str | None = None,
     download: bool = True,
     experiment_name: str = DEFAULT_EXPERIMENT,
@@ -51,18 +61,27 @@ def dae_compare(
     fan_out_deployment: str | None = None,
     cell_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
     fresh: bool = False,
+    tuned_run_id: str | None = None,
 ) -> ComparisonReport:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores;
     or, with ``fan_out_deployment`` (e.g. ``dae-experiment/lecture``), each cell is a
     deployment run that any worker of the pool may pick up, and results come back
     through MLflow. Run again with the same arguments after an interruption, it continues
     the interrupted comparison: finished cells are reused, the interrupted one resumes
-    from its last epoch; ``fresh`` starts a new grid instead."""
+    from its last epoch; ``fresh`` starts a new grid instead. ``tuned_run_id``: a
+    ``dae-tune`` run whose best parameters replace the fixed settings of the cells it tuned
+    (recorded on the parent run)."""
     check_tracking()
-    chosen = cells or list(CELLS)
+    chosen = cells or list(DEFAULT_CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
-    grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads)) for cell in chosen for seed in seed_list]
+    tuned = read_tuning(tuned_run_id) if tuned_run_id else {}
+    grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads,
+                               nested_overrides(tuned[cell]) if cell in tuned else None))
+            for cell in chosen for seed in seed_list]
+    tuned_tags = {"dae.tuned_from": tuned_run_id or "",
+                  **{f"dae.tuned.{cell}.{key}": value for cell in chosen if cell in tuned
+                     for key, value in tuned[cell].items()}}
     data_dir = data_dir or str(default_data_dir())
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
@@ -71,7 +90,7 @@ def dae_compare(
     # identical comparison started meanwhile gets a folder (and a parent run) of its own.
     with held_state_folder(Path(work_dir).resolve() / "state" / f"compare-{key}") as record_dir:
         opened = open_comparison(base, dataset, chosen, seed_list, experiment_name, key, str(record_dir), fresh,
-                                 cells_in_process=not fan_out_deployment)
+                                 cells_in_process=not fan_out_deployment, tags=tuned_tags)
         parent = opened.parent_run_id
         with ends_run(parent):
             finished = {(record.cell, record.seed): record for record in opened.finished}

@@ -9,6 +9,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -42,8 +43,9 @@ class OpenedComparison:
 
 
 def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
-                  experiment: str, key: str) -> str:
+                  experiment: str, key: str, extra_tags: dict[str, Any]) -> str:
     tags = {
+        **{name: str(value) for name, value in extra_tags.items()},
         "dae.role": "comparison",
         "dae.comparison_key": key,
         "prefect.flow_run_id": str(flow_run.id or ""),
@@ -61,9 +63,10 @@ def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str],
 @task(name="open-comparison")
 def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], seeds: list[int],
                     experiment: str, key: str, record_dir: str, fresh: bool,
-                    cells_in_process: bool) -> OpenedComparison:
+                    cells_in_process: bool, tags: dict[str, Any] | None = None) -> OpenedComparison:
     """The parent MLflow run: the one an interrupted run of this grid left (its record in
-    ``record_dir``), with the cells it finished, unless ``fresh``; else a new one. Cells
+    ``record_dir``), with the cells it finished, unless ``fresh``; else a new one, with
+    ``tags`` (e.g. where its tuned settings came from). Cells
     that ran in the interrupted process died with it: their runs end FAILED (cells sent to
     the work pool may still be running, and are left to their workers)."""
     record = Path(record_dir) / "parent.json"
@@ -83,7 +86,7 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
             return OpenedComparison(previous, finished, resumed=True)
         logger.info("the interrupted comparison %s cannot be continued (finished, deleted or in another "
                     "store): starting a new one", previous)
-    parent = _start_parent(base, dataset, cells, seeds, experiment, key)
+    parent = _start_parent(base, dataset, cells, seeds, experiment, key, tags or {})
     write_json(record, {"mlflow_run_id": parent})
     return OpenedComparison(parent, [], resumed=False)
 

@@ -67,3 +67,22 @@ def test_building_a_cell_leaves_the_grid_unchanged():
     before = repr(CELLS)
     cell_config(build_config("smoke"), "sgd-noise", 0, sgd_lr=3.0)
     assert repr(CELLS) == before
+
+
+def test_the_robustness_cells_are_paired_with_their_noisy_twin():
+    base = build_config("smoke")
+    frozen = cell_config(base, "adam-clean-frozen", 0)
+    assert frozen.classifier.freeze_encoder and not frozen.pretrain.noise.enabled
+    assert cell_config(base, "adam-noise-noisytune", 0).classifier.train_noise.enabled
+    records = []
+    for seed in range(3):
+        records.append(CellRun("adam-noise", seed, _summary(92, 87, 86, [0.007])))
+        records.append(CellRun("adam-noise-frozen", seed, _summary(85 + seed, 80, 70 + seed, [0.007])))
+        records.append(CellRun("adam-clean-frozen", seed, _summary(84 + seed, 80, 72 + seed, [0.003])))
+    rows = {(r["cell"], r["metric"]): r for r in comparison_table(records)}
+    noisy = rows[("adam-clean-frozen", "noisy_accuracy")]
+    assert noisy["reference"] == "adam-noise-frozen" and noisy["diff_mean"] == pytest.approx(2.0)
+    assert rows[("adam-noise-frozen", "noisy_accuracy")]["reference"] == LECTURE_CELL
+    verdicts = "\n".join(findings(list(rows.values())))
+    assert ("Under a frozen encoder (a linear probe), noise during pretraining raises accuracy on noisy test digits: "
+            "**contradicted**; adam-clean-frozen minus adam-noise-frozen = +2") in verdicts

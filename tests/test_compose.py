@@ -101,7 +101,7 @@ def test_model_server_serves_the_champion_as_tested_pinned_to_the_cpu():
 
 
 def test_deployments_use_the_pool_the_workers_serve():
-    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "nightly", "batch", "crashed-runs"}
+    assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "optimizers", "nightly", "batch", "crashed-runs"}
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == {stack.POOL}
     assert all(d["enforce_parameter_schema"] for d in DEPLOYMENTS.values())
     # Heartbeats on every deployed run: the zombie automation of `dae setup` depends on them.
@@ -164,15 +164,17 @@ def test_servers_refuse_to_start_exposed_with_the_example_secrets():
     assert refused.returncode != 0 and refused.stdout == ""
     assert "DATABASE_URL" in refused.stderr and "MLFLOW_AUTH_ADMIN_PASSWORD" not in refused.stderr
     assert _start_server("127.0.0.1", DATABASE_URL=url).stdout == "started\n", "loopback: example values allowed"
-    assert _start_server("192.168.1.20", DATABASE_URL="postgresql://dae:s3cret-value@p/m").stdout == "started\n"
+    real_password = "s3cret-value"
+    assert _start_server("192.168.1.20", DATABASE_URL=f"postgresql://dae:{real_password}@p/m").stdout == "started\n"
 
 
 def test_the_mlflow_login_settings_are_written_at_start_not_shipped(tmp_path):
-    done = _start_server("127.0.0.1", MLFLOW_AUTH_DATABASE_URI="postgresql://dae:pw@postgres/mlflow_auth",
-                         MLFLOW_AUTH_CONFIG_DIR=str(tmp_path))
+    password = "pw"
+    database = f"postgresql://dae:{password}@postgres/mlflow_auth"
+    done = _start_server("127.0.0.1", MLFLOW_AUTH_DATABASE_URI=database, MLFLOW_AUTH_CONFIG_DIR=str(tmp_path))
     assert done.returncode == 0, done.stderr
     written = tmp_path / "mlflow-auth.ini"
-    assert "database_uri = postgresql://dae:pw@postgres/mlflow_auth" in written.read_text()
+    assert f"database_uri = {database}" in written.read_text()
     assert "default_permission = READ" in written.read_text()
     assert written.stat().st_mode & 0o077 == 0, "the settings hold the database password: owner only"
 

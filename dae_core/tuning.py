@@ -1,0 +1,227 @@
+"""What ``dae tune`` searches and how one trial trains: search spaces over config fields,
+and a trial's training on the training split minus a held-out validation split, which
+reports the validation value after every epoch (so that hopeless trials can be pruned).
+
+A trial never opens the test split: ``train_trial`` loads the training images only, and
+the test set stays for the final comparison table (docs/comparison.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from dae_core.config import ConfigError, ExperimentConfig, deep_merge
+
+Objective = Literal["mse", "accuracy"]
+# Which way each objective improves (Optuna's study direction).
+DIRECTIONS: dict[str, str] = {"mse": "minimize", "accuracy": "maximize"}
+DimensionKind = Literal["log", "float", "int", "choice"]
+
+# Called after each epoch with (epoch, validation value); it may stop the trial by raising.
+EpochReport = Callable[[int, float], None]
+
+
+class TrialDiverged(RuntimeError):
+    """A trial's training diverged: the search learns that this region is hopeless."""
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched config field: ``log``/``float``/``int`` between ``low`` and ``high``,
+    or one of ``choices``."""
+
+    key: str  # a dotted config field, e.g. "pretrain.lr"
+    kind: DimensionKind
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[Any, ...] = ()
+
+    def spec(self) -> str:
+        """The ``KEY=SPEC`` text this dimension parses from."""
+        if self.kind == "choice":
+            return f"{self.key}=choice:{','.join(map(str, self.choices))}"
+        return f"{self.key}={self.kind}:{self.low:g}:{self.high:g}"
+
+
+def parse_dimension(text: str) -> Dimension:
+    """``pretrain.lr=log:1e-4:0.1``, ``classifier.lr=float:0.01:1``, ``pretrain.hidden_units=int:100:800``
+    or ``pretrain.noise.enabled=choice:true,false``; the field must exist in the config."""
+    key, sep, spec = text.partition("=")
+    kind, _, bounds = spec.partition(":")
+    if not sep or kind not in ("log", "float", "int", "choice") or not bounds:
+        raise ConfigError(f"--space {text!r}: expected KEY=log|float|int:LOW:HIGH or KEY=choice:A,B,...")
+    _check_field(key)
+    if kind == "choice":
+        from dae_core.config import _parse_value
+
+        return Dimension(key, "choice", choices=tuple(_parse_value(item) for item in bounds.split(",")))
+    try:
+        low, high = (float(value) for value in bounds.split(":"))
+    except ValueError:
+        raise ConfigError(f"--space {text!r}: LOW:HIGH must be two numbers") from None
+    if not low < high or (kind == "log" and low <= 0):
+        raise ConfigError(f"--space {text!r}: needs LOW < HIGH{' and LOW > 0 (log scale)' if kind == 'log' else ''}")
+    return Dimension(key, kind, low, high)
+
+
+def _check_field(key: str) -> None:
+    if key not in ExperimentConfig().flat():
+        raise ConfigError(f"--space: {key!r} is not a config field (e.g. pretrain.lr, classifier.lr)")
+    if key == "seed" or key.startswith(("data.", "runtime.", "evaluation.")):
+        raise ConfigError(f"--space: {key!r} is not searched (the seed, the data and the runtime are fixed "
+                          "so that trials differ in their training choices only)")
+
+
+# The default search: the pretraining learning rate on a log scale wide enough to hold each
+# optimizer's best rate. Vanilla SGD's reaches beyond the config's old cap of 10
+# (docs/comparison.md): its range goes to 1000, with divergence as the guard.
+DEFAULT_SPACES: dict[str, tuple[Dimension, ...]] = {
+    "adam": (Dimension("pretrain.lr", "log", 1e-4, 1e-1),),
+    "sgd": (Dimension("pretrain.lr", "log", 1e-1, 1e3),),
+}
+
+
+def search_space(config: ExperimentConfig, given: list[Dimension]) -> tuple[Dimension, ...]:
+    """The dimensions searched for a cell: ``given`` if any, else its optimizer's default.
+    Vanilla SGD stays vanilla: its momentum is never searched."""
+    if config.pretrain.optimizer == "sgd" and any(d.key == "pretrain.momentum" for d in given):
+        raise ConfigError("--space pretrain.momentum: the SGD cells are vanilla SGD (momentum 0); "
+                          "search momentum in a cell of its own with --set pretrain.momentum")
+    if config.pretrain.epochs == 0 and not given:
+        return (Dimension("classifier.lr", "log", 1e-2, 1.0),)  # no pretraining: nothing else to tune
+    return tuple(given) or DEFAULT_SPACES[config.pretrain.optimizer]
+
+
+def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """``config`` with dotted fields set, validated as a whole."""
+    try:
+        return ExperimentConfig.model_validate(deep_merge(config.model_dump(), nested_overrides(params)))
+    except Exception as error:  # pydantic's ValidationError, named like --set's
+        raise ConfigError(f"tuned parameters {params} refused: {error}") from None
+
+
+def study_name(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objective: Objective,
+               data_digest: str) -> str:
+    """A study's identity: a rerun of the same tuning finds and continues it."""
+    identity = "|".join([cell, config.model_dump_json(), *(d.spec() for d in space), objective, data_digest])
+    return f"dae-{cell}-{objective}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, report: EpochReport) -> float:
+    """Train ``config`` on the training split minus ``data.validation_size`` images and
+    return the objective on the validation images: the final validation MSE of pretraining
+    (``mse``; the classifier is not trained) or the final validation accuracy of the
+    classifier (``accuracy``). ``report`` gets each epoch's value. Never reads the test split."""
+    import torch
+
+    from dae_core import stages
+    from dae_core.precision import MixedPrecision, tf32_matmuls
+    from dae_core.runtime import Placement, make_generator, set_thread_count
+    from dae_core.train import (
+        TrainingDiverged,
+        make_classifier_optimizer,
+        make_pretrain_optimizer,
+        pretrain,
+        train_classifier,
+    )
+
+    if config.data.validation_size == 0:
+        raise ConfigError("tuning needs a validation split: set data.validation_size (e.g. 10000)")
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
+    train, validation = stages.training_and_validation(config, raw_dir, place)
+    precision = MixedPrecision(config.runtime.autocast, place.device)
+    autoencoder = stages.fresh_autoencoder(config, place)
+
+    def pretrain_report(epoch: int, metrics: dict[str, float]) -> None:
+        if objective == "mse":
+            report(epoch, metrics["val_mse"])
+
+    def classifier_report(epoch: int, metrics: dict[str, float]) -> None:
+        report(epoch, metrics["val_accuracy"])
+
+    try:
+        with tf32_matmuls(precision):
+            history = pretrain(
+                autoencoder, make_pretrain_optimizer(autoencoder, config.pretrain), train.flat_pixels(place.dtype),
+                config.pretrain, config.data.batch_size, make_generator(config.seed, "pretrain", place.device),
+                on_epoch=pretrain_report, gradients=config.runtime.pretrain_gradients, precision=precision,
+                validation=stages.pretrain_validation(config, validation, place))
+            if objective == "mse":
+                return history.val_mse[-1] if history.val_mse else math.inf
+            classifier = stages.fresh_classifier(config, autoencoder)
+            optimizer = make_classifier_optimizer(classifier, config.classifier.lr, config.classifier.freeze_encoder)
+            result = train_classifier(
+                classifier, optimizer, train.flat_pixels(place.dtype), train.labels, None, None,
+                config.classifier.epochs, config.data.batch_size,
+                make_generator(config.seed, "classifier", place.device), on_epoch=classifier_report,
+                precision=precision, validation=(validation.flat_pixels(place.dtype), validation.labels),
+                train_noise=stages.classifier_noise(config, place))
+    except TrainingDiverged as error:
+        raise TrialDiverged(str(error)) from None
+    if not torch.isfinite(torch.tensor(result.val_accuracy[-1])):
+        raise TrialDiverged("validation accuracy is not finite")
+    return result.val_accuracy[-1]
+
+
+def suggest(trial, space: tuple[Dimension, ...]) -> dict[str, Any]:
+    """One point of ``space`` drawn by an Optuna trial (named by config field)."""
+    params: dict[str, Any] = {}
+    for dimension in space:
+        if dimension.kind == "choice":
+            params[dimension.key] = trial.suggest_categorical(dimension.key, list(dimension.choices))
+        elif dimension.kind == "int":
+            params[dimension.key] = trial.suggest_int(dimension.key, int(dimension.low), int(dimension.high))
+        else:
+            params[dimension.key] = trial.suggest_float(dimension.key, dimension.low, dimension.high,
+                                                        log=dimension.kind == "log")
+    return params
+
+
+def nested_overrides(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"pretrain.lr": 3.0}`` -> ``{"pretrain": {"lr": 3.0}}``, the shape of config overrides."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+class CellTuning(BaseModel):
+    """One cell's study: the best parameters (named by config field) and its trial counts."""
+
+    cell: str
+    study: str
+    objective: Objective
+    best_params: dict[str, Any]
+    best_value: float
+    trials: int  # complete or pruned (diverged trials count as pruned)
+    pruned: int
+
+
+class TuningReport(BaseModel):
+    """The JSON of ``dae tune --summary-json``, the dae-tune flow's return value and the
+    parent run's ``tuning/tuning.json``."""
+
+    cells: dict[str, CellTuning]
+    mlflow_run_id: str
+
+
+def markdown_table(report: TuningReport) -> str:
+    lines = ["| cell | objective | best value | best parameters | trials | pruned |", "|---|---|---|---|---|---|"]
+    for result in report.cells.values():
+        params = ", ".join(f"`{key}` = {value:.4g}" if isinstance(value, float) else f"`{key}` = {value}"
+                           for key, value in result.best_params.items())
+        lines.append(f"| {result.cell} | validation {result.objective} | {result.best_value:.4g} | {params} | "
+                     f"{result.trials} | {result.pruned} |")
+    return "\n".join(lines)

@@ -1,0 +1,171 @@
+"""`dae tune` on tiny data: search spaces, the validation split, studies that prune,
+write their runs and resume after a SIGKILL, and a proof that tuning never reads the test
+split. The full tuned comparison is docs/comparison.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from dae_core import stages
+from dae_core.comparison import cell_config
+from dae_core.config import ConfigError, build_config
+from dae_core.data import hold_out, load_split
+from dae_core.tuning import Dimension, nested_overrides, parse_dimension, search_space
+from tests.conftest import TINY
+
+# Trials short enough for CI: 6 pretraining epochs on 200 training images, 40 held out.
+QUICK = {**TINY, "data": {**TINY["data"], "validation_size": 40}, "pretrain": {**TINY["pretrain"], "epochs": 6}}
+
+
+def test_search_spaces_parse_and_refuse_what_they_cannot_search():
+    assert parse_dimension("pretrain.lr=log:0.1:1000") == Dimension("pretrain.lr", "log", 0.1, 1000.0)
+    assert parse_dimension("pretrain.noise.enabled=choice:true,false").choices == (True, False)
+    for bad, says in (("pretrain.lr=log:0:1", "LOW > 0"), ("pretrain.rate=log:1:2", "not a config field"),
+                      ("seed=int:0:9", "not searched"), ("pretrain.lr=1e-3", "expected KEY="),
+                      ("classifier.lr=float:2:1", "LOW < HIGH")):
+        with pytest.raises(ConfigError, match=says):
+            parse_dimension(bad)
+    sgd = cell_config(build_config("smoke"), "sgd-noise", 0)
+    assert search_space(sgd, [])[0] == Dimension("pretrain.lr", "log", 0.1, 1000.0), "SGD's best rate may exceed 10"
+    with pytest.raises(ConfigError, match="vanilla SGD"):
+        search_space(sgd, [parse_dimension("pretrain.momentum=float:0:0.9")])
+    assert cell_config(sgd, "sgd-noise", 0, tuned=nested_overrides({"pretrain.lr": 250.0})).pretrain.lr == 250.0
+
+
+def test_the_validation_split_is_seeded_disjoint_and_leaves_the_rest_in_order(raw_dir):
+    train = load_split(raw_dir, True)
+    kept, held = hold_out(train, 40, torch.Generator().manual_seed(7))
+    again, held_again = hold_out(train, 40, torch.Generator().manual_seed(7))
+    assert len(kept) == len(train) - 40 and len(held) == 40
+    assert torch.equal(held.images, held_again.images) and torch.equal(kept.labels, again.labels)
+    rows = {bytes(image.numpy()) for image in train.images}
+    assert {bytes(i.numpy()) for i in kept.images} | {bytes(i.numpy()) for i in held.images} == rows
+    assert hold_out(train, 0, torch.Generator())[1] is None
+    with pytest.raises(ConfigError, match="leaves no training images"):
+        build_config("smoke", {"data": {"validation_size": 1000}})
+
+
+@pytest.mark.usefixtures("prefect_server", "mlflow_store")
+def test_validation_curves_are_logged_beside_the_test_ones_and_new_protocols_run(data_root, tmp_path):
+    from flows.experiment import dae_experiment
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    config = build_config("smoke", {**QUICK, "classifier": {**QUICK["classifier"], "freeze_encoder": True,
+                                                              "train_noise": {"enabled": True}}})
+    summary = dae_experiment(config=config, data_dir=str(data_root), download=False, experiment_name=name,
+                             work_dir=str(tmp_path), register_model=False)
+    client = MlflowClient()
+    for key, epochs in (("pretrain/val_mse", 6), ("classifier/val_accuracy", 3), ("classifier/test_accuracy", 3)):
+        assert [m.step for m in client.get_metric_history(summary.mlflow_run_id, key)] == list(range(1, epochs + 1))
+    run = client.get_run(summary.mlflow_run_id)
+    assert run.data.params["classifier.freeze_encoder"] == "True"
+    assert run.data.params["data.validation_size"] == "40"
+
+
+def test_a_frozen_encoder_stays_as_pretraining_left_it(raw_dir, tmp_path):
+    config = build_config("smoke", {**QUICK, "classifier": {**QUICK["classifier"], "freeze_encoder": True}})
+    pretrained = stages.pretrain_stage(config, raw_dir, tmp_path / "ae.pt", tmp_path / "ae-state.pt")
+    initial = stages.surgery_stage(config, pretrained.path, tmp_path / "initial.pt")
+    trained = stages.classifier_stage(config, raw_dir, initial, tmp_path / "clf.pt", tmp_path / "clf-state.pt")
+    place = stages.Placement.of(config.runtime)
+    before, after = (stages.load_classifier(config, path, place) for path in (initial, trained.path))
+    assert torch.equal(before.encoder[0].weight, after.encoder[0].weight)
+    assert not torch.equal(before.head[0].weight, after.head[0].weight)
+
+
+def _tune_command(data_root: Path, work: Path, experiment: str, trials: int) -> list[str]:
+    overrides = [f"--set=data.batch_size={QUICK['data']['batch_size']}", "--set=data.train_limit=null",
+                 "--set=data.test_limit=null", "--set=data.validation_size=40", "--set=pretrain.epochs=6",
+                 "--set=pretrain.hidden_units=64", "--set=runtime.threads=1"]
+    return [str(Path(sys.executable).parent / "dae"), "tune", "--preset", "smoke", *overrides,
+            "--cells", "adam-noise", "sgd-noise", "--trials", str(trials), "--experiment", experiment,
+            "--no-download", "--data-dir", str(data_root), "--work-dir", str(work)]
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DAE_"))}
+    return {**inherited, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+
+
+def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tmp_path):
+    """A study of 6 trials per cell, killed after its first trial ends; the same command
+    continues it: the finished trials are kept, the killed one's run ends FAILED, every
+    cell ends with 6 trials under the same parent run."""
+    env, work, experiment = _env(tmp_path), tmp_path / "work", "tune-test"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = subprocess.Popen(_tune_command(data_root, work, experiment, 6), env=env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    client = MlflowClient(tracking_uri=store)
+    deadline = time.monotonic() + 240
+    while True:
+        assert first.poll() is None, first.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "no trial finished in time"
+        experiment_ = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name(experiment)
+        if experiment_ and client.search_runs([experiment_.experiment_id],
+                                              "tags.`dae.role` = 'trial' and attributes.status != 'RUNNING'"):
+            break
+        time.sleep(0.3)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    done = subprocess.run(_tune_command(data_root, work, experiment, 6) + ["--summary-json", str(tmp_path / "t.json")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "dae compare --tuned" in done.stdout
+    report = json.loads((tmp_path / "t.json").read_text())
+    (parent,) = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'tuning'")
+    assert report["mlflow_run_id"] == parent.info.run_id and parent.info.status == "FINISHED"
+    assert "dae.resumed_at" in parent.data.tags
+    trials = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'trial'")
+    states = {}
+    for run in trials:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        states.setdefault(run.data.tags["dae.cell"], []).append(run.data.tags.get("dae.trial_state"))
+    assert "killed" in states["adam-noise"] + states["sgd-noise"], "the killed trial's run must end FAILED"
+    for cell in ("adam-noise", "sgd-noise"):
+        counted = [state for state in states[cell] if state in ("complete", "pruned", "diverged")]
+        assert len(counted) == 6 and report["cells"][cell]["trials"] == 6
+        assert set(report["cells"][cell]["best_params"]) == {"pretrain.lr"}
+    assert sum(cell["pruned"] for cell in report["cells"].values()) >= 1, "6 trials of wide ranges prune some"
+    figures = {f.path for f in client.list_artifacts(parent.info.run_id, "figures/tuning")}
+    assert {"figures/tuning/adam-noise-history.png", "figures/tuning/sgd-noise-slice.png"} <= figures
+    # The SGD study may propose rates beyond the old cap of 10.
+    assert max(float(run.data.params["pretrain.lr"]) for run in trials if run.data.tags["dae.cell"] == "sgd-noise") > 10
+
+
+@pytest.mark.usefixtures("prefect_server", "mlflow_store")
+def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_root, tmp_path, monkeypatch):
+    from flows.compare import dae_compare
+    from flows.tune import dae_tune
+
+    real_load_split = stages.load_split
+
+    def training_images_only(directory, train, limit=None):
+        assert train, "tuning opened the test split"
+        return real_load_split(directory, train, limit)
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    with monkeypatch.context() as patched:
+        patched.setattr(stages, "load_split", training_images_only)
+        report = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
+                          data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
+    best = report.cells["sgd-noise"].best_params["pretrain.lr"]
+    compared = dae_compare(base=build_config("smoke", {**QUICK, "data": {**QUICK["data"], "validation_size": 0}}),
+                           seeds=1, cells=["sgd-noise"], data_dir=str(data_root), download=False,
+                           experiment_name=name, work_dir=str(tmp_path), tuned_run_id=report.mlflow_run_id)
+    (child,) = [MlflowClient().get_run(ref.mlflow_run_id) for ref in compared.runs]
+    assert float(child.data.params["pretrain.lr"]) == pytest.approx(best)
+    parent = MlflowClient().get_run(compared.mlflow_run_id)
+    assert parent.data.tags["dae.tuned_from"] == report.mlflow_run_id
