@@ -193,7 +193,9 @@ def log_history(run_id: str, phase: str, history: History) -> None:
     """Re-log a restored history, one request per epoch, e.g. after a resume."""
     curves = history.as_dict()
     for index in range(history.epochs):
-        log_metrics(run_id, epoch_metrics(phase, {name: values[index] for name, values in curves.items()}),
+        # A curve the run does not measure (no validation split: no val_*) is empty.
+        log_metrics(run_id, epoch_metrics(phase, {name: values[index] for name, values in curves.items()
+                                                  if index < len(values)}),
                     step=index + 1)
 
 

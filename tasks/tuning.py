@@ -26,7 +26,7 @@ from tasks.data import DatasetRef
 # The parent run's tags with each cell's best parameters (JSON values), which
 # `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.
 TUNED_TAG = "dae.tuned"
-# A trial's MLflow run: FINISHED when complete, KILLED when pruned, FAILED when it diverged.
+# A trial's MLflow run: FINISHED when complete or pruned, FAILED when it diverged or died.
 TRIAL_STATE_TAG = "dae.trial_state"
 # The progress phase of a finished trial (complete, pruned or diverged).
 TRIAL_PHASE = "trial"
@@ -129,8 +129,9 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         try:
             value = tuning.train_trial(trial_config, Path(dataset.raw_dir), objective, report)
         except optuna.TrialPruned:
+            # FINISHED: stopping a trial that fell behind is the search working, not a failure.
             tracking.set_tags(run_id, {TRIAL_STATE_TAG: "pruned"})
-            tracking.client().set_terminated(run_id, "KILLED")
+            tracking.end_run(run_id, succeeded=True)
             trial_done(trial.number)
             raise
         except TrialDiverged as error:
@@ -150,7 +151,10 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
 
     if remaining > 0:
         logger.info("study %s: %d trials to run (%d already done)", name, remaining, trials - remaining)
-        study.optimize(objective_fn, n_trials=remaining, n_jobs=parallel)
+        # The callback stops at `trials` counted over every process sharing the study (a
+        # second `dae tune` on another machine with the same --storage), not just this one.
+        study.optimize(objective_fn, n_trials=remaining, n_jobs=parallel,
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
     return _cell_result(cell, study, objective)
 
 
