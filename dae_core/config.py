@@ -207,7 +207,7 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _parse_value(text: str) -> Any:
+def parse_value(text: str) -> Any:
     """``--set`` values are JSON where they parse (numbers, true, null), else strings."""
     try:
         return json.loads(text)
@@ -215,21 +215,30 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def parse_overrides(assignments: list[str]) -> dict[str, Any]:
-    """Turn ``["pretrain.lr=0.01", "seed=3"]`` into a nested dict."""
+def nested_fields(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"pretrain.lr": 0.01, "seed": 3}`` -> ``{"pretrain": {"lr": 0.01}, "seed": 3}``, the
+    shape of config overrides."""
     nested: dict[str, Any] = {}
-    for assignment in assignments:
-        path, sep, raw = assignment.partition("=")
-        if not sep or not path.strip():
-            raise ConfigError(f"override {assignment!r}: expected section.field=value")
-        keys = path.strip().split(".")
+    for path, value in flat.items():
+        keys = path.split(".")
         node = nested
         for key in keys[:-1]:
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {assignment!r}: {key} is set twice")
-        node[keys[-1]] = _parse_value(raw.strip())
+                raise ConfigError(f"override {path}={value!r}: {key} is set twice")
+        node[keys[-1]] = value
     return nested
+
+
+def parse_overrides(assignments: list[str]) -> dict[str, Any]:
+    """Turn ``["pretrain.lr=0.01", "seed=3"]`` into a nested dict."""
+    flat: dict[str, Any] = {}
+    for assignment in assignments:
+        path, sep, raw = assignment.partition("=")
+        if not sep or not path.strip():
+            raise ConfigError(f"override {assignment!r}: expected section.field=value")
+        flat[path.strip()] = parse_value(raw.strip())
+    return nested_fields(flat)
 
 
 def _describe(error: ValidationError) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from dae_core.config import ConfigError, ExperimentConfig, deep_merge
+from dae_core.config import ConfigError, ExperimentConfig, deep_merge, nested_fields, parse_value
 
 Objective = Literal["mse", "accuracy"]
 # Which way each objective improves (Optuna's study direction).
@@ -59,9 +59,7 @@ def parse_dimension(text: str) -> Dimension:
         raise ConfigError(f"--space {text!r}: expected KEY=log|float|int:LOW:HIGH or KEY=choice:A,B,...")
     _check_field(key)
     if kind == "choice":
-        from dae_core.config import _parse_value
-
-        return Dimension(key, "choice", choices=tuple(_parse_value(item) for item in bounds.split(",")))
+        return Dimension(key, "choice", choices=tuple(parse_value(item) for item in bounds.split(",")))
     try:
         low, high = (float(value) for value in bounds.split(":"))
     except ValueError:
@@ -102,7 +100,7 @@ def search_space(config: ExperimentConfig, given: list[Dimension]) -> tuple[Dime
 def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
     """``config`` with dotted fields set, validated as a whole."""
     try:
-        return ExperimentConfig.model_validate(deep_merge(config.model_dump(), nested_overrides(params)))
+        return ExperimentConfig.model_validate(deep_merge(config.model_dump(), nested_fields(params)))
     except Exception as error:  # pydantic's ValidationError, named like --set's
         raise ConfigError(f"tuned parameters {params} refused: {error}") from None
 
@@ -183,18 +181,6 @@ def suggest(trial, space: tuple[Dimension, ...]) -> dict[str, Any]:
             params[dimension.key] = trial.suggest_float(dimension.key, dimension.low, dimension.high,
                                                         log=dimension.kind == "log")
     return params
-
-
-def nested_overrides(flat: dict[str, Any]) -> dict[str, Any]:
-    """``{"pretrain.lr": 3.0}`` -> ``{"pretrain": {"lr": 3.0}}``, the shape of config overrides."""
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
 
 
 class CellTuning(BaseModel):

@@ -25,10 +25,9 @@ from dae_core.comparison import (
     cell_config,
     grid_key,
 )
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, nested_fields
 from dae_core.resumable import held_state_folder
 from dae_core.summary import DEFAULT_EXPERIMENT
-from dae_core.tuning import nested_overrides
 from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import default_data_dir, fetch_dataset
@@ -77,7 +76,7 @@ def dae_compare(
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
     tuned = read_tuning(tuned_run_id) if tuned_run_id else {}
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads,
-                               nested_overrides(tuned[cell]) if cell in tuned else None))
+                               nested_fields(tuned[cell]) if cell in tuned else None))
             for cell in chosen for seed in seed_list]
     tuned_tags = {"dae.tuned_from": tuned_run_id or "",
                   **{f"dae.tuned.{cell}.{key}": value for cell in chosen if cell in tuned

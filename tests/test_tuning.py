@@ -19,9 +19,9 @@ from mlflow import MlflowClient
 
 from dae_core import stages
 from dae_core.comparison import cell_config
-from dae_core.config import ConfigError, build_config
+from dae_core.config import ConfigError, build_config, nested_fields
 from dae_core.data import hold_out, load_split
-from dae_core.tuning import Dimension, nested_overrides, parse_dimension, search_space
+from dae_core.tuning import Dimension, parse_dimension, search_space
 from tests.conftest import TINY
 
 # Trials short enough for CI: 6 pretraining epochs on 200 training images, 40 held out.
@@ -40,7 +40,7 @@ def test_search_spaces_parse_and_refuse_what_they_cannot_search():
     assert search_space(sgd, [])[0] == Dimension("pretrain.lr", "log", 0.1, 1000.0), "SGD's best rate may exceed 10"
     with pytest.raises(ConfigError, match="vanilla SGD"):
         search_space(sgd, [parse_dimension("pretrain.momentum=float:0:0.9")])
-    assert cell_config(sgd, "sgd-noise", 0, tuned=nested_overrides({"pretrain.lr": 250.0})).pretrain.lr == 250.0
+    assert cell_config(sgd, "sgd-noise", 0, tuned=nested_fields({"pretrain.lr": 250.0})).pretrain.lr == 250.0
 
 
 def test_the_validation_split_is_seeded_disjoint_and_leaves_the_rest_in_order(raw_dir):
