@@ -9,7 +9,6 @@ the test set stays for the final comparison table (docs/comparison.md).
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,9 +85,13 @@ DEFAULT_SPACES: dict[str, tuple[Dimension, ...]] = {
 }
 
 
-def search_space(config: ExperimentConfig, given: list[Dimension]) -> tuple[Dimension, ...]:
+def search_space(config: ExperimentConfig, given: list[Dimension], objective: Objective = "mse"
+                 ) -> tuple[Dimension, ...]:
     """The dimensions searched for a cell: ``given`` if any, else its optimizer's default.
     Vanilla SGD stays vanilla: its momentum is never searched."""
+    if config.pretrain.epochs == 0 and objective == "mse":
+        raise ConfigError("a cell without pretraining has no reconstruction MSE to tune: use --objective accuracy "
+                          "or leave the cell out")
     if config.pretrain.optimizer == "sgd" and any(d.key == "pretrain.momentum" for d in given):
         raise ConfigError("--space pretrain.momentum: the SGD cells are vanilla SGD (momentum 0); "
                           "search momentum in a cell of its own with --set pretrain.momentum")
@@ -117,8 +120,6 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
     return the objective on the validation images: the final validation MSE of pretraining
     (``mse``; the classifier is not trained) or the final validation accuracy of the
     classifier (``accuracy``). ``report`` gets each epoch's value. Never reads the test split."""
-    import torch
-
     from dae_core import stages
     from dae_core.precision import MixedPrecision, tf32_matmuls
     from dae_core.runtime import Placement, make_generator, set_thread_count
@@ -135,6 +136,7 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
     train, validation = stages.training_and_validation(config, raw_dir, place)
+    pixels = train.flat_pixels(place.dtype)
     precision = MixedPrecision(config.runtime.autocast, place.device)
     autoencoder = stages.fresh_autoencoder(config, place)
 
@@ -148,24 +150,22 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
     try:
         with tf32_matmuls(precision):
             history = pretrain(
-                autoencoder, make_pretrain_optimizer(autoencoder, config.pretrain), train.flat_pixels(place.dtype),
+                autoencoder, make_pretrain_optimizer(autoencoder, config.pretrain), pixels,
                 config.pretrain, config.data.batch_size, make_generator(config.seed, "pretrain", place.device),
                 on_epoch=pretrain_report, gradients=config.runtime.pretrain_gradients, precision=precision,
                 validation=stages.pretrain_validation(config, validation, place))
             if objective == "mse":
-                return history.val_mse[-1] if history.val_mse else math.inf
+                return history.val_mse[-1]
             classifier = stages.fresh_classifier(config, autoencoder)
             optimizer = make_classifier_optimizer(classifier, config.classifier.lr, config.classifier.freeze_encoder)
             result = train_classifier(
-                classifier, optimizer, train.flat_pixels(place.dtype), train.labels, None, None,
+                classifier, optimizer, pixels, train.labels, None, None,
                 config.classifier.epochs, config.data.batch_size,
                 make_generator(config.seed, "classifier", place.device), on_epoch=classifier_report,
                 precision=precision, validation=(validation.flat_pixels(place.dtype), validation.labels),
                 train_noise=stages.classifier_noise(config, place))
     except TrainingDiverged as error:
         raise TrialDiverged(str(error)) from None
-    if not torch.isfinite(torch.tensor(result.val_accuracy[-1])):
-        raise TrialDiverged("validation accuracy is not finite")
     return result.val_accuracy[-1]
 
 

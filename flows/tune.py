@@ -67,7 +67,7 @@ def dae_tune(
             {**base.model_dump(), "data": {**base.data.model_dump(), "validation_size": held_out}})
     threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
     configs = {cell: cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads) for cell in chosen}
-    spaces = {cell: search_space(config, dimensions) for cell, config in configs.items()}
+    spaces = {cell: search_space(config, dimensions, objective) for cell, config in configs.items()}
     data_dir = data_dir or str(default_data_dir())
     work_dir = work_dir or default_work_dir()
     dataset = fetch_dataset(base.data.dataset, data_dir, download)

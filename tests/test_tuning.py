@@ -169,3 +169,10 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
     assert float(child.data.params["pretrain.lr"]) == pytest.approx(best)
     parent = MlflowClient().get_run(compared.mlflow_run_id)
     assert parent.data.tags["dae.tuned_from"] == report.mlflow_run_id
+
+
+def test_a_cell_without_pretraining_is_tuned_on_accuracy_only():
+    baseline = cell_config(build_config("smoke"), "no-pretraining", 0)
+    assert search_space(baseline, [], "accuracy")[0].key == "classifier.lr"
+    with pytest.raises(ConfigError, match="no reconstruction MSE"):
+        search_space(baseline, [], "mse")
