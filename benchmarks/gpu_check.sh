@@ -10,4 +10,4 @@ mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 timeout 240 .venv/bin/dae bench --data-dir "$data" --epochs 3 --device cuda --json "$out/bench.json" \
     | tee "$out/bench.txt"
-timeout 120 .venv/bin/python -m pytest -q -m gpu -rs | tee "$out/pytest-gpu.txt"
+timeout 150 .venv/bin/python -m pytest -q -m gpu -rs | tee "$out/pytest-gpu.txt"

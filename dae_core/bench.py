@@ -3,7 +3,8 @@ per pretraining and per classifier epoch, and the fraction of the machine's meas
 float32 matmul peak that a pretraining epoch reaches. Pretraining is timed with the
 default autograd step and with the hand-written one (``runtime.pretrain_gradients``),
 and each epoch in every mixed-precision mode the device offers (``runtime.autocast``),
-against the matmul peak of that mode's type.
+against the matmul peak of that mode's type; on a GPU also the step replayed as CUDA
+graphs (``runtime.compile_step``) and the lecture's whole training.
 
 The lecture's path: torchvision MNIST with ToTensor, a shuffling DataLoader (batch 1000),
 float64 tensors, noise drawn per batch on the host. The project's path: the split read
@@ -167,6 +168,45 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
     return results
 
 
+def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixels: torch.Tensor,
+                    test_labels: torch.Tensor, epochs: int, device: torch.device) -> dict[str, float]:
+    """A pretraining epoch with the step as eager kernels and replayed as CUDA graphs
+    (``runtime.compile_step = "reduce-overhead"``), timed in alternation after a warm-up
+    round (which compiles and records the graphs), and the lecture's whole training (20
+    pretraining and 10 classifier epochs, test accuracy after each) both ways: for a GPU,
+    where a step's kernel launches are a large part of its time."""
+    config = build_config("lecture", {"pretrain": {"epochs": 1}})
+    generator = torch.Generator(device=device).manual_seed(0)
+    modes = ("none", "reduce-overhead")
+    epochs_of: dict[str, Callable[[], Any]] = {}
+    for mode in modes:
+        model = DenoisingAutoencoder().to(device)
+        optimizer = make_pretrain_optimizer(model, config.pretrain)
+        epochs_of[mode] = lambda m=model, o=optimizer, c=mode: pretrain(m, o, pixels, config.pretrain, 1000,
+                                                                        generator, compile_step=c)
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for round_ in range(epochs + 1):
+        for mode in modes:
+            seconds = _best_seconds(epochs_of[mode], 1, device)
+            if round_:
+                times[mode].append(seconds)
+    lecture = build_config("lecture", {})
+
+    def whole_training(mode: str) -> None:
+        model = DenoisingAutoencoder().to(device)
+        pretrain(model, make_pretrain_optimizer(model, lecture.pretrain), pixels, lecture.pretrain, 1000, generator,
+                 compile_step=mode)
+        classifier = encoder_surgery(model)
+        train_classifier(classifier, make_classifier_optimizer(classifier, lecture.classifier.lr), pixels,
+                         train_labels, test_pixels, test_labels, lecture.classifier.epochs, 1000, generator)
+
+    eager, graphed = min(times["none"]), min(times["reduce-overhead"])
+    return {"eager_pretrain_epoch_s": eager, "graphed_pretrain_epoch_s": graphed,
+            "graphed_speedup_vs_eager": eager / graphed,
+            "whole_training_eager_s": _best_seconds(lambda: whole_training("none"), 1, device),
+            "whole_training_graphed_s": _best_seconds(lambda: whole_training("reduce-overhead"), 1, device)}
+
+
 def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", device: str = "auto") -> dict[str, Any]:
     place = resolve_device(device)
     precision = resolve_dtype(dtype)
@@ -225,6 +265,8 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
 
     if precision == torch.float32:
         results["autocast"] = precision_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
+    if place.type == "cuda":
+        results["cuda_graphs"] = graph_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
 
     samples = len(pixels)
     pretrain_gflops = PRETRAIN_FLOP_PER_SAMPLE * samples / results["project_pretrain_epoch_s"] / 1e9

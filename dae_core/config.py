@@ -109,6 +109,7 @@ class EvaluationConfig(_Strict):
 # measured faster on CPU, docs/benchmarks.md; valid for this exact architecture only).
 PretrainGradients = Literal["autograd", "handwritten"]
 Autocast = Literal["none", "bfloat16", "float16"]
+CompileStep = Literal["none", "default", "reduce-overhead"]
 
 
 class RuntimeConfig(_Strict):
@@ -122,6 +123,17 @@ class RuntimeConfig(_Strict):
     # Mixed precision (dae_core/precision.py): 16-bit matmuls, float32 weights and optimizer
     # state. "none" keeps the lecture's float32 numbers bit for bit.
     autocast: Autocast = "none"
+    # torch.compile of the pretraining step's forward and loss (dae_core/pretrain_step.py);
+    # "reduce-overhead" replays it as a CUDA graph on a GPU. On a CPU it measured no faster
+    # (docs/benchmarks.md) and each process first compiles for ~20 s.
+    compile_step: CompileStep = "none"
+
+    @model_validator(mode="after")
+    def _compile_fits(self) -> RuntimeConfig:
+        if self.compile_step != "none" and self.pretrain_gradients != "autograd":
+            raise ValueError(f"compile_step={self.compile_step!r} needs pretrain_gradients='autograd' (the "
+                             "hand-written step is not compiled)")
+        return self
 
     @model_validator(mode="after")
     def _autocast_fits(self) -> RuntimeConfig:

@@ -165,7 +165,7 @@ def pretrain_stage(
     with tf32_matmuls(precision):
         pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
                  history, callback, config.runtime.pretrain_gradients, precision,
-                 pretrain_validation(config, validation, place))
+                 pretrain_validation(config, validation, place), config.runtime.compile_step)
     clock.pause()
     save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
                              "history": history.as_dict()})

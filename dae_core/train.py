@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dae_core.config import NoiseConfig, PretrainConfig, PretrainGradients
+from dae_core.config import CompileStep, NoiseConfig, PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
@@ -141,17 +141,19 @@ def pretrain(
     gradients: PretrainGradients = "autograd",
     precision: MixedPrecision = FLOAT32,
     validation: PretrainValidation | None = None,
+    compile_step: CompileStep = "none",
 ) -> PretrainHistory:
     """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
 
     The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
     images, as the lecture printed it; ``loss`` adds the sparsity penalty. ``gradients``
     picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one;
-    ``precision`` its mixed precision (dae_core.precision). With ``validation``, each
-    epoch also reports ``val_mse`` on those images.
+    ``precision`` its mixed precision (dae_core.precision), ``compile_step`` whether
+    torch.compile (or a CUDA graph) runs it. With ``validation``, each epoch also reports
+    ``val_mse`` on those images.
     """
     history = history if history is not None else PretrainHistory()
-    step = make_pretrain_step(gradients, model, config, batch_size, precision)
+    step = make_pretrain_step(gradients, model, config, batch_size, precision, compile_step)
     for epoch in range(history.epochs + 1, config.epochs + 1):
         model.train()
         step_mse, step_loss = [], []

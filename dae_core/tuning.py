@@ -153,7 +153,8 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
                 autoencoder, make_pretrain_optimizer(autoencoder, config.pretrain), pixels,
                 config.pretrain, config.data.batch_size, make_generator(config.seed, "pretrain", place.device),
                 on_epoch=pretrain_report, gradients=config.runtime.pretrain_gradients, precision=precision,
-                validation=stages.pretrain_validation(config, validation, place))
+                validation=stages.pretrain_validation(config, validation, place),
+                compile_step=config.runtime.compile_step)
             if objective == "mse":
                 return history.val_mse[-1]
             classifier = stages.fresh_classifier(config, autoencoder)

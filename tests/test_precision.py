@@ -21,7 +21,7 @@ def _pixels(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images).reshape(count, -1).float() / 255, torch.from_numpy(labels).long()
 
 
-def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15):
+def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15, compile_step: str = "none"):
     config = build_config("smoke", {"pretrain": {"epochs": epochs, "hidden_units": 64}, "data": {"batch_size": 40}})
     pixels, _ = _pixels(240, 1)
     with torch.random.fork_rng(devices=[]):
@@ -29,8 +29,29 @@ def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15):
         model = DenoisingAutoencoder(64).to(device)
     optimizer = make_pretrain_optimizer(model, config.pretrain)
     history = pretrain(model, optimizer, pixels.to(device), config.pretrain, 40,
-                       make_generator(0, "pretrain", device), precision=MixedPrecision(mode, device))
+                       make_generator(0, "pretrain", device), precision=MixedPrecision(mode, device),
+                       compile_step=compile_step)
     return model, optimizer, history
+
+
+def _same_training(first, second, tolerance: float, weights: bool = True) -> None:
+    """Two (model, optimizer, history) that trained alike: the curve (and the weights) within
+    ``tolerance``."""
+    for a, b in zip(first[2].mse, second[2].mse, strict=True):
+        assert abs(a - b) <= tolerance * a, (a, b)
+    for a, b in zip(first[0].parameters(), second[0].parameters(), strict=True) if weights else ():
+        assert torch.allclose(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_the_compiled_step_trains_like_the_eager_one():
+    """``runtime.compile_step``: torch.compile changes the kernels (fused, reordered), not the
+    arithmetic: the same curve and weights as eager within float32 rounding."""
+    from torch._dynamo.utils import counters
+
+    eager = _pretrained("none", epochs=3)
+    counters.clear()
+    _same_training(eager, _pretrained("none", epochs=3, compile_step="default"), 1e-4)
+    assert counters["stats"]["unique_graphs"] >= 1, "the step must have run compiled"
 
 
 def test_bfloat16_pretraining_follows_float32_with_float32_weights_and_state():
@@ -63,6 +84,7 @@ def test_bfloat16_classifier_training_learns_and_is_scored_in_float32():
     ({"runtime": {"autocast": "bfloat16", "dtype": "float64"}}, "float32"),
     ({"runtime": {"autocast": "bfloat16", "pretrain_gradients": "handwritten"}}, "autograd"),
     ({"runtime": {"autocast": "int8"}}, "autocast"),
+    ({"runtime": {"compile_step": "default", "pretrain_gradients": "handwritten"}}, "autograd"),
 ])
 def test_contradictory_precision_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -92,6 +114,32 @@ def test_gpu_training_stays_on_the_gpu_and_follows_the_cpu_curve(mode):
     _, _, cpu = _pretrained("none")
     for on_gpu, on_cpu in zip(history.mse, cpu.mse, strict=True):
         assert abs(on_gpu - on_cpu) <= 0.05 * on_cpu
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("mode", ["none", "bfloat16"])
+def test_the_cuda_graph_step_trains_like_the_eager_one_on_the_gpu(mode):
+    eager = _pretrained(mode, CUDA, epochs=5)
+    graphed = _pretrained(mode, CUDA, epochs=5, compile_step="reduce-overhead")
+    assert {p.device.type for p in graphed[0].parameters()} == {"cuda"}
+    # bfloat16: the compiler may round at other points than eager autocast does, so the
+    # curve is held to the tolerance of mixed precision itself (5%), the weights not compared.
+    if mode == "none":
+        _same_training(eager, graphed, 1e-3)
+    else:
+        _same_training(eager, graphed, 0.05, weights=False)
+
+
+@pytest.mark.gpu
+@gpu
+def test_the_gpu_benchmark_times_eager_and_graphed_steps_and_the_whole_training():
+    from dae_core.bench import graph_benchmark
+
+    train_x, train_y = _pixels(2000, 1)
+    test_x, test_y = _pixels(200, 2)
+    results = graph_benchmark(train_x.to(CUDA), train_y.to(CUDA), test_x.to(CUDA), test_y.to(CUDA), 1, CUDA)
+    assert results["graphed_pretrain_epoch_s"] > 0 and results["whole_training_graphed_s"] > 0
 
 
 @pytest.mark.gpu
