@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="a searched field, e.g. pretrain.lr=log:0.1:1000, classifier.lr=float:0.01:1, "
                            "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false; "
                            "repeatable (default: the pretraining rate over a range that suits each optimizer)")
-    tune.add_argument("--parallel", type=int, default=1, help="trials at once (default 1)")
+    tune.add_argument("--parallel", type=int, default=1,
+                      help="trials at once (default 1); with --fan-out, the deployment runs sharing the trials")
+    tune.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
+                      help="run the trials on the work pool in --parallel runs of this deployment, e.g. "
+                           "dae-tune/optimizers (needs a Prefect server and a --storage every worker reaches)")
     tune.add_argument("--storage", default=os.environ.get("DAE_TUNING_STORAGE"), metavar="URL",
                       help="the studies' database (env DAE_TUNING_STORAGE; default: optuna.db beside a local "
                            "tracking store, else in the work folder)")
@@ -183,8 +187,20 @@ def _run(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     return 0
 
 
+def _check_fan_out(deployment: str | None) -> None:
+    """Refuse ``--fan-out`` where its runs could never start: without a Prefect server
+    (the temporary one has no workers)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if deployment and not PREFECT_API_URL.value():
+        raise ConfigError(f"--fan-out {deployment}: sends runs to a work pool, which needs a Prefect server\n"
+                          "  fix: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, the team stack's) where "
+                          "`prefect deploy --all` ran and workers listen on its pool")
+
+
 def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     config = _config(args)
+    _check_fan_out(args.fan_out)
     server = start_temporary_server()
     from tqdm import tqdm
 
@@ -222,6 +238,7 @@ def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     from dae_core.tuning import markdown_table, parse_dimension
 
     config = _config(args)
+    _check_fan_out(args.fan_out)
     for text in args.space:
         parse_dimension(text)  # refused here, before any server or import, naming the entry
     server = start_temporary_server()
@@ -240,7 +257,7 @@ def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
             report = dae_tune(base=config, cells=args.cells, trials=args.trials, objective=args.objective,
                               space=args.space or None, parallel=args.parallel, data_dir=args.data_dir,
                               download=not args.no_download, experiment_name=args.experiment,
-                              work_dir=args.work_dir, storage=args.storage)
+                              work_dir=args.work_dir, storage=args.storage, fan_out_deployment=args.fan_out)
     finally:
         bar.close()
     _write(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value", "trials",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -44,6 +45,12 @@ def set_thread_count(runtime: RuntimeConfig) -> None:
     that cells sharing a process (``dae compare --parallel``) each get their share."""
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)
+
+
+def thread_share(parallel: int, threads: int | None) -> int | None:
+    """The intra-op thread count of each of ``parallel`` jobs sharing this process's cores:
+    an even share when several run at once, else the configured ``threads``."""
+    return max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else threads
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -3,15 +3,11 @@ without pretraining, each over several seeds, under one parent MLflow run."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import time
-import uuid
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow, get_client, task
-from prefect.deployments import run_deployment
+from prefect import flow, task
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
@@ -27,7 +23,9 @@ from dae_core.comparison import (
 )
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, nested_fields
 from dae_core.resumable import held_state_folder
+from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
+from flows.dispatch import dispatch, wait_for_runs
 from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import default_data_dir, fetch_dataset
@@ -73,7 +71,7 @@ def dae_compare(
     check_tracking()
     chosen = cells or list(DEFAULT_CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
+    threads = thread_share(parallel, base.runtime.threads)
     tuned = read_tuning(tuned_run_id) if tuned_run_id else {}
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads,
                                nested_fields(tuned[cell]) if cell in tuned else None))
@@ -131,31 +129,21 @@ def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, ex
         return [future.result() for future in futures]
 
 
-@task(name="dispatch-cell")
-def dispatch_cell(deployment_name: str, config: ExperimentConfig, cell: str, download: bool,
-                  experiment: str, parent_run_id: str) -> str:
-    """Send one cell to the work pool as its own deployment run; returns the flow run id."""
-    dispatched = run_deployment(deployment_name, timeout=0, as_subflow=True,
-                                parameters=cell_parameters(config, cell, parent_run_id, download, experiment))
-    return str(dispatched.id)
-
-
-@task(name="wait-for-cell")
+@task(name="wait-for-cell", task_run_name="wait for {cell} seed {seed}")
 def wait_for_cell(flow_run_id: str, cell: str, seed: int, timeout_s: int) -> None:
     """Return once a dispatched cell's flow run has completed; raise if it ended otherwise."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while (state := client.read_flow_run(uuid.UUID(flow_run_id)).state) is None or not state.is_final():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s")
-            time.sleep(2)
+    try:
+        state = wait_for_runs([flow_run_id], timeout_s)[flow_run_id]
+    except TimeoutError:
+        raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s") from None
     if not state.is_completed():
         raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
 
 
 def _run_on_work_pool(grid: Grid, deployment_name: str, download: bool, experiment: str, parent: str,
                       timeout_s: int) -> list[CellRun]:
-    flow_run_ids = [dispatch_cell(deployment_name, config, cell, download, experiment, parent)
+    flow_run_ids = [dispatch(deployment_name, cell_parameters(config, cell, parent, download, experiment),
+                             f"{cell} seed {config.seed}")
                     for cell, config in grid]
     records = []
     for flow_run_id, (cell, config) in zip(flow_run_ids, grid, strict=True):

@@ -11,19 +11,33 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow
+from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from pydantic import Field
 
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset
+from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
 from dae_core.resumable import held_state_folder
+from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from dae_core.tuning import Objective, TuningReport, parse_dimension, search_space, study_name
+from flows.dispatch import dispatch, wait_for_runs
+from tasks import progress
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
-from tasks.tuning import open_tuning, report_tuning, study_storage, tune_cell
+from tasks.tuning import (
+    TRIAL_PHASE,
+    create_studies,
+    fail_killed_trials,
+    open_tuning,
+    read_studies,
+    report_tuning,
+    shareable_storage,
+    study_progress,
+    study_storage,
+    tune_cell,
+)
 
 # Held out of the 60,000 training images when the base config holds none out (a sixth, as
 # of a smaller training set).
@@ -36,7 +50,8 @@ def _flow_run_name() -> str:
     parameters = flow_run.parameters
     base = ExperimentConfig.model_validate(parameters.get("base", LECTURE_CONFIG))
     cells = len(parameters.get("cells") or DEFAULT_TUNED_CELLS)
-    return f"tune-{closest_preset(base)[0]}-{cells}cells-{parameters.get('trials', 12)}trials"
+    name = f"tune-{closest_preset(base)[0]}-{cells}cells-{parameters.get('trials', 12)}trials"
+    return f"{name}-worker{parameters['worker']}" if parameters.get("worker") else name
 
 
 @flow(name="dae-tune", flow_run_name=_flow_run_name)
@@ -52,12 +67,21 @@ def dae_tune(
     experiment_name: str = DEFAULT_EXPERIMENT,
     work_dir: str | None = None,
     storage: str | None = None,
+    fan_out_deployment: str | None = None,
+    worker_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
+    parent_run_id: str | None = None,
+    worker: Annotated[int, Field(ge=0, le=64)] = 0,
 ) -> TuningReport:
     """``space``: ``KEY=SPEC`` entries (``pretrain.lr=log:0.1:1000``; default: each cell's
     pretraining rate over a range that suits its optimizer). ``objective``: the validation
     MSE of pretraining or the validation accuracy of the classifier. ``storage``: the
-    studies' database URL (default: SQLite beside a local tracking store, else in the
-    work folder). Run again with the same arguments, it continues the studies."""
+    studies' database URL (default: ``DAE_TUNING_STORAGE``, else SQLite beside a local
+    tracking store, else in the work folder). Run again with the same arguments, it
+    continues the studies. ``fan_out_deployment`` (e.g. ``dae-tune/optimizers``): the
+    trials run in ``parallel`` runs of that deployment, which any worker of its pool may
+    pick up, sharing the studies (a database every worker reaches, not SQLite).
+    ``parent_run_id`` and ``worker`` are set by such a dispatcher for its workers: they run
+    trials under its MLflow run and report nothing of their own."""
     check_tracking()
     chosen = cells or DEFAULT_TUNED_CELLS
     dimensions = [parse_dimension(text) for text in space or []]
@@ -65,21 +89,63 @@ def dae_tune(
         held_out = DEFAULT_VALIDATION_SIZE if base.data.train_limit is None else max(1, base.data.train_limit // 6)
         base = ExperimentConfig.model_validate(
             {**base.model_dump(), "data": {**base.data.model_dump(), "validation_size": held_out}})
-    threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else base.runtime.threads
+    # In one process, parallel trials share its cores; fanned out, each worker runs one at a time.
+    in_process = fan_out_deployment is None and worker == 0
+    threads = thread_share(parallel, base.runtime.threads) if in_process else base.runtime.threads
     configs = {cell: cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads) for cell in chosen}
     spaces = {cell: search_space(config, dimensions, objective) for cell, config in configs.items()}
     data_dir = data_dir or str(default_data_dir())
     work_dir = work_dir or default_work_dir()
-    dataset = fetch_dataset(base.data.dataset, data_dir, download)
     storage = study_storage(work_dir, storage or os.environ.get("DAE_TUNING_STORAGE"))
+    if fan_out_deployment and storage.startswith("sqlite"):
+        raise ConfigError(f"--fan-out: the studies are in {storage}, a file of this machine that the workers "
+                          "cannot share\n  fix: --storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
+                          "a database this machine and every worker reach")
+    dataset = fetch_dataset(base.data.dataset, data_dir, download)
     names = [study_name(cell, configs[cell], spaces[cell], objective, dataset.digest) for cell in chosen]
+    if parent_run_id:
+        # A fanned-out worker: trials only, one at a time, under the dispatcher's run.
+        results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, 1, dataset, storage,
+                             parent_run_id, experiment_name, worker) for cell in chosen]
+        return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=parent_run_id)
     key = hashlib.sha256(f"{names}{trials}{experiment_name}".encode()).hexdigest()[:20]
     with held_state_folder(Path(work_dir).resolve() / "state" / f"tune-{key}") as record_dir:
-        parent = open_tuning(base, dataset, chosen, trials, objective, experiment_name, key, str(record_dir))
+        parent = open_tuning(base, dataset, chosen, trials, objective, experiment_name, key, str(record_dir),
+                             trials_in_process=in_process)
         with ends_run(parent):
-            results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, parallel, dataset, storage,
-                                 parent, experiment_name) for cell in chosen]
+            if fan_out_deployment:
+                create_studies(names, [configs[cell] for cell in chosen], storage, objective)
+                shared = {"base": base, "cells": chosen, "trials": trials, "objective": objective, "space": space,
+                          "download": download, "experiment_name": experiment_name,
+                          "storage": shareable_storage(storage), "parent_run_id": parent}
+                workers = {dispatch(fan_out_deployment, {**shared, "worker": index}, f"worker {index}"): index
+                           for index in range(1, parallel + 1)}
+                await_workers(workers, names, storage, trials, worker_timeout_s)
+                fail_killed_trials(parent)
+                results = read_studies(chosen, names, storage, objective, trials)
+            else:
+                results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, parallel, dataset,
+                                     storage, parent, experiment_name) for cell in chosen]
             report = report_tuning(results, storage, parent, work_dir)
         shutil.rmtree(record_dir, ignore_errors=True)
         return report
 
+
+@task(name="await-workers")
+def await_workers(workers: dict[str, int], names: list[str], storage: str, trials: int, timeout_s: int) -> None:
+    """Wait until every worker's run has ended, reporting each trial the studies count as it
+    comes. A worker that failed or died is named in the log; its share of trials was taken by
+    the others (whether the budget was met is for ``read_studies`` to say)."""
+    logger = get_run_logger()
+    reported = study_progress(names, storage, trials)
+
+    def report_new_trials() -> None:
+        nonlocal reported
+        counted = study_progress(names, storage, trials)
+        for number in range(reported, counted):
+            progress.notify(TRIAL_PHASE, number + 1, trials * len(names), {})
+        reported = max(reported, counted)
+
+    for flow_run_id, state in wait_for_runs(list(workers), timeout_s, report_new_trials).items():
+        if not state.is_completed():
+            logger.warning("worker %d (flow run %s) ended %s", workers[flow_run_id], flow_run_id, state.type.value)

@@ -108,6 +108,11 @@ def check_tracking() -> str:
     return tracking.check_store()
 
 
+def worker_name() -> str:
+    """Which machine trains: DAE_WORKER_NAME where set (one per worker), else the host."""
+    return os.environ.get("DAE_WORKER_NAME") or socket.gethostname()
+
+
 @task(name="start-tracking")
 def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str,
                    parent_run_id: str | None = None, run_label: str | None = None) -> RunContext:
@@ -118,8 +123,7 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
         "prefect.deployment_name": deployment.name or "",
         "dae.role": "experiment",
         "dae.cell": run_label or "",
-        # Which machine trained it: DAE_WORKER_NAME where set (one per worker), else the host.
-        "dae.worker": os.environ.get("DAE_WORKER_NAME") or socket.gethostname(),
+        "dae.worker": worker_name(),
     }
     run_id = tracking.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
     description = describe_run(config, run_label)

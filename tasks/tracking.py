@@ -345,21 +345,22 @@ def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
     return True
 
 
-def _children(parent_run_id: str, status: str) -> list[Any]:
+def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:
+    """A parent's child runs (those in ``status``, e.g. RUNNING, if given)."""
     parent = client().get_run(parent_run_id)
-    return client().search_runs([parent.info.experiment_id],
-                                f"tags.`{PARENT_TAG}` = '{parent_run_id}' and attributes.status = '{status}'")
+    in_status = f" and attributes.status = '{status}'" if status else ""
+    return client().search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'{in_status}")
 
 
 def finished_children(parent_run_id: str) -> dict[tuple[str, int], str]:
     """The FINISHED child runs of a parent, by (``dae.cell`` tag, seed param)."""
     return {(run.data.tags.get("dae.cell", ""), int(run.data.params["seed"])): run.info.run_id
-            for run in _children(parent_run_id, "FINISHED") if "seed" in run.data.params}
+            for run in child_runs(parent_run_id, "FINISHED") if "seed" in run.data.params}
 
 
 def fail_running_children(parent_run_id: str, tags: dict[str, Any]) -> list[str]:
     """End the RUNNING children of a parent FAILED, with ``tags``; returns their ids."""
-    ended = [run.info.run_id for run in _children(parent_run_id, "RUNNING")]
+    ended = [run.info.run_id for run in child_runs(parent_run_id, "RUNNING")]
     for run_id in ended:
         set_tags(run_id, tags)
         end_run(run_id, succeeded=False)

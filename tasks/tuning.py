@@ -19,15 +19,20 @@ from prefect.runtime import deployment, flow_run
 from dae_core import tuning
 from dae_core.checkpoint import write_json
 from dae_core.config import ConfigError, ExperimentConfig
+from dae_core.runtime import derive_seed
 from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
 from tasks import progress, tracking
 from tasks.data import DatasetRef
+from tasks.run import worker_name
 
 # The parent run's tags with each cell's best parameters (JSON values), which
 # `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.
 TUNED_TAG = "dae.tuned"
 # A trial's MLflow run: FINISHED when complete or pruned, FAILED when it diverged or died.
 TRIAL_STATE_TAG = "dae.trial_state"
+# "false" on a trial run that finished past its cell's budget (workers sharing a study stop
+# together): recorded, not scored.
+SCORED_TAG = "dae.scored"
 # The progress phase of a finished trial (complete, pruned or diverged).
 TRIAL_PHASE = "trial"
 
@@ -45,15 +50,17 @@ def study_storage(work_dir: str, given: str | None) -> str:
 
 @task(name="open-tuning")
 def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], trials: int, objective: Objective,
-                experiment: str, key: str, record_dir: str) -> str:
+                experiment: str, key: str, record_dir: str, trials_in_process: bool = True) -> str:
     """The parent MLflow run: the one an interrupted run of this tuning left (recorded in
-    ``record_dir``), whose unfinished trial runs died with it, or a new one."""
+    ``record_dir``), whose unfinished trial runs died with it if they ran in its process
+    (fanned-out ones may still be running, and are left to their workers), or a new one."""
     record = Path(record_dir) / "parent.json"
     if record.exists():
         previous = json.loads(record.read_text())["mlflow_run_id"]
         if tracking.reopen_run(previous, {"dae.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                           "prefect.flow_run_id": str(flow_run.id or "")}):
-            tracking.fail_running_children(previous, {"dae.killed": "true", TRIAL_STATE_TAG: "killed"})
+            if trials_in_process:
+                fail_killed_trials(previous)
             get_run_logger().info("continuing the interrupted tuning %s", previous)
             return previous
     tags = {"dae.role": "tuning", "dae.tuning_key": key, "prefect.flow_run_id": str(flow_run.id or ""),
@@ -69,6 +76,12 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
     return parent
 
 
+def fail_killed_trials(parent_run_id: str) -> list[str]:
+    """End FAILED the trial runs still RUNNING under a tuning whose trials have all stopped
+    (their process was killed); returns their ids."""
+    return tracking.fail_running_children(parent_run_id, {"dae.killed": "true", TRIAL_STATE_TAG: "killed"})
+
+
 def _epochs(config: ExperimentConfig, objective: Objective) -> int:
     """How many values a trial reports: one per epoch of the stage its objective scores."""
     return config.pretrain.epochs if objective == "mse" else config.classifier.epochs
@@ -81,10 +94,11 @@ def _metric(objective: Objective) -> str:
 @task(name="tune-cell")
 def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objective: Objective,
               trials: int, parallel: int, dataset: DatasetRef, storage: str, parent_run_id: str,
-              experiment: str) -> CellTuning:
+              experiment: str, worker: int = 0) -> CellTuning:
     """Run the cell's study until ``trials`` trials are complete or pruned (a rerun counts
     those already in the study), ``parallel`` at a time. Each trial is a child MLflow run
-    with its parameters, its per-epoch validation values and its state."""
+    with its parameters, its per-epoch validation values and its state. ``worker`` > 0: one
+    of several deployment runs sharing the study, which its dispatcher created."""
     import optuna
 
     logger = get_run_logger()
@@ -92,23 +106,15 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
     # context (where the progress listener lives): they report through a copy, one at a time.
     context, reporting = contextvars.copy_context(), threading.Lock()
     prefect_flow_run = str(flow_run.id or "")  # read here: Optuna's threads do not see it
+    machine = worker_name()
 
     def trial_done(trial_number: int) -> None:
         with reporting:
             context.run(progress.notify, TRIAL_PHASE, trial_number + 1, trials, {})
 
     name = tuning.study_name(cell, config, space, objective, dataset.digest)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines would break the progress bar
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction=tuning.DIRECTIONS[objective], load_if_exists=True,
-        # Seeded: the same command proposes the same trials. Pruning compares a trial's epoch
-        # with the median of earlier trials at that epoch, after a few complete ones and only
-        # in the second half of training: early on every curve is ranked by its step size
-        # (a first run pruned at epoch 2 every Adam rate below the best, 0.0043 next to 0.0044).
-        sampler=optuna.samplers.TPESampler(seed=config.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=_epochs(config, objective) // 2))
-    counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    remaining = trials - len(study.get_trials(deepcopy=False, states=counted))
+    study = _open_study(name, storage, config, objective, worker)
+    remaining = trials - len(study.get_trials(deepcopy=False, states=_counted()))
     metric = _metric(objective)
 
     def objective_fn(trial: optuna.Trial) -> float:
@@ -116,7 +122,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         trial_config = tuning.with_params(config, params)
         run_id = tracking.start_run(experiment, f"{cell}-trial{trial.number}", {
             "dae.role": "trial", "dae.cell": cell, "dae.study": name, "dae.trial": str(trial.number),
-            "prefect.flow_run_id": prefect_flow_run},
+            "dae.worker": machine, "prefect.flow_run_id": prefect_flow_run},
             parent_run_id=parent_run_id)
         tracking.log_config(run_id, trial_config)
 
@@ -154,20 +160,123 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         # The callback stops at `trials` counted over every process sharing the study (a
         # second `dae tune` on another machine with the same --storage), not just this one.
         study.optimize(objective_fn, n_trials=remaining, n_jobs=parallel,
-                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=counted)])
-    return _cell_result(cell, study, objective)
+                       callbacks=[optuna.study.MaxTrialsCallback(trials, states=_counted())])
+    return cell_result(cell, study, objective, trials)
 
 
-def _cell_result(cell: str, study, objective: Objective) -> CellTuning:
+def _counted() -> tuple:
+    """The trials a study's budget counts: complete, or stopped by the pruner or by divergence."""
     import optuna
 
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
-    complete = states.count(optuna.trial.TrialState.COMPLETE)
-    if complete == 0:
+    return optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+def _counted_in_order(study) -> list:
+    """The study's counted trials, first started first: a cell's budget is the first N."""
+    return sorted(study.get_trials(deepcopy=False, states=_counted()), key=lambda trial: trial.number)
+
+
+def _open_study(name: str, storage: str, config: ExperimentConfig, objective: Objective, worker: int):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines would break the progress bar
+    # Pruning compares a trial's epoch with the median of earlier trials at that epoch, after
+    # a few complete ones and only in the second half of training: early on every curve is
+    # ranked by its step size (a first run pruned at epoch 2 every Adam rate below the best,
+    # 0.0043 next to 0.0044).
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=_epochs(config, objective) // 2)
+    if worker == 0:
+        study = optuna.create_study(study_name=name, storage=storage, direction=tuning.DIRECTIONS[objective],
+                                    load_if_exists=True, pruner=pruner)
+    else:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
+        except KeyError:
+            raise RuntimeError(
+                f"study {name} is not in this worker's study storage {_shown(storage)}\n"
+                "  fix: give the workers DAE_TUNING_STORAGE naming the database that `dae tune --fan-out` "
+                "uses (--storage)") from None
+    # Seeded, so that the same command proposes the same trials; but not with the same seed
+    # in each of several workers or in a resumed study, which would propose again the points
+    # already tried. A fresh study in one process keeps the plain seed its recorded runs used.
+    done = len(study.get_trials(deepcopy=False))
+    seed = config.seed if (worker, done) == (0, 0) else derive_seed(config.seed, f"tune:{worker}:{done}") % 2**32
+    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    return study
+
+
+def _shown(storage: str) -> str:
+    """A storage URL without its password, fit for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(storage).render_as_string(hide_password=True)
+
+
+def shareable_storage(storage: str) -> str | None:
+    """``storage`` as a fan-out passes it to its workers: only without a password, which
+    would show among the runs' parameters; else each worker uses its own DAE_TUNING_STORAGE."""
+    from sqlalchemy.engine import make_url
+
+    return storage if make_url(storage).password is None else None
+
+
+def create_studies(names: list[str], configs: list[ExperimentConfig], storage: str, objective: Objective) -> None:
+    """Create the studies a fan-out's workers will share (each worker only opens them, so
+    that one pointed at another database fails instead of tuning on its own)."""
+    for name, config in zip(names, configs, strict=True):
+        _open_study(name, storage, config, objective, worker=0)
+
+
+def cell_result(cell: str, study, objective: Objective, trials: int) -> CellTuning:
+    """The cell's result over its first ``trials`` complete or pruned trials: workers sharing
+    a study may finish a few more (each stops only when the count is reached), and every
+    cell gets the same budget."""
+    import optuna
+
+    counted = _counted_in_order(study)[:trials]
+    complete = [trial for trial in counted if trial.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
         raise RuntimeError(f"cell {cell}: no trial completed (all pruned or diverged); widen or move --space")
-    return CellTuning(cell=cell, study=study.study_name, objective=objective, best_params=study.best_params,
-                      best_value=study.best_value, trials=complete + states.count(optuna.trial.TrialState.PRUNED),
-                      pruned=states.count(optuna.trial.TrialState.PRUNED))
+    pick = min if tuning.DIRECTIONS[objective] == "minimize" else max
+    best = pick(complete, key=lambda trial: trial.value)
+    return CellTuning(cell=cell, study=study.study_name, objective=objective, best_params=best.params,
+                      best_value=best.value, trials=len(counted), pruned=len(counted) - len(complete))
+
+
+def study_progress(names: list[str], storage: str, trials: int) -> int:
+    """How many trials of these studies' budgets (``trials`` each) are complete or pruned so far."""
+    import optuna
+
+    return sum(min(trials, len(optuna.load_study(study_name=name, storage=storage)
+                               .get_trials(deepcopy=False, states=_counted())))
+               for name in names)
+
+
+@task(name="read-studies")
+def read_studies(cells: list[str], names: list[str], storage: str, objective: Objective,
+                 trials: int) -> list[CellTuning]:
+    """Each cell's result, read from its study (after a fan-out's workers have ended)."""
+    import optuna
+
+    results = []
+    for cell, name in zip(cells, names, strict=True):
+        result = cell_result(cell, optuna.load_study(study_name=name, storage=storage), objective, trials)
+        if result.trials < trials:
+            raise RuntimeError(f"cell {cell}: {result.trials} of {trials} trials done when the workers ended "
+                               "(see their flow runs)\n  fix: run the same command again: it continues the studies")
+        results.append(result)
+    return results
+
+
+def _mark_unscored(parent_run_id: str, result: CellTuning, study) -> int:
+    """Tag the runs of the cell's trials beyond its first ``result.trials`` counted ones;
+    returns how many."""
+    beyond = {str(trial.number) for trial in _counted_in_order(study)[result.trials:]}
+    runs = [run for run in tracking.child_runs(parent_run_id)
+            if run.data.tags.get("dae.study") == result.study and run.data.tags.get("dae.trial") in beyond]
+    for run in runs:
+        tracking.set_tags(run.info.run_id, {SCORED_TAG: "false"})
+    return len(runs)
 
 
 @task(name="report-tuning")
@@ -183,9 +292,10 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
 
     out = Path(work_dir).resolve() / "tunings" / parent_run_id
     out.mkdir(parents=True, exist_ok=True)
-    pictures = []
+    pictures, unscored = [], 0
     for result in cells:
         study = optuna.load_study(study_name=result.study, storage=storage)
+        unscored += _mark_unscored(parent_run_id, result, study)
         for kind, plot in (("history", optuna_plots.plot_optimization_history), ("slice", optuna_plots.plot_slice)):
             with warnings.catch_warnings():  # "experimental" since Optuna 2.2: noted, not a user's concern
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -215,8 +325,10 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
             tracking.log_metrics(parent_run_id, {f"tune/{result.cell}/best_value": result.best_value})
     tracking.set_tags(parent_run_id, tags)
     table = tuning.markdown_table(report)
+    beyond = (f"\n\n{unscored} trial runs finished past their cell's budget (workers sharing a study stop "
+              f"together): tagged `{SCORED_TAG}=false`, not scored." if unscored else "")
     tracking.set_description(parent_run_id, f"**Tuning**: each trial is a child run `<cell>-trial<N>`; "
-                                            f"`dae compare --tuned {parent_run_id}` uses these.\n\n{table}")
+                                            f"`dae compare --tuned {parent_run_id}` uses these.\n\n{table}{beyond}")
     create_markdown_artifact(f"# DAE tuning\n\n{table}\n\nMLflow parent run: `{parent_run_id}`",
                              key="dae-tuning-report")
     return report

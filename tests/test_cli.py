@@ -67,3 +67,14 @@ def test_offline_without_data_dae_says_how_to_point_at_local_data_in_two_lines(t
     assert lines[-2].startswith("dae: ") and "MNIST/raw" in lines[-2]
     assert lines[-1].startswith("  fix: pass --data-dir DIR (or set DAE_DATA_DIR)")
     assert "Traceback" not in result.stderr and " | INFO " not in result.stderr, result.stderr[-3000:]
+
+
+def test_fan_out_without_a_prefect_server_is_refused_in_two_lines(tmp_path):
+    for command in (["tune", "--fan-out", "dae-tune/optimizers"], ["compare", "--fan-out", "dae-experiment/lecture"]):
+        result = subprocess.run([str(BIN / "dae"), *command, "--preset", "smoke"], cwd=tmp_path,
+                                env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr[-3000:]
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines == [f"dae: --fan-out {command[2]}: sends runs to a work pool, which needs a Prefect server",
+                         lines[1]] and lines[1].startswith("  fix: set PREFECT_API_URL"), result.stderr
+        assert not (tmp_path / "prefect" / "prefect.db").exists(), "refused before any server started"

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,43 @@ def test_model_server_serves_the_champion_as_tested_pinned_to_the_cpu():
     assert "/ping" in " ".join(service["healthcheck"]["test"])
 
 
+def test_the_database_init_gives_the_workers_a_studies_database_of_their_own_role(tmp_path):
+    """docker/postgres-init.sh run against a real PostgreSQL: the studies' role owns its
+    database (Optuna creates its tables there), is no superuser, and the worker's
+    DAE_TUNING_STORAGE names that role and database, never the superuser's password."""
+    import optuna
+
+    if not stack.postgres_reachable():
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not reachable; CI must run this test")
+        pytest.skip("PostgreSQL is not reachable")
+    suffix = uuid.uuid4().hex[:8]
+    names = {"PREFECT_DB": f"t_prefect_{suffix}", "MLFLOW_DB": f"t_mlflow_{suffix}",
+             "MLFLOW_AUTH_DB": f"t_auth_{suffix}", "TUNING_DB": f"t_optuna_{suffix}",
+             "TUNING_DB_USER": f"t_tuning_{suffix}"}
+    env = {"PATH": os.environ["PATH"], "PGHOST": stack.PG_HOST, "PGPORT": str(stack.PG_PORT),
+           "POSTGRES_USER": "postgres", "TUNING_DB_PASSWORD": "change-me-it's-a-test", **names}
+    try:
+        done = subprocess.run(["sh", str(REPO / "docker" / "postgres-init.sh")], env=env, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        storage = f"postgresql+psycopg://{names['TUNING_DB_USER']}@{stack.PG_HOST}:{stack.PG_PORT}/{names['TUNING_DB']}"
+        optuna.create_study(study_name="owned", storage=storage).optimize(lambda trial: trial.suggest_float("x", 0, 1),
+                                                                          n_trials=2)
+        assert len(optuna.load_study(study_name="owned", storage=storage).trials) == 2
+        role = subprocess.run(["psql", "-h", stack.PG_HOST, "-U", "postgres", "-tAc",
+                               f"SELECT rolsuper FROM pg_roles WHERE rolname = '{names['TUNING_DB_USER']}'"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        assert role == "f"
+    finally:
+        for database in ("PREFECT_DB", "MLFLOW_DB", "MLFLOW_AUTH_DB", "TUNING_DB"):
+            stack.psql(f"DROP DATABASE IF EXISTS {names[database]} WITH (FORCE)")
+        stack.psql(f"DROP ROLE IF EXISTS {names['TUNING_DB_USER']}")
+    worker = SERVICES["worker"]["environment"]["DAE_TUNING_STORAGE"]
+    assert worker.startswith("postgresql+psycopg://${TUNING_DB_USER:-dae_tuning}:${TUNING_DB_PASSWORD")
+    assert worker.endswith("@postgres:5432/${TUNING_DB:-optuna}") and "POSTGRES_PASSWORD" not in worker
+
+
 def test_deployments_use_the_pool_the_workers_serve():
     assert set(DEPLOYMENTS) == {"lecture", "optimizer-x-noise", "optimizers", "nightly", "batch", "crashed-runs"}
     assert {d["work_pool"]["name"] for d in DEPLOYMENTS.values()} == {stack.POOL}
@@ -128,7 +166,7 @@ def test_services_are_pinned_private_and_health_gated():
         assert "healthcheck" in SERVICES[name], name
 
 
-SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "S3_ACCESS_KEY", *stack.Credentials().secrets())
+SECRETS = ("POSTGRES_PASSWORD", "S3_SECRET_KEY", "S3_ACCESS_KEY", "TUNING_DB_PASSWORD", *stack.Credentials().secrets())
 
 
 def _env_file(path: Path) -> dict[str, str]:

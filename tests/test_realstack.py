@@ -9,6 +9,7 @@ Skipped with a reason where PostgreSQL is unreachable, except under CI, which mu
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import http.server
@@ -113,8 +114,11 @@ def real_stack(tmp_path_factory):
                                env={**base, "MLFLOW_TRACKING_URI": mlflow_uri, **credentials.users_env()},
                                timeout=120)
         assert users.returncode == 0, users.stdout + users.stderr
+        # dae-tune's studies, shared by the workers as compose's DAE_TUNING_STORAGE does.
+        studies = started.enter_context(stack.fresh_database("dae_optuna"))
         # Clients (deploy, workers, flows) get no S3 keys: artifacts go through the MLflow server.
         env = {**base, "PREFECT_API_URL": prefect_api, "MLFLOW_TRACKING_URI": mlflow_uri,
+               "DAE_TUNING_STORAGE": f"postgresql+psycopg://postgres@{stack.PG_HOST}:{stack.PG_PORT}/{studies}",
                "DAE_DATA_DIR": str(root / "data"), **credentials.client_env(credentials.worker),
                "DAE_WORK_DIR": str(root / "work"), "PREFECT_WORKER_QUERY_SECONDS": "1"}
         real = Stack(env=env, api=env["PREFECT_API_URL"], mlflow_uri=env["MLFLOW_TRACKING_URI"], root=root,
@@ -221,6 +225,48 @@ def test_compare_fans_cells_out_over_two_workers(real_stack):
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert len(children) == 4 and parent.info.status == "FINISHED"
     assert {c.data.tags["dae.worker"] for c in children} == {"worker-a", "worker-b"}
+
+
+def test_tune_fans_trials_out_over_two_workers_sharing_a_postgresql_study(real_stack):
+    """`dae tune --fan-out`: two deployment runs of dae-tune/optimizers take the trials of
+    both studies from PostgreSQL, each cell gets exactly its budget, and the dispatcher
+    reports under one parent run; SQLite storage and an unknown deployment are refused."""
+    import optuna
+
+    dae = [str(BIN / "dae"), "tune", "--preset", "smoke", "--set=data.train_limit=null", "--set=data.test_limit=null",
+           "--set=data.validation_size=40", "--set=pretrain.epochs=4", "--set=pretrain.hidden_units=32",
+           "--set=runtime.threads=1", "--trials", "4", "--experiment", "stack-tune", "--no-download",
+           "--data-dir", real_stack.env["DAE_DATA_DIR"]]
+    summary = real_stack.root / "tune.json"
+    done = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--parallel", "2", "--summary-json", str(summary)],
+                          env=real_stack.env, cwd=real_stack.root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(summary.read_text())
+    assert sorted(report["cells"]) == ["adam-noise", "sgd-noise"]
+    assert all(cell["trials"] == 4 for cell in report["cells"].values())
+    client = real_stack.mlflow()
+    experiment = client.get_experiment_by_name("stack-tune").experiment_id
+    (parent,) = client.search_runs([experiment], "tags.`dae.role` = 'tuning'")
+    assert parent.info.run_id == report["mlflow_run_id"] and parent.info.status == "FINISHED"
+    trials = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(trials) >= 8 and {t.data.tags["dae.worker"] for t in trials} == {"worker-a", "worker-b"}
+    assert parent.data.tags["prefect.flow_run_id"] not in {t.data.tags["prefect.flow_run_id"] for t in trials}
+    assert {t.data.tags["dae.trial_state"] for t in trials} <= {"complete", "pruned", "diverged"}
+    scored = [t.data.tags["dae.cell"] for t in trials if t.data.tags.get("dae.scored") != "false"]
+    assert sorted(collections.Counter(scored).values()) == [4, 4], "runs past a cell's budget are tagged unscored"
+    storage = real_stack.env["DAE_TUNING_STORAGE"]
+    for cell, found in report["cells"].items():
+        (name,) = [name for name in optuna.get_all_study_names(storage) if name.startswith(f"dae-{cell}-")]
+        counted = [t for t in optuna.load_study(study_name=name, storage=storage).trials
+                   if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(counted) >= 4 and found["best_params"] in [t.params for t in counted]
+
+    refused = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--storage", "sqlite:///optuna.db"],
+                             env=real_stack.env, cwd=real_stack.root, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "cannot share" in refused.stderr and "Traceback" not in refused.stderr
+    unknown = subprocess.run([*dae, "--fan-out", "dae-tune/nowhere"], env=real_stack.env, cwd=real_stack.root,
+                             capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "no such deployment" in unknown.stderr, unknown.stderr[-2000:]
 
 
 def test_a_bad_deployment_parameter_is_refused_by_the_server(real_stack):

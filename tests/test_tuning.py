@@ -177,3 +177,29 @@ def test_a_cell_without_pretraining_is_tuned_on_accuracy_only():
     assert search_space(baseline, [], "accuracy")[0].key == "classifier.lr"
     with pytest.raises(ConfigError, match="no reconstruction MSE"):
         search_space(baseline, [], "mse")
+
+
+def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join_studies(tmp_path):
+    """Workers sharing a study may finish a trial or two past the budget: the result counts
+    the first ``trials`` complete or pruned ones, so every cell gets the same budget. A
+    fanned-out worker pointed at a database without the study refuses instead of starting one."""
+    import optuna
+
+    from tasks.tuning import _open_study, cell_result
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    config = cell_config(build_config("smoke", QUICK), "adam-noise", 0)
+    study = _open_study("shared", storage, config, "mse", worker=0)
+    distribution = {"pretrain.lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)}
+    for lr, value, state in ((0.01, 0.5, "COMPLETE"), (0.02, None, "PRUNED"), (0.03, 0.3, "COMPLETE"),
+                             (0.04, None, "FAIL"), (0.05, 0.1, "COMPLETE")):
+        study.add_trial(optuna.trial.create_trial(
+            params={"pretrain.lr": lr}, distributions=distribution, value=value,
+            state=optuna.trial.TrialState[state], intermediate_values={1: 0.9}))
+    result = cell_result("adam-noise", study, "mse", trials=3)
+    assert (result.trials, result.pruned, result.best_params) == (3, 1, {"pretrain.lr": 0.03})
+    assert cell_result("adam-noise", study, "mse", trials=10).best_value == 0.1
+    with pytest.raises(RuntimeError, match="DAE_TUNING_STORAGE"):
+        _open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, "mse", worker=1)
+    proposed = [_open_study("shared", storage, config, "mse", worker).ask(distribution).params for worker in (1, 2)]
+    assert proposed[0] != proposed[1], "two workers with the same sampler seed would repeat each other's trials"
