@@ -11,6 +11,7 @@ from typing import Any
 from prefect import get_client, task
 from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from dae_core.config import ConfigError
 
@@ -21,8 +22,6 @@ POLL_S = 2.0
 def dispatch(deployment_name: str, parameters: dict[str, Any], label: str) -> str:
     """Start one run of ``deployment_name`` (as a subflow of this flow run, so the UI shows
     it under its dispatcher) that any worker of its pool may pick up; returns its id."""
-    from prefect.exceptions import ObjectNotFound
-
     try:
         dispatched = run_deployment(deployment_name, parameters=parameters, timeout=0, as_subflow=True)
     except ObjectNotFound:
@@ -32,8 +31,8 @@ def dispatch(deployment_name: str, parameters: dict[str, Any], label: str) -> st
     return str(dispatched.id)
 
 
-def wait_for_runs(flow_run_ids: list[str], timeout_s: int, while_waiting: Callable[[], None] | None = None,
-                  ) -> dict[str, State]:
+def wait_for_runs(flow_run_ids: list[str], timeout_s: int,
+                  while_waiting: Callable[[], None] | None = None) -> dict[str, State]:
     """The final state of each flow run, once all have one; ``while_waiting`` is called
     between polls (e.g. to report progress). Raises ``TimeoutError`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

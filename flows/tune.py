@@ -28,13 +28,13 @@ from tasks.run import check_tracking, default_work_dir
 from tasks.tracking import ends_run
 from tasks.tuning import (
     TRIAL_PHASE,
+    StudyProgress,
     create_studies,
     fail_killed_trials,
     open_tuning,
     read_studies,
     report_tuning,
     shareable_storage,
-    study_progress,
     study_storage,
     tune_cell,
 )
@@ -137,11 +137,12 @@ def await_workers(workers: dict[str, int], names: list[str], storage: str, trial
     comes. A worker that failed or died is named in the log; its share of trials was taken by
     the others (whether the budget was met is for ``read_studies`` to say)."""
     logger = get_run_logger()
-    reported = study_progress(names, storage, trials)
+    studies = StudyProgress(names, storage, trials)
+    reported = studies.counted()
 
     def report_new_trials() -> None:
         nonlocal reported
-        counted = study_progress(names, storage, trials)
+        counted = studies.counted()
         for number in range(reported, counted):
             progress.notify(TRIAL_PHASE, number + 1, trials * len(names), {})
         reported = max(reported, counted)

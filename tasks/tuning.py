@@ -243,13 +243,21 @@ def cell_result(cell: str, study, objective: Objective, trials: int) -> CellTuni
                       best_value=best.value, trials=len(counted), pruned=len(counted) - len(complete))
 
 
-def study_progress(names: list[str], storage: str, trials: int) -> int:
-    """How many trials of these studies' budgets (``trials`` each) are complete or pruned so far."""
-    import optuna
+class StudyProgress:
+    """How many trials of some studies' budgets (``trials`` each) are complete or pruned so
+    far, asked again and again while workers run them: one connection pool for all the
+    asking, not one per question."""
 
-    return sum(min(trials, len(optuna.load_study(study_name=name, storage=storage)
-                               .get_trials(deepcopy=False, states=_counted())))
-               for name in names)
+    def __init__(self, names: list[str], storage: str, trials: int) -> None:
+        import optuna
+
+        shared = optuna.storages.RDBStorage(storage)
+        self.studies = [optuna.load_study(study_name=name, storage=shared) for name in names]
+        self.trials = trials
+
+    def counted(self) -> int:
+        return sum(min(self.trials, len(study.get_trials(deepcopy=False, states=_counted())))
+                   for study in self.studies)
 
 
 @task(name="read-studies")
