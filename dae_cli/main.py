@@ -248,7 +248,7 @@ def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     from tasks import progress
     from tasks.tuning import TRIAL_PHASE
 
-    terminal.libraries_loaded()
+    terminal.libraries_loaded(tuning=True)
     _import_torch_lazy_modules()
     bar = tqdm(total=len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, desc="trials", unit="trial",
                file=sys.stderr)
@@ -262,7 +262,10 @@ def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
         bar.close()
     _write(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value", "trials",
                                                                                "pruned"}},
-                                                         "mlflow_run_id": True}))
+                                                         "mlflow_run_id": True, "reused": True}))
+    if report.reused:
+        print(f"already tuned: nothing trained, the studies hold {args.trials} trials per cell from MLflow run "
+              f"{report.mlflow_run_id} (more trials: --trials; a new search: another --seed or --experiment)\n")
     print(markdown_table(report))
     print(f"\nMLflow run {report.mlflow_run_id}; compare at these settings: dae compare --tuned {report.mlflow_run_id}")
     return 0
@@ -376,12 +379,15 @@ def _explain(error: BaseException) -> tuple[str, int] | None:
         if isinstance(error, ModelUnavailable):
             return (f"{error}\n  fix: run `dae run` first (its first registered model becomes champion), "
                     "point MLFLOW_TRACKING_URI at the store that has it, or pass --model", EXIT_TRACKING)
-    from dae_core.data import DataError, DataMissing
+    from dae_core.data import DataError, DataMissing, SplitTooSmall
     from dae_core.train import TrainingDiverged
 
     if isinstance(error, DataMissing):
         return (f"{error}\n  fix: pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four "
                 "MNIST IDX files, e.g. --data-dir ../shared/data", EXIT_DATA)
+    if isinstance(error, SplitTooSmall):
+        return (f"{error}\n  fix: --set data.{error.field}={error.available} (or fewer), or pass --data-dir with "
+                "the full dataset", EXIT_DATA)
     if isinstance(error, DataError):
         return (f"{error}\n  fix: delete the damaged file to download it again, or pass --data-dir with a good "
                 "copy", EXIT_DATA)

@@ -9,6 +9,7 @@ ends with its own one-line error instead.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 from collections.abc import Iterator
 from types import TracebackType
@@ -23,32 +24,45 @@ class _WarningsOutsideRunEngines(logging.Filter):
 
 
 @contextlib.contextmanager
-def mlflow_warnings_only(verbose: bool) -> Iterator[None]:
-    """MLflow's logger at WARNING for the block unless ``verbose`` (it logs, e.g., each new
-    SQLite store's migration at INFO). Imports MLflow, which sets its logger up then."""
-    import mlflow  # noqa: F401
-
-    logger = logging.getLogger("mlflow")
-    level = logger.level
+def _library_logger_at(library: str, level: int, verbose: bool) -> Iterator[None]:
+    """``library``'s logger at ``level`` for the block unless ``verbose``. Imports the
+    library first: it sets its logger up (and its level) when imported."""
+    importlib.import_module(library)
+    logger = logging.getLogger(library)
+    previous = logger.level
     if not verbose:
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(level)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.setLevel(previous)
+
+
+def mlflow_warnings_only(verbose: bool) -> contextlib.AbstractContextManager[None]:
+    """MLflow's logger at WARNING unless ``verbose`` (it logs, e.g., each new SQLite store's
+    migration at INFO)."""
+    return _library_logger_at("mlflow", logging.WARNING, verbose)
+
+
+def optuna_errors_only(verbose: bool) -> contextlib.AbstractContextManager[None]:
+    """Optuna's logger at ERROR unless ``verbose``: its INFO lines would break the progress
+    bar, and its warnings in a tune are trial failures logged with their traceback, which
+    end the tune and which ``dae`` reports as its own cause-and-fix lines."""
+    return _library_logger_at("optuna", logging.ERROR, verbose)
 
 
 class QuietTerminal:
     """Unless ``verbose``, for the block: Prefect's console handler limited to warnings from
-    outside the run engines and, once MLflow is imported (``libraries_loaded``), MLflow's
-    logger to warnings. ``restore=False`` keeps it so after the block, for a process that
-    ends there (Prefect stops its temporary server at exit and says so at INFO)."""
+    outside the run engines and, once the libraries are imported (``libraries_loaded``),
+    MLflow's logger to warnings (and Optuna's to errors). ``restore=False`` keeps it so
+    after the block, for a process that ends there (Prefect stops its temporary server at
+    exit and says so at INFO)."""
 
     def __init__(self, verbose: bool, restore: bool = True) -> None:
         self.verbose, self.restore = verbose, restore
         self._filter = _WarningsOutsideRunEngines()
         self._consoles: list[logging.Handler] = []
-        self._mlflow = contextlib.ExitStack()
+        self._libraries = contextlib.ExitStack()
 
     def __enter__(self) -> QuietTerminal:
         from prefect.logging.configuration import ensure_logging_setup
@@ -62,9 +76,12 @@ class QuietTerminal:
                 handler.addFilter(self._filter)
         return self
 
-    def libraries_loaded(self) -> None:
-        """MLflow sets its logger up when it is imported: quiet it after that."""
-        self._mlflow.enter_context(mlflow_warnings_only(self.verbose))
+    def libraries_loaded(self, tuning: bool = False) -> None:
+        """MLflow (and Optuna, for ``tuning``) set their loggers up when imported: quiet
+        them after that."""
+        self._libraries.enter_context(mlflow_warnings_only(self.verbose))
+        if tuning:
+            self._libraries.enter_context(optuna_errors_only(self.verbose))
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
@@ -72,4 +89,4 @@ class QuietTerminal:
             return
         for handler in self._consoles:
             handler.removeFilter(self._filter)
-        self._mlflow.close()
+        self._libraries.close()

@@ -52,6 +52,15 @@ class DownloadFailed(DataError):
     """Every mirror failed while the network answers: a later try may succeed."""
 
 
+class SplitTooSmall(DataError):
+    """``data.train_limit`` or ``data.test_limit`` asks for more images than the split has:
+    the files are sound, the setting is not."""
+
+    def __init__(self, field: str, limit: int, available: int) -> None:
+        super().__init__(f"data.{field} = {limit}: the split has only {available} images")
+        self.field, self.available = field, available
+
+
 @dataclass(frozen=True)
 class Split:
     images: torch.Tensor  # (N, 28, 28) uint8
@@ -111,8 +120,7 @@ def load_split(directory: Path, train: bool, limit: int | None = None) -> Split:
         raise DataError(f"{label_file}: label {int(labels.max())} outside 0..9")
     if limit is not None:
         if limit > labels.shape[0]:
-            split = "train_limit" if train else "test_limit"
-            raise DataError(f"data.{split} = {limit}: the split has only {labels.shape[0]} images")
+            raise SplitTooSmall("train_limit" if train else "test_limit", limit, labels.shape[0])
         images, labels = images[:limit], labels[:limit]
     # np.frombuffer is read-only; torch needs its own writable copy.
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))

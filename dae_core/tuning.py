@@ -109,9 +109,12 @@ def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentC
 
 
 def study_name(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objective: Objective,
-               data_digest: str) -> str:
-    """A study's identity: a rerun of the same tuning finds and continues it."""
-    identity = "|".join([cell, config.model_dump_json(), *(d.spec() for d in space), objective, data_digest])
+               data_digest: str, experiment: str) -> str:
+    """A study's identity: a rerun of the same tuning finds and continues it. The MLflow
+    experiment is part of it: a study's trials are runs of one experiment, and a tuning in
+    another experiment runs trials of its own there."""
+    identity = "|".join([cell, config.model_dump_json(), *(d.spec() for d in space), objective, data_digest,
+                         experiment])
     return f"dae-{cell}-{objective}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
@@ -202,6 +205,9 @@ class TuningReport(BaseModel):
 
     cells: dict[str, CellTuning]
     mlflow_run_id: str
+    # True when every study already held its trials: nothing was trained, and
+    # ``mlflow_run_id`` is the earlier tuning that ran them.
+    reused: bool = False
 
 
 def markdown_table(report: TuningReport) -> str:

@@ -31,6 +31,7 @@ from tasks.tuning import (
     StudyProgress,
     create_studies,
     fail_killed_trials,
+    finished_tuning,
     open_tuning,
     read_studies,
     report_tuning,
@@ -77,7 +78,8 @@ def dae_tune(
     MSE of pretraining or the validation accuracy of the classifier. ``storage``: the
     studies' database URL (default: ``DAE_TUNING_STORAGE``, else SQLite beside a local
     tracking store, else in the work folder). Run again with the same arguments, it
-    continues the studies. ``fan_out_deployment`` (e.g. ``dae-tune/optimizers``): the
+    continues the studies; once they hold their trials, it trains nothing and reports the
+    tuning that ran them (``reused``). ``fan_out_deployment`` (e.g. ``dae-tune/optimizers``): the
     trials run in ``parallel`` runs of that deployment, which any worker of its pool may
     pick up, sharing the studies (a database every worker reaches, not SQLite).
     ``parent_run_id`` and ``worker`` are set by such a dispatcher for its workers: they run
@@ -102,19 +104,24 @@ def dae_tune(
                           "cannot share\n  fix: --storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
                           "a database this machine and every worker reach")
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
-    names = [study_name(cell, configs[cell], spaces[cell], objective, dataset.digest) for cell in chosen]
+    names = [study_name(cell, configs[cell], spaces[cell], objective, dataset.digest, experiment_name)
+             for cell in chosen]
     if parent_run_id:
         # A fanned-out worker: trials only, one at a time, under the dispatcher's run.
         results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, 1, dataset, storage,
                              parent_run_id, experiment_name, worker) for cell in chosen]
         return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=parent_run_id)
+    if earlier := finished_tuning(names, storage, trials):
+        get_run_logger().info("the studies already hold %d trials per cell: tuning %s ran them", trials, earlier)
+        results = read_studies(chosen, names, storage, objective, trials)
+        return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=earlier, reused=True)
     key = hashlib.sha256(f"{names}{trials}{experiment_name}".encode()).hexdigest()[:20]
     with held_state_folder(Path(work_dir).resolve() / "state" / f"tune-{key}") as record_dir:
         parent = open_tuning(base, dataset, chosen, trials, objective, experiment_name, key, str(record_dir),
                              trials_in_process=in_process)
         with ends_run(parent):
+            create_studies(names, [configs[cell] for cell in chosen], storage, objective, parent)
             if fan_out_deployment:
-                create_studies(names, [configs[cell] for cell in chosen], storage, objective)
                 shared = {"base": base, "cells": chosen, "trials": trials, "objective": objective, "space": space,
                           "download": download, "experiment_name": experiment_name,
                           "storage": shareable_storage(storage), "parent_run_id": parent}

@@ -345,6 +345,15 @@ def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
     return True
 
 
+def run_finished(run_id: str) -> bool:
+    """Whether the store holds ``run_id``, FINISHED and not deleted."""
+    try:
+        run = client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+
+
 def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:
     """A parent's child runs (those in ``status``, e.g. RUNNING, if given)."""
     parent = client().get_run(parent_run_id)

@@ -35,6 +35,8 @@ TRIAL_STATE_TAG = "dae.trial_state"
 SCORED_TAG = "dae.scored"
 # The progress phase of a finished trial (complete, pruned or diverged).
 TRIAL_PHASE = "trial"
+# A study's user attribute: the id of the parent MLflow run its trials are filed under.
+PARENT_ATTR = "dae.mlflow_run_id"
 
 
 def study_storage(work_dir: str, given: str | None) -> str:
@@ -112,7 +114,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         with reporting:
             context.run(progress.notify, TRIAL_PHASE, trial_number + 1, trials, {})
 
-    name = tuning.study_name(cell, config, space, objective, dataset.digest)
+    name = tuning.study_name(cell, config, space, objective, dataset.digest, experiment)
     study = _open_study(name, storage, config, objective, worker)
     remaining = trials - len(study.get_trials(deepcopy=False, states=_counted()))
     metric = _metric(objective)
@@ -179,7 +181,6 @@ def _counted_in_order(study) -> list:
 def _open_study(name: str, storage: str, config: ExperimentConfig, objective: Objective, worker: int):
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines would break the progress bar
     # Pruning compares a trial's epoch with the median of earlier trials at that epoch, after
     # a few complete ones and only in the second half of training: early on every curve is
     # ranked by its step size (a first run pruned at epoch 2 every Adam rate below the best,
@@ -220,11 +221,33 @@ def shareable_storage(storage: str) -> str | None:
     return storage if make_url(storage).password is None else None
 
 
-def create_studies(names: list[str], configs: list[ExperimentConfig], storage: str, objective: Objective) -> None:
-    """Create the studies a fan-out's workers will share (each worker only opens them, so
-    that one pointed at another database fails instead of tuning on its own)."""
+def create_studies(names: list[str], configs: list[ExperimentConfig], storage: str, objective: Objective,
+                   parent_run_id: str) -> None:
+    """Create the studies (a fan-out's workers only open them, so that one pointed at another
+    database fails instead of tuning on its own), each recording the MLflow run its trials
+    are filed under: the first tuning that opened it."""
     for name, config in zip(names, configs, strict=True):
-        _open_study(name, storage, config, objective, worker=0)
+        study = _open_study(name, storage, config, objective, worker=0)
+        if PARENT_ATTR not in study.user_attrs:
+            study.set_user_attr(PARENT_ATTR, parent_run_id)
+
+
+def finished_tuning(names: list[str], storage: str, trials: int) -> str | None:
+    """The MLflow run of the tuning that already ran these studies to ``trials`` counted
+    trials each, if one did and its run is there, finished; else None."""
+    import optuna
+
+    parents = set()
+    for name in names:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            return None
+        if len(study.get_trials(deepcopy=False, states=_counted())) < trials:
+            return None
+        parents.add(study.user_attrs.get(PARENT_ATTR))
+    parent = parents.pop() if len(parents) == 1 else None
+    return parent if parent and tracking.run_finished(parent) else None
 
 
 def cell_result(cell: str, study, objective: Objective, trials: int) -> CellTuning:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import TRAIN_IMAGES
+
 BIN = Path(sys.executable).parent
 TINY_RUN = ["run", "--preset", "smoke", "--no-download", "--set", "data.train_limit=null",
             "--set", "data.test_limit=null", "--set", "data.batch_size=40"]
@@ -78,3 +80,16 @@ def test_fan_out_without_a_prefect_server_is_refused_in_two_lines(tmp_path):
         assert lines == [f"dae: --fan-out {command[2]}: sends runs to a work pool, which needs a Prefect server",
                          lines[1]] and lines[1].startswith("  fix: set PREFECT_API_URL"), result.stderr
         assert not (tmp_path / "prefect" / "prefect.db").exists(), "refused before any server started"
+
+
+def test_a_tune_whose_trials_cannot_run_ends_in_the_cause_and_the_fix_without_optunas_traceback(data_root, tmp_path):
+    result = subprocess.run(
+        [str(BIN / "dae"), "tune", "--preset", "smoke", "--no-download", "--data-dir", str(data_root),
+         "--set", "data.train_limit=1000", "--cells", "adam-noise", "--trials", "2"],
+        cwd=tmp_path, env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-2:] == [f"dae: data.train_limit = 1000: the split has only {TRAIN_IMAGES} images",
+                          f"  fix: --set data.train_limit={TRAIN_IMAGES} (or fewer), or pass --data-dir with the "
+                          "full dataset"], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and "failed with" not in result.stderr, result.stderr[-3000:]

@@ -145,6 +145,16 @@ def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tm
     # The SGD study may propose rates beyond the old cap of 10.
     assert max(float(run.data.params["pretrain.lr"]) for run in trials if run.data.tags["dae.cell"] == "sgd-noise") > 10
 
+    # Once more: the studies are full, so nothing trains and the answer is the same tuning.
+    again = subprocess.run(_tune_command(data_root, work, experiment, 6) + ["--summary-json", str(tmp_path / "a.json")],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"already tuned: nothing trained, the studies hold 6 trials per cell from MLflow run {parent.info.run_id}" \
+        in again.stdout
+    repeated = json.loads((tmp_path / "a.json").read_text())
+    assert repeated == {**report, "reused": True}
+    assert len(client.search_runs([experiment_.experiment_id])) == 1 + len(trials), "no new run"
+
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_root, tmp_path, monkeypatch):
@@ -163,6 +173,18 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
         report = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
                           data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
     best = report.cells["sgd-noise"].best_params["pretrain.lr"]
+    assert not report.reused
+    # The same tuning in another experiment runs trials of its own there; run again, it is reused.
+    other = f"{name}-other"
+    elsewhere = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
+                         data_dir=str(data_root), download=False, experiment_name=other, work_dir=str(tmp_path))
+    assert not elsewhere.reused and elsewhere.mlflow_run_id != report.mlflow_run_id
+    other_id = MlflowClient().get_experiment_by_name(other).experiment_id
+    assert len(MlflowClient().search_runs([other_id], "tags.`dae.role` = 'trial'")) == 2
+    repeated = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
+                        data_dir=str(data_root), download=False, experiment_name=other, work_dir=str(tmp_path))
+    assert repeated.reused and repeated.mlflow_run_id == elsewhere.mlflow_run_id
+    assert repeated.cells == elsewhere.cells
     compared = dae_compare(base=build_config("smoke", {**QUICK, "data": {**QUICK["data"], "validation_size": 0}}),
                            seeds=1, cells=["sgd-noise"], data_dir=str(data_root), download=False,
                            experiment_name=name, work_dir=str(tmp_path), tuned_run_id=report.mlflow_run_id)
