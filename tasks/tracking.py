@@ -345,13 +345,13 @@ def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
     return True
 
 
-def run_finished(run_id: str) -> bool:
-    """Whether the store holds ``run_id``, FINISHED and not deleted."""
+def finished_run(run_id: str) -> Any | None:
+    """The run ``run_id`` if the store holds it FINISHED and not deleted, else None."""
     try:
         run = client().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        return False
-    return run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+        return None
+    return run if run.info.status == "FINISHED" and run.info.lifecycle_stage == "active" else None
 
 
 def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:

@@ -233,8 +233,10 @@ def create_studies(names: list[str], configs: list[ExperimentConfig], storage: s
 
 
 def finished_tuning(names: list[str], storage: str, trials: int) -> str | None:
-    """The MLflow run of the tuning that already ran these studies to ``trials`` counted
-    trials each, if one did and its run is there, finished; else None."""
+    """The MLflow run of the tuning that already ran these studies with a budget of
+    ``trials`` each, if one did and its run is there, finished; else None. (A study may
+    hold more than its budget: workers sharing it finish together; a tuning with a larger
+    budget is another one.)"""
     import optuna
 
     parents = set()
@@ -247,7 +249,8 @@ def finished_tuning(names: list[str], storage: str, trials: int) -> str | None:
             return None
         parents.add(study.user_attrs.get(PARENT_ATTR))
     parent = parents.pop() if len(parents) == 1 else None
-    return parent if parent and tracking.run_finished(parent) else None
+    run = tracking.finished_run(parent) if parent else None
+    return parent if run is not None and run.data.params.get("tune.trials") == str(trials) else None
 
 
 def cell_result(cell: str, study, objective: Objective, trials: int) -> CellTuning:

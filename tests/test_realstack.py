@@ -264,8 +264,15 @@ def test_tune_fans_trials_out_over_two_workers_sharing_a_postgresql_study(real_s
     refused = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--storage", "sqlite:///optuna.db"],
                              env=real_stack.env, cwd=real_stack.root, capture_output=True, text=True, timeout=300)
     assert refused.returncode == 2 and "cannot share" in refused.stderr and "Traceback" not in refused.stderr
-    unknown = subprocess.run([*dae, "--fan-out", "dae-tune/nowhere"], env=real_stack.env, cwd=real_stack.root,
-                             capture_output=True, text=True, timeout=300)
+    # The studies are full: the same command trains nothing, dispatches nothing, names the run.
+    again = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--parallel", "2"], env=real_stack.env,
+                           cwd=real_stack.root, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and f"already tuned: nothing trained, the studies hold 4 trials per cell from " \
+        f"MLflow run {parent.info.run_id}" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert len(client.search_runs([experiment], "tags.`dae.role` = 'tuning'")) == 1
+    # A fifth trial per cell is work to send: to a deployment that is not there, refused.
+    unknown = subprocess.run([*dae, "--trials", "5", "--fan-out", "dae-tune/nowhere"], env=real_stack.env,
+                             cwd=real_stack.root, capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "no such deployment" in unknown.stderr, unknown.stderr[-2000:]
 
 
