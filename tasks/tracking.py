@@ -331,14 +331,19 @@ def load_registered(version: str):
     return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}")
 
 
+def _stored_run(run_id: str) -> Any | None:
+    """The run ``run_id``, or None when the store does not know it."""
+    try:
+        return client().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
 def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
     """Mark an unfinished run RUNNING again to continue it; False when the store does not
     know it or it has already finished."""
-    try:
-        run = client().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return False
-    if run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
+    run = _stored_run(run_id)
+    if run is None or run.info.status == "FINISHED" or run.info.lifecycle_stage != "active":
         return False
     client().update_run(run_id, status="RUNNING")
     set_tags(run_id, tags)
@@ -347,11 +352,9 @@ def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
 
 def finished_run(run_id: str) -> Any | None:
     """The run ``run_id`` if the store holds it FINISHED and not deleted, else None."""
-    try:
-        run = client().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        return None
-    return run if run.info.status == "FINISHED" and run.info.lifecycle_stage == "active" else None
+    run = _stored_run(run_id)
+    finished = run is not None and run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+    return run if finished else None
 
 
 def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:
