@@ -1,7 +1,10 @@
 # The Prefect worker image: the project and its training stack baked in, nothing
 # pip-installed at container start. CUDA-capable torch wheels, so the worker uses an
 # NVIDIA GPU when the host offers one (see the `gpus` reservation in docker-compose.yml).
-FROM python:3.11.11-slim-bookworm
+# The base image is a setting: an air-gapped team builds from its own mirror with
+# `--build-arg PYTHON_IMAGE=registry.example/python:3.11-slim-bookworm` (compose: PYTHON_IMAGE in .env).
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,7 +21,9 @@ COPY dae_core ./dae_core
 COPY tasks ./tasks
 COPY flows ./flows
 COPY dae_cli ./dae_cli
-# Artifacts go through the MLflow server, so the worker needs neither boto3 nor S3 keys.
+# No extras: what `pip install .` brings is what every deployed flow, `dae` subcommand and
+# the model server import (the compose test checks it in this image). Artifacts go through
+# the MLflow server, so the worker needs neither boto3 nor S3 keys.
 RUN pip install .
 COPY prefect.yaml ./
 

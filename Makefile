@@ -37,15 +37,18 @@ test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
 lint: $(BIN)/dae  ## ruff
 	$(BIN)/ruff check .
 
-up:  ## the team stack in Docker: PostgreSQL, Prefect, MLflow, RustFS, a worker (needs .env)
-	docker compose up -d --build
+# Compose v2 where installed, else v1 (as docker/team-setup.sh picks it).
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-deploy:  ## register the deployments of prefect.yaml, then the automations of `dae setup`
-	docker compose exec worker prefect --no-prompt deploy --all
-	docker compose exec worker dae setup
+up:  ## the team stack in Docker, built, started, deployed, set up (needs .env; `make up DATA_DIR=DIR` copies MNIST in)
+	docker/team-setup.sh
+
+deploy:  ## register the deployments of prefect.yaml again, then the automations of `dae setup`
+	$(COMPOSE) exec -T worker prefect --no-prompt deploy --all
+	$(COMPOSE) exec -T worker dae setup
 
 down:  ## stop the team stack (volumes are kept)
-	docker compose down
+	$(COMPOSE) down
 
 clean:  ## remove run outputs (keeps .venv and data)
 	rm -rf dae-work mlflow.db .pytest_cache

@@ -242,3 +242,74 @@ def test_compose_refuses_to_start_without_the_credentials(tmp_path):
             done = subprocess.run([binary, "--env-file", str(env_file), "-f", "docker-compose.yml", "config", "-q"],
                                   cwd=REPO, capture_output=True, text=True)
             assert done.returncode != 0 and missing in done.stderr, (missing, bind_address, done.stderr)
+
+
+def _rendered_compose() -> dict:
+    """docker-compose.yml as compose sees it with .env.example (anchors merged, defaults filled)."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("docker-compose (Debian package) is missing; .ci/run installs it")
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    done = subprocess.run([binary, "--env-file", ".env.example", "-f", "docker-compose.yml", "config"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return yaml.safe_load(done.stdout)["services"]
+
+
+def test_every_service_on_the_worker_image_can_build_it():
+    """Compose v1 pulls the image of a service without `build:` before building the others,
+    which fails on a machine that has neither the image nor a registry to pull it from."""
+    services = _rendered_compose()
+    worker_image = services["worker"]["image"]
+    on_worker_image = [name for name, service in services.items() if service.get("image") == worker_image]
+    assert set(on_worker_image) == {"worker", "mlflow-users", "model-server"}
+    for name in on_worker_image:
+        assert services[name]["build"] == services["worker"]["build"], name
+
+
+def test_third_party_images_and_the_python_base_are_settings():
+    example = _env_file(REPO / ".env.example")
+    for name, service in SERVICES.items():
+        image = service.get("image", "")
+        if image.startswith("dae-pipeline"):
+            continue
+        setting = re.fullmatch(r"\$\{([A-Z0-9_]+):-([^}]+)\}", image)
+        assert setting, f"{name}: image {image!r} is not a setting"
+        assert example[setting[1]] == setting[2], f".env.example's {setting[1]} differs from the compose default"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    default = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", dockerfile, re.M)[1]
+    assert "FROM ${PYTHON_IMAGE}" in dockerfile and example["PYTHON_IMAGE"] == default
+    assert _rendered_compose()["worker"]["build"]["args"]["PYTHON_IMAGE"] == default
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else():
+    """A .venv from `make install` is several GB, a .env holds the secrets: neither is sent."""
+    patterns = [line for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line and not line.startswith("#")]
+    assert patterns[0] == "**", "everything is ignored unless named"
+    allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
+    copied = {token.rstrip("/") for line in (REPO / "Dockerfile").read_text().splitlines()
+              if line.startswith("COPY") for token in line.split()[1:-1]}
+    assert copied == allowed
+
+
+def test_links_printed_in_the_worker_open_from_the_host():
+    environment = _rendered_compose()["worker"]["environment"]
+    assert environment["PREFECT_UI_URL"] == "http://127.0.0.1:4200"
+    assert _rendered_compose()["prefect-server"]["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
+
+
+def test_the_readme_shows_the_team_setup_script_as_it_is():
+    script = (REPO / "docker" / "team-setup.sh").read_text()
+    readme = (REPO / "README.md").read_text()
+    shown = readme.split("```sh\n# docker/team-setup.sh\n", 1)[1].split("```", 1)[0]
+    assert shown == script.split("\n", 1)[1], "README's copy of docker/team-setup.sh differs from the file"
+
+
+def test_team_setup_refuses_to_start_without_env(tmp_path):
+    (tmp_path / "docker").mkdir()
+    shutil.copy(REPO / "docker" / "team-setup.sh", tmp_path / "docker")
+    done = subprocess.run(["sh", str(tmp_path / "docker" / "team-setup.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["team-setup: no .env here",
+                                        "  fix: cp .env.example .env, then set every secret in it"]

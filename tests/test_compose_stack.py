@@ -1,0 +1,306 @@
+"""The team stack as a team starts it: the README's "Team setup" commands, word for word, on
+Docker Engine from a clean checkout, then checked from the host through the published ports
+with the credentials of .env. Third-party images are stand-ins built from Debian's packages
+(tests/compose_stack.py); the worker image is the repository's Dockerfile, built by compose.
+
+The tests run in order on one stack (module scope): what the image carries, health and
+links, refusals, the deployments, serving, faults, and last `down` then `up`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+from mlflow import MlflowClient
+
+from tests import compose_stack, stack
+from tests.compose_stack import Progress, TeamStack
+from tests.conftest import TINY, make_dataset
+
+pytestmark = pytest.mark.compose
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# Small enough to train in seconds on tiny data, as the real-stack test's runs.
+CONFIG = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 4, "hidden_units": 32},
+          "classifier": {**TINY["classifier"], "epochs": 2}}
+# Long enough (about a minute on 2 cores) for servers to be restarted while it trains.
+LONG_EPOCHS = 1000
+LONG = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": LONG_EPOCHS, "hidden_units": 512},
+        "classifier": {**CONFIG["classifier"], "epochs": 1, "lr": 0.1}, "runtime": {"device": "cpu", "threads": 1}}
+SERVICES_WITH_HEALTH = ("postgres", "prefect-server", "s3", "mlflow")
+ONE_SHOT = ("create-bucket", "mlflow-users")
+
+
+def _missing_tools() -> list[str]:
+    tools = ["docker", "dockerd", "debootstrap", "git"]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if shutil.which("docker-compose") is None and subprocess.run(["docker", "compose", "version"],
+                                                                 capture_output=True).returncode != 0:
+        missing.append("docker compose / docker-compose")
+    return missing
+
+
+def _settings(images: dict[str, str]) -> dict[str, str]:
+    """What a person writes into .env: fresh secrets, the stand-in images, free ports."""
+    secret = lambda: secrets.token_hex(12)  # noqa: E731
+    return {"POSTGRES_PASSWORD": secret(), "S3_ACCESS_KEY": secret(), "S3_SECRET_KEY": secret(),
+            "MLFLOW_ADMIN_PASSWORD": secret(), "MLFLOW_SECRET_KEY": secret(), "DAE_WORKER_PASSWORD": secret(),
+            "DAE_SERVING_PASSWORD": secret(), "PREFECT_API_AUTH_STRING": secret(), "TUNING_DB_PASSWORD": secret(),
+            **{port: str(stack.free_port()) for port in ("PREFECT_PORT", "MLFLOW_PORT", "S3_PORT", "MODEL_PORT")},
+            **images}
+
+
+@pytest.fixture(scope="module")
+def team_stack(tmp_path_factory, request):
+    missing = _missing_tools()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing; .ci/run installs them (Debian: docker.io docker-compose debootstrap)")
+        pytest.skip(f"{missing} missing (Debian: docker.io docker-compose debootstrap)")
+    root = tmp_path_factory.mktemp("compose")
+    say = Progress(request.config)
+    with compose_stack.docker_engine(root / "dockerd.log", say):
+        images = compose_stack.fixture_images(say)
+        checkout = compose_stack.clean_checkout(root / "checkout")
+        make_dataset(root / "data")
+        settings = _settings(images)
+        (root / "settings.json").write_text(json.dumps(settings))
+        env = {**compose_stack.env_without_dev_settings(),
+               "COMPOSE_PROJECT_NAME": f"dae-compose-test-{uuid.uuid4().hex[:6]}",
+               "EDITOR": f"{sys.executable} {compose_stack.FIXTURES / 'edit_env.py'} {root / 'settings.json'}",
+               "DATA_DIR": str(root / "data")}
+        team = TeamStack(root=checkout, env=env, settings=settings, say=say)
+        try:
+            outputs = []
+            for command in compose_stack.readme_commands():
+                say(f"README: {command}")
+                done = compose_stack.run(["sh", "-c", command], cwd=checkout, env=env, timeout=2400)
+                outputs.append(done.stdout + done.stderr)
+            team.setup_output = "\n".join(outputs)
+            yield team
+        finally:
+            with contextlib.suppress(Exception):
+                logs = team.compose("logs", "--no-color", "--tail", "200", check=False).stdout
+                (root / "stack.log").write_text(logs)
+                say(f"the stack's logs: {root / 'stack.log'}")
+            say("removing the stack's containers, networks and volumes")
+            team.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+
+
+def _prefect(team: TeamStack, method: str, path: str, auth: str | None = "", **kwargs) -> httpx.Response:
+    """A Prefect API call from the host; ``auth`` "" means the stack's auth string, None none."""
+    auth_string = team.settings["PREFECT_API_AUTH_STRING"] if auth == "" else auth
+    headers = stack.Credentials(prefect_auth_string=auth_string).prefect_headers() if auth_string else {}
+    return httpx.request(method, f"{team.url('PREFECT_PORT')}/api{path}", headers=headers, timeout=30, **kwargs)
+
+
+def _create_run(team: TeamStack, deployment: str, parameters: dict) -> str:
+    flow, name = deployment.split("/")
+    found = _prefect(team, "GET", f"/deployments/name/{flow}/{name}").raise_for_status().json()
+    created = _prefect(team, "POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})
+    assert created.is_success, created.text
+    return created.json()["id"]
+
+
+def _flow_run(team: TeamStack, flow_run_id: str) -> dict:
+    return _prefect(team, "GET", f"/flow_runs/{flow_run_id}").raise_for_status().json()
+
+
+def _finished(team: TeamStack, flow_run_id: str, what: str, timeout: float = 600) -> dict:
+    def final():
+        with contextlib.suppress(httpx.HTTPError):
+            run = _flow_run(team, flow_run_id)
+            return run if run["state_type"] in FINAL else None
+    return team.wait_until(final, timeout, what, every=3)
+
+
+@pytest.fixture(scope="module")
+def mlflow(team_stack) -> MlflowClient:
+    """This process reads (and checks) as the admin; MLflow's client takes the login from the environment."""
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        patched.setenv("MLFLOW_TRACKING_PASSWORD", team_stack.settings["MLFLOW_ADMIN_PASSWORD"])
+        uri = team_stack.url("MLFLOW_PORT")
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_a_plain_pip_install_carries_every_runtime_import(team_stack):
+    """The worker image is `pip install .` without extras: every module of the package and what
+    the stack's commands load by name import there (Flask-WTF for `dae users`, psycopg for
+    the studies' database, the scoring server)."""
+    with open(compose_stack.REPO / "tests" / "runtime_imports.py") as script:
+        done = compose_stack.run(["docker", "run", "--rm", "-i", "--entrypoint", "python", "dae-pipeline-worker:0.1.0",
+                                  "-"], stdin=script, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_service_is_up_and_printed_links_open_from_the_host(team_stack):
+    states = team_stack.health()
+    assert {name: states[name] for name in SERVICES_WITH_HEALTH} == dict.fromkeys(SERVICES_WITH_HEALTH, "healthy")
+    assert states["worker"] == "running"
+    for one_shot in ONE_SHOT:
+        inspected = json.loads(compose_stack.run(["docker", "inspect", team_stack.container(one_shot)]).stdout)[0]
+        assert inspected["State"]["ExitCode"] == 0, one_shot
+    # `prefect deploy` in the worker prints links a person opens on the host, not container names.
+    assert f"http://127.0.0.1:{team_stack.settings['PREFECT_PORT']}/deployments" in team_stack.setup_output
+    assert "prefect-server:4200" not in team_stack.setup_output
+    # `dae setup`: the lost-machine automations (no webhook in .env: no failure notices).
+    assert team_stack.setup_output.count("automation ready") == 2, team_stack.setup_output[-3000:]
+
+
+def test_nobody_gets_in_without_credentials(team_stack):
+    for auth in (None, "wrong-auth-string"):
+        assert _prefect(team_stack, "GET", "/deployments/name/dae-experiment/lecture", auth=auth).status_code == 401
+    assert _prefect(team_stack, "GET", "/deployments/name/dae-experiment/lecture").status_code == 200
+    mlflow = team_stack.url("MLFLOW_PORT")
+    for login in (None, ("admin", "wrong-password")):
+        for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/"):
+            assert httpx.get(f"{mlflow}{path}", auth=login, timeout=30).status_code == 401, (path, login)
+    admin = ("admin", team_stack.settings["MLFLOW_ADMIN_PASSWORD"])
+    assert httpx.get(f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1", auth=admin).status_code == 200
+
+
+def test_the_deployments_complete_and_are_tracked(team_stack, mlflow):
+    lecture = _create_run(team_stack, "dae-experiment/lecture",
+                          {"config": CONFIG, "download": False, "experiment_name": "compose-lecture"})
+    assert _finished(team_stack, lecture, "dae-experiment/lecture")["state_type"] == "COMPLETED"
+    (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("compose-lecture").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["prefect.deployment_name"] == "lecture"
+    assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "pretrain/mse")] == [1, 2, 3, 4]
+    assert "test/accuracy" in run.data.metrics
+    assert "figures/encoder_weights_after.png" in {f.path for f in mlflow.list_artifacts(run.info.run_id, "figures")}
+
+    retrain = _create_run(team_stack, "dae-retrain/nightly",
+                          {"config": CONFIG, "download": False, "experiment_name": "compose-retrain"})
+    assert _finished(team_stack, retrain, "dae-retrain/nightly")["state_type"] == "COMPLETED"
+    champion = mlflow.get_model_version_by_alias("dae-mnist-classifier", "champion")
+    assert mlflow.get_run(champion.run_id).info.status == "FINISHED"
+
+    score = _create_run(team_stack, "dae-score/batch", {"source": "/data/MNIST/raw/t10k-images-idx3-ubyte",
+                                                        "labels_file": "/data/MNIST/raw/t10k-labels-idx1-ubyte"})
+    assert _finished(team_stack, score, "dae-score/batch")["state_type"] == "COMPLETED"
+    (scoring,) = mlflow.search_runs([mlflow.get_experiment_by_name("dae-scoring").experiment_id])
+    assert scoring.info.status == "FINISHED" and scoring.data.metrics["score/images"] == 80
+    assert scoring.data.tags["dae.model_version"] == champion.version
+
+    tuned = {**CONFIG, "data": {**CONFIG["data"], "validation_size": 40}}
+    tune = _create_run(team_stack, "dae-tune/optimizers",
+                       {"base": tuned, "trials": 1, "download": False, "experiment_name": "compose-tune"})
+    assert _finished(team_stack, tune, "dae-tune/optimizers")["state_type"] == "COMPLETED"
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name("compose-tune").experiment_id])
+    trials = [r for r in runs if r.data.tags.get("dae.role") == "trial"]
+    assert len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+
+
+def _readme_curl(port: str) -> list[str]:
+    """The README's request to the model server, on this stack's port."""
+    text = (compose_stack.REPO / "README.md").read_text()
+    block = text[text.index("curl -s http://127.0.0.1:5001/invocations"):].split("\n#", 1)[0]
+    return ["sh", "-c", block.replace("127.0.0.1:5001", f"127.0.0.1:{port}")]
+
+
+def test_the_model_server_answers_the_readme_request(team_stack):
+    # After a promotion the README says: restart the model server (it loads the champion at start).
+    team_stack.compose("restart", "model-server")
+    team_stack.wait_until(lambda: team_stack.health().get("model-server") == "healthy", 300,
+                          "the model server to be healthy")
+    done = compose_stack.run(_readme_curl(team_stack.settings["MODEL_PORT"]))
+    (probabilities,) = json.loads(done.stdout)["predictions"]
+    assert len(probabilities) == 10 and abs(sum(probabilities) - 1) < 1e-4
+
+
+def _training_run(mlflow: MlflowClient, experiment: str, epochs_done: int):
+    """The experiment's RUNNING run once it has logged ``epochs_done`` epochs, else None."""
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    for run in mlflow.search_runs([found.experiment_id], "attributes.status = 'RUNNING'"):
+        if _epochs(mlflow, run) >= epochs_done:
+            return run
+    return None
+
+
+def _epochs(mlflow: MlflowClient, run) -> int:
+    return len(mlflow.get_metric_history(run.info.run_id, "pretrain/mse"))
+
+
+def _completed_with_every_epoch(team: TeamStack, mlflow: MlflowClient, flow_run_id: str, experiment: str) -> None:
+    """The run completed, or ended Crashed/Failed and its rerun resumed to completion; either
+    way one MLflow run holds every epoch once and no run stays RUNNING."""
+    parameters = {"config": LONG, "download": False, "experiment_name": experiment}
+    state = _finished(team, flow_run_id, f"the {experiment} run to end")["state_type"]
+    if state != "COMPLETED":
+        team.say(f"{experiment}: the run ended {state}; running it again (it resumes)")
+        rerun = _create_run(team, "dae-experiment/lecture", parameters)
+        assert _finished(team, rerun, f"the {experiment} rerun")["state_type"] == "COMPLETED"
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    team.wait_until(lambda: not mlflow.search_runs([experiment_id], "attributes.status = 'RUNNING'"), 300,
+               f"no {experiment} MLflow run left RUNNING")
+    (finished,) = mlflow.search_runs([experiment_id], "attributes.status = 'FINISHED'")
+    steps = [m.step for m in mlflow.get_metric_history(finished.info.run_id, "pretrain/mse")]
+    assert steps == list(range(1, LONG_EPOCHS + 1)), steps
+
+
+def test_restarting_postgres_and_mlflow_mid_run_loses_no_epoch(team_stack, mlflow):
+    flow_run = _create_run(team_stack, "dae-experiment/lecture",
+                           {"config": LONG, "download": False, "experiment_name": "compose-restarts"})
+    training = team_stack.wait_until(lambda: _training_run(mlflow, "compose-restarts", 3), 300,
+                                     "the long run to train three epochs")
+    team_stack.say("docker compose restart postgres (while the run trains)")
+    team_stack.compose("restart", "postgres")
+    trained = _epochs(mlflow, training)
+    team_stack.wait_until(lambda: _training_run(mlflow, "compose-restarts", trained + 20), 300,
+                          "twenty more epochs after the restart")
+    team_stack.say("docker compose restart mlflow (while the run trains)")
+    team_stack.compose("restart", "mlflow")
+    assert _flow_run(team_stack, flow_run)["state_type"] not in FINAL, "the run must still train during the restart"
+    _completed_with_every_epoch(team_stack, mlflow, flow_run, "compose-restarts")
+
+
+def test_a_killed_worker_container_ends_its_run_and_the_rerun_resumes(team_stack, mlflow):
+    flow_run = _create_run(team_stack, "dae-experiment/lecture",
+                           {"config": LONG, "download": False, "experiment_name": "compose-killed"})
+    victim = team_stack.wait_until(lambda: _training_run(mlflow, "compose-killed", 5), 300,
+                                   "the long run to train five epochs")
+    team_stack.say("docker kill of the worker container (while the run trains)")
+    compose_stack.run(["docker", "kill", team_stack.container("worker")])
+    team_stack.compose("up", "-d", "worker")
+    # `dae setup`'s automation marks it Crashed once its heartbeats stop; the rerun resumes.
+    _completed_with_every_epoch(team_stack, mlflow, flow_run, "compose-killed")
+    assert _flow_run(team_stack, flow_run)["state_type"] == "CRASHED"
+    ended = team_stack.wait_until(lambda: (r := mlflow.get_run(victim.info.run_id)).info.status == "FAILED" and r, 300,
+                       "the killed run's MLflow run to end FAILED")
+    assert ended.data.tags["dae.failure"] == "prefect flow run crashed"
+    (resumed,) = mlflow.search_runs([victim.info.experiment_id], "attributes.status = 'FINISHED'")
+    assert resumed.data.tags["dae.resumed_from"] == victim.info.run_id
+
+
+def test_down_then_up_keeps_runs_versions_and_the_champion(team_stack, mlflow):
+    def registry() -> tuple:
+        experiments = sorted(e.name for e in mlflow.search_experiments())
+        runs = sorted((r.info.run_id, r.info.status) for r in mlflow.search_runs(
+            [e.experiment_id for e in mlflow.search_experiments()], max_results=1000))
+        versions = sorted(v.version for v in mlflow.search_model_versions("name='dae-mnist-classifier'"))
+        champion = mlflow.get_model_version_by_alias("dae-mnist-classifier", "champion").version
+        return experiments, runs, versions, champion
+
+    before = registry()
+    deployments = _prefect(team_stack, "POST", "/deployments/filter", json={}).raise_for_status().json()
+    team_stack.say("docker compose down, then up -d")
+    team_stack.compose("down", "--timeout", "20")
+    started = time.monotonic()
+    team_stack.compose("up", "-d")
+    team_stack.wait_until(lambda: all(team_stack.health().get(name) == "healthy" for name in SERVICES_WITH_HEALTH), 300,
+               "the servers to be healthy again")
+    team_stack.say(f"healthy {time.monotonic() - started:.0f} s after up -d")
+    assert registry() == before
+    after = _prefect(team_stack, "POST", "/deployments/filter", json={}).raise_for_status().json()
+    assert sorted(d["name"] for d in after) == sorted(d["name"] for d in deployments)
