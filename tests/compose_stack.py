@@ -118,6 +118,10 @@ def build_fixture(name: str, base_arg: str, base: str, say: Progress) -> str:
             shutil.copy(certificate, certificates)
         run(["docker", "build", "-q", "-f", f"{context}/{name}.Dockerfile", "--build-arg", f"{base_arg}={base}",
              "-t", tag, context], timeout=1200)
+    superseded = run(["docker", "images", "-q", "--filter", f"reference={tag.split(':')[0]}:*"]).stdout.split()
+    current = run(["docker", "images", "-q", tag]).stdout.split()
+    for image in set(superseded) - set(current):  # an edited recipe's earlier builds: gigabytes each
+        run(["docker", "rmi", "-f", image], check=False)
     return tag
 
 
