@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 PRESET ?= lecture
 
-.PHONY: help install run compare bench bench-all test lint up down deploy clean
+.PHONY: help install run compare bench bench-all test test-fast lint up down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -34,8 +34,12 @@ bench-all: $(BIN)/dae  ## every benchmark of docs/benchmarks.md (~10 min; Postgr
 test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
 	$(BIN)/python -m pytest -q
 
-lint: $(BIN)/dae  ## ruff
+test-fast: $(BIN)/dae  ## the loop after every change: all but the slow, real-stack, browser, compose and gpu tests
+	$(BIN)/python -m pytest -q -m "not slow and not realstack and not browser and not compose and not gpu"
+
+lint: $(BIN)/dae  ## ruff, and the layer contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Compose v2 where installed, else v1 (as docker/team-setup.sh picks it).
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)

@@ -22,19 +22,22 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from dae_core.errors import EXIT_CONFIG, DaeError
 from dae_core.summary import REGISTERED_MODEL
 
 # MLflow's basic-auth refuses shorter passwords.
 MIN_PASSWORD_LENGTH = 12
 
 
-class AccessError(RuntimeError):
+class AccessError(DaeError):
     """The identities cannot be set up (a variable missing, a refused admin login)."""
+
+    exit_code = EXIT_CONFIG
 
 
 def admin_refused(tracking_uri: str, why: str) -> AccessError:
-    return AccessError(f"MLflow at {tracking_uri} refused the admin login ({why})\n"
-                       "  fix: set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD to the admin's "
+    return AccessError(f"MLflow at {tracking_uri} refused the admin login ({why})",
+                       "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD to the admin's "
                        "(MLFLOW_ADMIN_USERNAME / MLFLOW_ADMIN_PASSWORD of .env)")
 
 
@@ -59,8 +62,8 @@ def identities_from_env(env: Mapping[str, str] = os.environ) -> list[Identity]:
         password = env.get(f"{prefix}_PASSWORD", "")
         if len(password) < MIN_PASSWORD_LENGTH:
             raise AccessError(f"{prefix}_PASSWORD is {'unset' if not password else 'too short'}: the {role} "
-                              f"identity needs a password of at least {MIN_PASSWORD_LENGTH} characters\n"
-                              f"  fix: set {prefix}_PASSWORD in .env (e.g. `openssl rand -hex 24`)")
+                              f"identity needs a password of at least {MIN_PASSWORD_LENGTH} characters",
+                              f"set {prefix}_PASSWORD in .env (e.g. `openssl rand -hex 24`)")
         identities.append(Identity(role, env.get(f"{prefix}_USERNAME") or default_user, password, permission))
     return identities
 

@@ -22,10 +22,8 @@ from dae_cli.prefect_server import server_settings, start_temporary_server
 from dae_cli.terminal import QuietTerminal
 from dae_core.comparison import CELLS, DEFAULT_CELLS
 from dae_core.config import PRESETS, ConfigError, build_config, parse_overrides
+from dae_core.errors import EXIT_DATA, EXIT_SERVER, DaeError
 from dae_core.summary import CHAMPION_URI, DEFAULT_EXPERIMENT
-
-# Exit codes of the failures a user can act on (README, "The command").
-EXIT_CONFIG, EXIT_DATA, EXIT_TRACKING, EXIT_DIVERGED = 2, 3, 4, 5
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +191,8 @@ def _check_fan_out(deployment: str | None) -> None:
     from prefect.settings import PREFECT_API_URL
 
     if deployment and not PREFECT_API_URL.value():
-        raise ConfigError(f"--fan-out {deployment}: sends runs to a work pool, which needs a Prefect server\n"
-                          "  fix: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, the team stack's) where "
+        raise ConfigError(f"--fan-out {deployment}: sends runs to a work pool, which needs a Prefect server",
+                          "set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, the team stack's) where "
                           "`prefect deploy --all` ran and workers listen on its pool")
 
 
@@ -291,8 +289,10 @@ def _predict(args: argparse.Namespace) -> int:
     return EXIT_DATA if errors else 0
 
 
-class SetupError(RuntimeError):
-    """``dae setup`` cannot run here (no server, no deployments, a bad argument)."""
+class SetupError(DaeError):
+    """``dae setup`` or ``dae users`` cannot run here (no server, no deployments)."""
+
+    exit_code = EXIT_SERVER
 
 
 def _setup(args: argparse.Namespace) -> int:
@@ -302,8 +302,8 @@ def _setup(args: argparse.Namespace) -> int:
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        raise SetupError("dae setup needs a Prefect server\n  fix: set PREFECT_API_URL, e.g. "
-                         "http://127.0.0.1:4200/api (automations never run on the temporary server of `dae run`)")
+        raise SetupError("dae setup needs a Prefect server", "set PREFECT_API_URL, e.g. http://127.0.0.1:4200/api "
+                         "(automations never run on the temporary server of `dae run`)")
     import httpx
 
     from flows.automations import NOTIFY, RECONCILE_DEPLOYMENT, set_up_automations
@@ -312,15 +312,15 @@ def _setup(args: argparse.Namespace) -> int:
         names = set_up_automations(args.zombie_after, args.notify_webhook)
     except httpx.HTTPStatusError as error:
         if error.response.status_code in (401, 403):
-            raise  # explained by _explain: the auth string
-        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} answered {error.response.status_code}\n"
-                         "  fix: check PREFECT_API_URL (it ends in /api)") from None
+            raise  # main explains it: the auth string
+        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} answered {error.response.status_code}",
+                         "check PREFECT_API_URL (it ends in /api)") from None
     except httpx.HTTPError as error:
-        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} does not answer ({error})\n"
-                         "  fix: start it, or correct PREFECT_API_URL") from None
+        raise SetupError(f"the Prefect server {PREFECT_API_URL.value()} does not answer ({error})",
+                         "start it, or correct PREFECT_API_URL") from None
     except ObjectNotFound:
-        raise SetupError(f"deployment {RECONCILE_DEPLOYMENT} not found on {PREFECT_API_URL.value()}\n"
-                         "  fix: run `prefect --no-prompt deploy --all` from the project folder first") from None
+        raise SetupError(f"deployment {RECONCILE_DEPLOYMENT} not found on {PREFECT_API_URL.value()}",
+                         "run `prefect --no-prompt deploy --all` from the project folder first") from None
     for name in names:
         print(f"automation ready: {name}")
     if NOTIFY not in names:
@@ -336,8 +336,8 @@ def _users(args: argparse.Namespace) -> int:
     identities = identities_from_env()
     with mlflow_warnings_only(args.verbose):
         if not tracking_uri().startswith(("http://", "https://")):
-            raise SetupError("dae users needs an MLflow server with authentication on\n"
-                             "  fix: set MLFLOW_TRACKING_URI, e.g. http://127.0.0.1:5000")
+            raise SetupError("dae users needs an MLflow server with authentication on",
+                             "set MLFLOW_TRACKING_URI, e.g. http://127.0.0.1:5000")
         try:
             check_store()
         except TrackingRefused:
@@ -347,61 +347,24 @@ def _users(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refused_by_prefect(error: BaseException) -> str | None:
-    """The URL a Prefect server refused for want of the right auth string, if that is the error."""
-    if "httpx" not in sys.modules:
+class PrefectRefused(DaeError):
+    """A Prefect server refused the request for want of the right auth string."""
+
+    exit_code = EXIT_SERVER
+    fix = ("set PREFECT_API_AUTH_STRING to the server's auth string (PREFECT_API_AUTH_STRING of the team "
+           "stack's .env)")
+
+
+def _prefect_refusal(error: Exception) -> PrefectRefused | None:
+    """The one library error `dae` explains where it surfaces: Prefect's client raises httpx's
+    401/403 from deep inside Prefect, where no code of ours can name the cause."""
+    if "httpx" not in sys.modules:  # nothing talked to a server: no httpx to import (and wait for)
         return None
     import httpx
 
     if isinstance(error, httpx.HTTPStatusError) and error.response.status_code in (401, 403):
-        return str(error.request.url)
-    return None
-
-
-def _explain(error: BaseException) -> tuple[str, int] | None:
-    """The cause and the fix of an expected failure, and its exit code; None for a bug."""
-    if isinstance(error, ConfigError):  # before the imports below: a refused --set needs no torch
-        return str(error), EXIT_CONFIG
-    if refused := _refused_by_prefect(error):
-        return (f"the Prefect server refused the request ({refused}: HTTP {error.response.status_code})\n"
-                "  fix: set PREFECT_API_AUTH_STRING to the server's auth string (PREFECT_API_AUTH_STRING "
-                "of the team stack's .env)", EXIT_TRACKING)
-    if isinstance(error, SetupError):
-        return str(error), EXIT_TRACKING
-    if "dae_cli.access" in sys.modules:
-        from dae_cli.access import AccessError
-
-        if isinstance(error, AccessError):
-            return str(error), EXIT_CONFIG
-    if "dae_cli.predict" in sys.modules:
-        from dae_cli.predict import ModelUnavailable
-
-        if isinstance(error, ModelUnavailable):
-            return (f"{error}\n  fix: run `dae run` first (its first registered model becomes champion), "
-                    "point MLFLOW_TRACKING_URI at the store that has it, or pass --model", EXIT_TRACKING)
-    from dae_core.data import DataError, DataMissing, SplitTooSmall
-    from dae_core.train import TrainingDiverged
-
-    if isinstance(error, DataMissing):
-        return (f"{error}\n  fix: pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four "
-                "MNIST IDX files, e.g. --data-dir ../shared/data", EXIT_DATA)
-    if isinstance(error, SplitTooSmall):
-        return (f"{error}\n  fix: --set data.{error.field}={error.available} (or fewer), or pass --data-dir with "
-                "the full dataset", EXIT_DATA)
-    if isinstance(error, DataError):
-        return (f"{error}\n  fix: delete the damaged file to download it again, or pass --data-dir with a good "
-                "copy", EXIT_DATA)
-    if isinstance(error, TrainingDiverged):
-        return f"training diverged: {error} (--set pretrain.lr=... or classifier.lr=...)", EXIT_DIVERGED
-    if "tasks.tracking" in sys.modules:
-        from tasks.tracking import TrackingRefused, TrackingUnavailable
-
-        if isinstance(error, TrackingRefused):
-            return (f"{error}\n  fix: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account "
-                    "of that server (on the team stack: your own, or DAE_WORKER_* of its .env)", EXIT_TRACKING)
-        if isinstance(error, TrackingUnavailable):
-            return (f"{error}\n  fix: start the tracking server, or unset MLFLOW_TRACKING_URI to track "
-                    "into ./mlflow.db", EXIT_TRACKING)
+        return PrefectRefused(f"the Prefect server refused the request ({error.request.url}: "
+                              f"HTTP {error.response.status_code})")
     return None
 
 
@@ -423,14 +386,13 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
         with QuietTerminal(verbose, restore=restore_terminal) as terminal, server_settings():
             return {"run": _run, "compare": _compare, "tune": _tune}[args.command](args, terminal)
     except Exception as error:
-        explained = _explain(error)
+        explained = error if isinstance(error, DaeError) else _prefect_refusal(error)
         if explained is None:
             raise
         if verbose:
             traceback.print_exc()
-        message, code = explained
-        print(f"dae: {message}", file=sys.stderr)
-        return code
+        print(f"dae: {explained}", file=sys.stderr)
+        return explained.exit_code
 
 
 def entrypoint() -> None:

@@ -13,9 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from dae_core.errors import EXIT_SERVER, DaeError
 
-class ModelUnavailable(RuntimeError):
+
+class ModelUnavailable(DaeError):
     """The model URI names nothing the tracking store has."""
+
+    exit_code = EXIT_SERVER
+    fix = ("run `dae run` first (its first registered model becomes champion), point MLFLOW_TRACKING_URI at the "
+           "store that has it, or pass --model")
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dae_core.errors import EXIT_CONFIG, DaeError
 
-class ConfigError(ValueError):
+
+class ConfigError(DaeError, ValueError):
     """A configuration was refused; the message names each offending field."""
+
+    exit_code = EXIT_CONFIG
 
 
 class _Strict(BaseModel):

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
+from dae_core.errors import EXIT_DATA, DaeError
 from dae_core.shapes import IMAGE_SIDE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -39,17 +40,25 @@ RAW_FILES = (*_FILES[True], *_FILES[False])
 _UBYTE = 0x08
 
 
-class DataError(RuntimeError):
+class DataError(DaeError, RuntimeError):
     """A dataset file is missing, malformed or could not be downloaded."""
+
+    exit_code = EXIT_DATA
+    fix = "delete the damaged file to download it again, or pass --data-dir with a good copy"
 
 
 class DataMissing(DataError):
     """The raw files are not there and cannot be fetched here: downloading is disabled, or
     there is plainly no network (no mirror's host name resolves)."""
 
+    fix = ("pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four MNIST IDX files, "
+           "e.g. --data-dir ../shared/data")
+
 
 class DownloadFailed(DataError):
     """Every mirror failed while the network answers: a later try may succeed."""
+
+    fix = "run the command again later, or pass --data-dir with a local copy of the files"
 
 
 class SplitTooSmall(DataError):
@@ -57,7 +66,8 @@ class SplitTooSmall(DataError):
     the files are sound, the setting is not."""
 
     def __init__(self, field: str, limit: int, available: int) -> None:
-        super().__init__(f"data.{field} = {limit}: the split has only {available} images")
+        super().__init__(f"data.{field} = {limit}: the split has only {available} images",
+                         f"--set data.{field}={available} (or fewer), or pass --data-dir with the full dataset")
         self.field, self.available = field, available
 
 

@@ -28,6 +28,8 @@ INK = 0.1  # after contrast stretching, pixels above this count as the digit's s
 class ImageUnreadable(DataError):
     """A file that is neither a picture Pillow can open nor an IDX file of images."""
 
+    fix = ""  # one line naming the file: the batch's other files are still scored
+
 
 @dataclass(frozen=True)
 class Digits:

@@ -50,7 +50,8 @@ def read_batch(source: Path, labels_file: Path | None = None) -> Batch:
                 continue
             labels += [_folder_label(path)] * len(read[-1].names)
         if not read:
-            raise DataError(f"{source}: no readable pictures" + (f" ({len(skipped)} unreadable)" if skipped else ""))
+            raise DataError(f"{source}: no readable pictures" + (f" ({len(skipped)} unreadable)" if skipped else ""),
+                            "pass a folder of pictures (PNG, JPEG, ...) or an IDX file of 28x28 images")
         digits = Digits([name for part in read for name in part.names], np.concatenate([p.pixels for p in read]))
         known = None if None in labels else np.asarray(labels, dtype=np.int64)
         return Batch(digits, known, skipped)
@@ -59,9 +60,10 @@ def read_batch(source: Path, labels_file: Path | None = None) -> Batch:
         return Batch(digits, None, [])
     labels = read_idx(Path(labels_file), ndim=1).astype(np.int64)
     if len(labels) != len(digits.names):
-        raise DataError(f"{labels_file}: {len(labels)} labels for {len(digits.names)} images in {source}")
+        raise DataError(f"{labels_file}: {len(labels)} labels for {len(digits.names)} images in {source}",
+                        "pass the labels file that belongs to these images")
     if labels.size and labels.max() >= NUM_CLASSES:
-        raise DataError(f"{labels_file}: label {int(labels.max())} outside 0..9")
+        raise DataError(f"{labels_file}: label {int(labels.max())} outside 0..9", "pass an IDX file of digit labels")
     return Batch(digits, labels, [])
 
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from dae_core.config import CompileStep, NoiseConfig, PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
+from dae_core.errors import EXIT_DIVERGED, DaeError
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
 from dae_core.noise import corrupt
@@ -70,8 +71,12 @@ class ClassifierHistory(History):
     val_accuracy: list[float] = field(default_factory=list)  # percent, on the validation split
 
 
-class TrainingDiverged(FloatingPointError):
-    """A loss became NaN or infinite; the message names the phase, epoch and step."""
+class TrainingDiverged(DaeError, FloatingPointError):
+    """A loss became NaN or infinite, or the classifier's far above guessing; the message
+    names the phase, epoch and step."""
+
+    exit_code = EXIT_DIVERGED
+    fix = "--set pretrain.lr=... or classifier.lr=..."
 
 
 # Fused optimizers update all parameters in one kernel: 8% off a CPU pretraining epoch
@@ -116,7 +121,7 @@ def _check_finite(step_losses: torch.Tensor, phase: str, epoch: int) -> None:
     if not bool(finite.all()):
         step = int((~finite).nonzero()[0]) + 1
         raise TrainingDiverged(
-            f"{phase} epoch {epoch} step {step}: loss is {step_losses[step - 1].item()}; "
+            f"training diverged: {phase} epoch {epoch} step {step}: loss is {step_losses[step - 1].item()}; "
             "lower the learning rate"
         )
 
@@ -212,8 +217,9 @@ def train_classifier(
         losses = torch.stack(step_loss)
         _check_finite(losses, "classifier", epoch)
         if (mean_loss := losses.mean().item()) > DIVERGED_CLASSIFIER_LOSS:
-            raise TrainingDiverged(f"classifier epoch {epoch}: mean loss {mean_loss:.4g} is over ten times that of "
-                                   f"guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower the learning rate")
+            raise TrainingDiverged(f"training diverged: classifier epoch {epoch}: mean loss {mean_loss:.4g} is "
+                                   f"over ten times that of guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower the "
+                                   "learning rate")
         metrics = {"train_loss": mean_loss}
         if test_pixels is not None:
             metrics["test_accuracy"] = accuracy_percent(predict(model, test_pixels), test_labels)

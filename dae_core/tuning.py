@@ -169,7 +169,7 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
                 precision=precision, validation=(validation.flat_pixels(place.dtype), validation.labels),
                 train_noise=stages.classifier_noise(config, place))
     except TrainingDiverged as error:
-        raise TrialDiverged(str(error)) from None
+        raise TrialDiverged(error.message) from None
     return result.val_accuracy[-1]
 
 

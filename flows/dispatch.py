@@ -25,9 +25,8 @@ def dispatch(deployment_name: str, parameters: dict[str, Any], label: str) -> st
     try:
         dispatched = run_deployment(deployment_name, parameters=parameters, timeout=0, as_subflow=True)
     except ObjectNotFound:
-        raise ConfigError(f"--fan-out {deployment_name}: no such deployment on this Prefect server\n"
-                          "  fix: run `prefect deploy --all` there, or name one that `prefect deployment ls` "
-                          "lists") from None
+        raise ConfigError(f"--fan-out {deployment_name}: no such deployment on this Prefect server",
+                          "run `prefect deploy --all` there, or name one that `prefect deployment ls` lists") from None
     return str(dispatched.id)
 
 

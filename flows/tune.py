@@ -101,7 +101,7 @@ def dae_tune(
     storage = study_storage(work_dir, storage or os.environ.get("DAE_TUNING_STORAGE"))
     if fan_out_deployment and storage.startswith("sqlite"):
         raise ConfigError(f"--fan-out: the studies are in {storage}, a file of this machine that the workers "
-                          "cannot share\n  fix: --storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
+                          "cannot share", "--storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
                           "a database this machine and every worker reach")
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
     names = [study_name(cell, configs[cell], spaces[cell], objective, dataset.digest, experiment_name)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
@@ -23,6 +22,7 @@ from dae_core.config import ExperimentConfig
 from tasks import progress, tracking
 from tasks.data import DatasetRef
 from tasks.run import prefect_flow_run_link
+from tasks.tags import KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 
 
 def _grid_line(cells: list[str], seeds: list[int]) -> str:
@@ -46,11 +46,9 @@ def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str],
                   experiment: str, key: str, extra_tags: dict[str, Any]) -> str:
     tags = {
         **{name: str(value) for name, value in extra_tags.items()},
-        "dae.role": "comparison",
+        ROLE: ROLE_COMPARISON,
         "dae.comparison_key": key,
-        "prefect.flow_run_id": str(flow_run.id or ""),
-        "prefect.flow_run_name": flow_run.name or "",
-        "prefect.deployment_name": deployment.name or "",
+        **flow_run_tags(),
     }
     run_id = tracking.start_run(experiment, flow_run.name or "compare", tags)
     tracking.set_description(run_id, _grid_line(cells, seeds))
@@ -73,10 +71,9 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
     logger = get_run_logger()
     if not fresh and record.exists():
         previous = json.loads(record.read_text())["mlflow_run_id"]
-        if tracking.reopen_run(previous, {"dae.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                          "prefect.flow_run_id": str(flow_run.id or "")}):
+        if tracking.reopen_run(previous, resumed_tags()):
             if cells_in_process:
-                tracking.fail_running_children(previous, {"dae.killed": "true"})
+                tracking.fail_running_children(previous, {KILLED: "true"})
             done = tracking.finished_children(previous)
             finished = [CellRun(cell, seed, tracking.summary_from_run(run_id))
                         for (cell, seed), run_id in done.items() if cell in cells and seed in seeds]

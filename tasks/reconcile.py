@@ -13,9 +13,9 @@ from prefect import get_client, get_run_logger, task
 from prefect.exceptions import ObjectNotFound
 
 from tasks import tracking
+from tasks.tags import FAILURE, FAILURE_DETAIL, FLOW_RUN_ID
 
 # Tags of a run ended here: what its flow run became, and Prefect's message for it.
-FAILURE_TAG, FAILURE_DETAIL_TAG = "dae.failure", "dae.failure_detail"
 
 
 @task(name="end-runs-of-dead-flow-runs")
@@ -27,7 +27,7 @@ def end_runs_of_dead_flow_runs() -> list[str]:
     logger = get_run_logger()
     with get_client(sync_client=True) as prefect:
         for run in tracking.running_runs_of_flow_runs():
-            flow_run_id = run.data.tags["prefect.flow_run_id"]
+            flow_run_id = run.data.tags[FLOW_RUN_ID]
             try:
                 state = prefect.read_flow_run(uuid.UUID(flow_run_id)).state
             except (ObjectNotFound, ValueError):
@@ -35,8 +35,8 @@ def end_runs_of_dead_flow_runs() -> list[str]:
             if state is None or not state.is_final() or state.is_completed():
                 continue
             tracking.set_tags(run.info.run_id, {
-                FAILURE_TAG: f"prefect flow run {state.type.value.lower()}",
-                FAILURE_DETAIL_TAG: (state.message or state.name or "")[:500],
+                FAILURE: f"prefect flow run {state.type.value.lower()}",
+                FAILURE_DETAIL: (state.message or state.name or "")[:500],
             })
             tracking.end_run(run.info.run_id, succeeded=False)
             logger.info("MLflow run %s ended FAILED: its flow run %s is %s", run.info.run_id, flow_run_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -18,9 +19,17 @@ from tasks.data import DatasetRef
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
+class Action(StrEnum):
+    """What a retrain does with its new version (tag `dae.retrain.action`)."""
+
+    FIRST_CHAMPION = "first-champion"  # no champion yet: it becomes champion
+    PROMOTED = "promoted"  # better by the margin: it takes @champion
+    CHALLENGER = "challenger"  # not better by the margin: it becomes @challenger
+
+
 @dataclass(frozen=True)
 class Decision:
-    action: str  # "first-champion" | "promoted" | "challenger"
+    action: Action
     new_version: str
     new_accuracy: float
     champion_version: str | None
@@ -57,19 +66,19 @@ def decide(new_version: str, new_accuracy: float, champion_version: str | None,
     if not math.isfinite(new_accuracy):
         raise ValueError(f"new model version {new_version} scored {new_accuracy}: refusing to alias it")
     if champion_version is None:
-        return Decision("first-champion", new_version, new_accuracy, None, None, margin,
+        return Decision(Action.FIRST_CHAMPION, new_version, new_accuracy, None, None, margin,
                         "no champion yet: the first model becomes champion")
     gain = new_accuracy - champion_accuracy
     if gain >= margin:
-        return Decision("promoted", new_version, new_accuracy, champion_version, champion_accuracy, margin,
+        return Decision(Action.PROMOTED, new_version, new_accuracy, champion_version, champion_accuracy, margin,
                         f"better by {gain:+.2f} points >= margin {margin:.2f}")
-    return Decision("challenger", new_version, new_accuracy, champion_version, champion_accuracy, margin,
+    return Decision(Action.CHALLENGER, new_version, new_accuracy, champion_version, champion_accuracy, margin,
                     f"difference {gain:+.2f} points < margin {margin:.2f}: champion stays")
 
 
 @task(name="apply-decision")
 def apply_decision(decision: Decision, run_id: str) -> Decision:
-    alias = CHALLENGER if decision.action == "challenger" else CHAMPION
+    alias = CHALLENGER if decision.action is Action.CHALLENGER else CHAMPION
     tracking.set_alias(alias, decision.new_version)
     tags = {f"dae.retrain.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
     tracking.set_tags(run_id, tags)

@@ -16,13 +16,24 @@ from pathlib import Path
 import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig, closest_preset, run_name
 from dae_core.resumable import held_state_folder
 from tasks import tracking
 from tasks.data import DatasetRef
+from tasks.tags import (
+    CELL,
+    KILLED,
+    RESUMED_BY,
+    RESUMED_FROM,
+    RESUMED_FROM_MISSING,
+    ROLE,
+    ROLE_EXPERIMENT,
+    WORKER,
+    flow_run_tags,
+)
 
 
 @dataclass(frozen=True)
@@ -93,12 +104,12 @@ def _take_over_state(context: RunContext) -> None:
             except mlflow.exceptions.MlflowException:
                 get_run_logger().warning("the saved state's run %s is not in %s; resuming its state without it",
                                          previous, tracking.tracking_uri())
-                tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from_missing": previous})
+                tracking.set_tags(context.mlflow_run_id, {RESUMED_FROM_MISSING: previous})
             else:
                 if status == "RUNNING":
-                    tracking.set_tags(previous, {"dae.killed": "true", "dae.resumed_by": context.mlflow_run_id})
+                    tracking.set_tags(previous, {KILLED: "true", RESUMED_BY: context.mlflow_run_id})
                     tracking.end_run(previous, succeeded=False)
-                tracking.set_tags(context.mlflow_run_id, {"dae.resumed_from": previous})
+                tracking.set_tags(context.mlflow_run_id, {RESUMED_FROM: previous})
     write_json(owner_file, {"mlflow_run_id": context.mlflow_run_id})
 
 
@@ -117,14 +128,7 @@ def worker_name() -> str:
 def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str,
                    parent_run_id: str | None = None, run_label: str | None = None) -> RunContext:
     """Create the MLflow run with params, dataset input and Prefect tags."""
-    tags = {
-        "prefect.flow_run_id": str(flow_run.id or ""),
-        "prefect.flow_run_name": flow_run.name or "",
-        "prefect.deployment_name": deployment.name or "",
-        "dae.role": "experiment",
-        "dae.cell": run_label or "",
-        "dae.worker": worker_name(),
-    }
+    tags = {**flow_run_tags(), ROLE: ROLE_EXPERIMENT, CELL: run_label or "", WORKER: worker_name()}
     run_id = tracking.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
     description = describe_run(config, run_label)
     tracking.set_description(run_id, description)

@@ -13,12 +13,13 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 
 from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
 from dae_core.shapes import NUM_CLASSES
 from tasks import tracking
 from tasks.run import prefect_flow_run_link
+from tasks.tags import ROLE, ROLE_SCORING, flow_run_tags
 
 PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
 
@@ -59,9 +60,8 @@ def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list
 @task(name="report-scoring", cache_policy=NO_CACHE)
 def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, experiment: str,
                    work_dir: str) -> ScoringSummary:
-    tags = {"dae.role": "scoring", "dae.model_uri": scored.model_uri, "dae.model_version": scored.model_version or "",
-            "prefect.flow_run_id": str(flow_run.id or ""), "prefect.flow_run_name": flow_run.name or "",
-            "prefect.deployment_name": deployment.name or ""}
+    tags = {ROLE: ROLE_SCORING, "dae.model_uri": scored.model_uri, "dae.model_version": scored.model_version or "",
+            **flow_run_tags()}
     run_id = tracking.start_run(experiment, flow_run.name or "score", tags)
     with tracking.ends_run(run_id):
         images = len(scored.batch.digits.names)

@@ -25,9 +25,11 @@ from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunT
 from mlflow.exceptions import MlflowException
 
 from dae_core.config import ExperimentConfig
+from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.resumable import exclusive_file_lock
 from dae_core.summary import CURVE_KEYS, REGISTERED_MODEL, RunSummary, epoch_metrics, summary_from_metrics
 from dae_core.train import History
+from tasks.tags import CELL, DESCRIPTION, FLOW_RUN_ID, GIT_COMMIT
 
 PARENT_TAG = "mlflow.parentRunId"
 
@@ -51,12 +53,18 @@ def client() -> MlflowClient:
     return MlflowClient()
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(DaeError, RuntimeError):
     """The tracking store cannot be reached; raised before any training starts."""
+
+    exit_code = EXIT_SERVER
+    fix = "start the tracking server, or unset MLFLOW_TRACKING_URI to track into ./mlflow.db"
 
 
 class TrackingRefused(TrackingUnavailable):
     """The tracking server answers but refuses these credentials (or none)."""
+
+    fix = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account of that server "
+           "(on the team stack: your own, or DAE_WORKER_* of its .env)")
 
 
 def check_store(timeout_s: float = 5.0) -> str:
@@ -102,7 +110,6 @@ def git_commit() -> str | None:
 # Without it MLflow 3.17's UI opens an experiment on its GenAI overview (traces, token
 # usage); with it, on the training runs table.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-DESCRIPTION_TAG = "mlflow.note.content"  # the run description (markdown) the UI shows
 
 
 # MLflow 3.17's UI follows the link's workflow type: without it, a browser that never picked
@@ -143,7 +150,7 @@ def start_run(experiment: str, run_name: str, tags: dict[str, str],
     """Create a RUNNING run and return its id."""
     all_tags = {key: value for key, value in tags.items() if value}
     if commit := git_commit():
-        all_tags["mlflow.source.git.commit"] = commit
+        all_tags[GIT_COMMIT] = commit
     if parent_run_id:
         all_tags[PARENT_TAG] = parent_run_id
     run = client().create_run(experiment_id(experiment), run_name=run_name, tags=all_tags)
@@ -200,7 +207,7 @@ def log_history(run_id: str, phase: str, history: History) -> None:
 
 
 def set_description(run_id: str, markdown: str) -> None:
-    client().set_tag(run_id, DESCRIPTION_TAG, markdown)
+    client().set_tag(run_id, DESCRIPTION, markdown)
 
 
 @contextlib.contextmanager
@@ -366,7 +373,7 @@ def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:
 
 def finished_children(parent_run_id: str) -> dict[tuple[str, int], str]:
     """The FINISHED child runs of a parent, by (``dae.cell`` tag, seed param)."""
-    return {(run.data.tags.get("dae.cell", ""), int(run.data.params["seed"])): run.info.run_id
+    return {(run.data.tags.get(CELL, ""), int(run.data.params["seed"])): run.info.run_id
             for run in child_runs(parent_run_id, "FINISHED") if "seed" in run.data.params}
 
 
@@ -386,7 +393,7 @@ def running_runs_of_flow_runs() -> list[Any]:
     if not experiments:
         return []
     return [run for run in tracker.search_runs(experiments, "attributes.status = 'RUNNING'", max_results=1000)
-            if run.data.tags.get("prefect.flow_run_id")]
+            if run.data.tags.get(FLOW_RUN_ID)]
 
 
 def run_of_flow_run(flow_run_id: str, experiment: str) -> str | None:

@@ -7,23 +7,35 @@ import contextvars
 import json
 import math
 import threading
-import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import deployment, flow_run
+from prefect.runtime import flow_run
 
 from dae_core import tuning
 from dae_core.checkpoint import write_json
 from dae_core.config import ConfigError, ExperimentConfig
+from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.runtime import derive_seed
 from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
 from tasks import progress, tracking
 from tasks.data import DatasetRef
 from tasks.run import worker_name
+from tasks.tags import (
+    CELL,
+    FAILURE_DETAIL,
+    FLOW_RUN_ID,
+    KILLED,
+    ROLE,
+    ROLE_TRIAL,
+    ROLE_TUNING,
+    WORKER,
+    flow_run_tags,
+    resumed_tags,
+)
 
 # The parent run's tags with each cell's best parameters (JSON values), which
 # `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.
@@ -59,14 +71,12 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
     record = Path(record_dir) / "parent.json"
     if record.exists():
         previous = json.loads(record.read_text())["mlflow_run_id"]
-        if tracking.reopen_run(previous, {"dae.resumed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                          "prefect.flow_run_id": str(flow_run.id or "")}):
+        if tracking.reopen_run(previous, resumed_tags()):
             if trials_in_process:
                 fail_killed_trials(previous)
             get_run_logger().info("continuing the interrupted tuning %s", previous)
             return previous
-    tags = {"dae.role": "tuning", "dae.tuning_key": key, "prefect.flow_run_id": str(flow_run.id or ""),
-            "prefect.flow_run_name": flow_run.name or "", "prefect.deployment_name": deployment.name or ""}
+    tags = {ROLE: ROLE_TUNING, "dae.tuning_key": key, **flow_run_tags()}
     parent = tracking.start_run(experiment, flow_run.name or "tune", tags)
     tracking.log_config(parent, base, {"tune.cells": ",".join(cells), "tune.trials": trials,
                                        "tune.objective": objective})
@@ -81,7 +91,7 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
 def fail_killed_trials(parent_run_id: str) -> list[str]:
     """End FAILED the trial runs still RUNNING under a tuning whose trials have all stopped
     (their process was killed); returns their ids."""
-    return tracking.fail_running_children(parent_run_id, {"dae.killed": "true", TRIAL_STATE_TAG: "killed"})
+    return tracking.fail_running_children(parent_run_id, {KILLED: "true", TRIAL_STATE_TAG: "killed"})
 
 
 def _epochs(config: ExperimentConfig, objective: Objective) -> int:
@@ -123,8 +133,8 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         params = tuning.suggest(trial, space)
         trial_config = tuning.with_params(config, params)
         run_id = tracking.start_run(experiment, f"{cell}-trial{trial.number}", {
-            "dae.role": "trial", "dae.cell": cell, "dae.study": name, "dae.trial": str(trial.number),
-            "dae.worker": machine, "prefect.flow_run_id": prefect_flow_run},
+            ROLE: ROLE_TRIAL, CELL: cell, "dae.study": name, "dae.trial": str(trial.number),
+            WORKER: machine, FLOW_RUN_ID: prefect_flow_run},
             parent_run_id=parent_run_id)
         tracking.log_config(run_id, trial_config)
 
@@ -144,7 +154,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
             raise
         except TrialDiverged as error:
             # Pruned for the sampler (a region to avoid), FAILED in MLflow with the reason.
-            tracking.set_tags(run_id, {TRIAL_STATE_TAG: "diverged", "dae.failure_detail": str(error)[:500]})
+            tracking.set_tags(run_id, {TRIAL_STATE_TAG: "diverged", FAILURE_DETAIL: str(error)[:500]})
             tracking.end_run(run_id, succeeded=False)
             trial_done(trial.number)
             raise optuna.TrialPruned(f"diverged: {error}") from None
@@ -193,10 +203,10 @@ def _open_study(name: str, storage: str, config: ExperimentConfig, objective: Ob
         try:
             study = optuna.load_study(study_name=name, storage=storage, pruner=pruner)
         except KeyError:
-            raise RuntimeError(
-                f"study {name} is not in this worker's study storage {_shown(storage)}\n"
-                "  fix: give the workers DAE_TUNING_STORAGE naming the database that `dae tune --fan-out` "
-                "uses (--storage)") from None
+            raise ConfigError(
+                f"study {name} is not in this worker's study storage {_shown(storage)}",
+                "give the workers DAE_TUNING_STORAGE naming the database that `dae tune --fan-out` uses (--storage)",
+            ) from None
     # Seeded, so that the same command proposes the same trials; but not with the same seed
     # in each of several workers or in a resumed study, which would propose again the points
     # already tried. A fresh study in one process keeps the plain seed its recorded runs used.
@@ -269,6 +279,13 @@ def cell_result(cell: str, study, objective: Objective, trials: int) -> CellTuni
                       best_value=best.value, trials=len(counted), pruned=len(counted) - len(complete))
 
 
+class TuningIncomplete(DaeError):
+    """Fanned-out workers ended before every study held its trials."""
+
+    exit_code = EXIT_SERVER
+    fix = "run the same command again: it continues the studies"
+
+
 class StudyProgress:
     """How many trials of some studies' budgets (``trials`` each) are complete or pruned so
     far, asked again and again while workers run them: one connection pool for all the
@@ -296,8 +313,8 @@ def read_studies(cells: list[str], names: list[str], storage: str, objective: Ob
     for cell, name in zip(cells, names, strict=True):
         result = cell_result(cell, optuna.load_study(study_name=name, storage=storage), objective, trials)
         if result.trials < trials:
-            raise RuntimeError(f"cell {cell}: {result.trials} of {trials} trials done when the workers ended "
-                               "(see their flow runs)\n  fix: run the same command again: it continues the studies")
+            raise TuningIncomplete(f"cell {cell}: {result.trials} of {trials} trials done when the workers ended "
+                                   "(see their flow runs)")
         results.append(result)
     return results
 
@@ -375,9 +392,9 @@ def read_tuning(run_id: str) -> dict[str, dict[str, Any]]:
         run = tracking.client().get_run(run_id)
     except Exception:  # MLflow's "not found" differs between stores
         run = None
-    if run is None or run.data.tags.get("dae.role") != "tuning" or run.info.status != "FINISHED":
-        raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking.tracking_uri()}\n"
-                          "  fix: pass the MLflow run id that `dae tune` printed at its end")
+    if run is None or run.data.tags.get(ROLE) != ROLE_TUNING or run.info.status != "FINISHED":
+        raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking.tracking_uri()}",
+                          "pass the MLflow run id that `dae tune` printed at its end")
     tuned: dict[str, dict[str, Any]] = {}
     for name, value in run.data.tags.items():
         if name.startswith(f"{TUNED_TAG}."):

@@ -23,8 +23,11 @@ def test_importing_the_project_writes_nothing_in_the_working_directory(tmp_path)
     """No mkdir, database or tracking URI at import time."""
     workdir, home = tmp_path / "cwd", tmp_path / "home"
     workdir.mkdir()
-    code = ("import flows.experiment, flows.compare, flows.retrain, flows.score, flows.reconcile, flows.automations, "
-            "tasks.tracking, dae_cli.main, dae_cli.predict")
+    code = ("import importlib, pkgutil\n"
+            "for package in ('dae_core', 'tasks', 'flows', 'dae_cli'):\n"
+            "    root = importlib.import_module(package)\n"
+            "    for module in pkgutil.walk_packages(root.__path__, package + '.'):\n"
+            "        importlib.import_module(module.name)\n")
     subprocess.run([sys.executable, "-c", code], cwd=workdir, check=True,
                    env={"PYTHONPATH": str(Path(__file__).resolve().parents[1]), "HOME": str(home),
                         "PREFECT_HOME": str(home / "prefect")})

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import TRAIN_IMAGES
 
 BIN = Path(sys.executable).parent
@@ -22,6 +24,7 @@ def _embedded_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_path):
     result = subprocess.run(
         [str(BIN / "dae"), *TINY_RUN, "--data-dir", str(data_root),
@@ -41,6 +44,7 @@ def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_pa
     assert (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 def test_without_prefects_private_server_api_dae_still_runs_and_stays_quiet(data_root, tmp_path):
     """A Prefect release without the API of the early start: Prefect's own path runs the flow.
     Without --verbose the terminal shows no INFO lines."""
@@ -82,6 +86,7 @@ def test_fan_out_without_a_prefect_server_is_refused_in_two_lines(tmp_path):
         assert not (tmp_path / "prefect" / "prefect.db").exists(), "refused before any server started"
 
 
+@pytest.mark.slow
 def test_a_tune_whose_trials_cannot_run_ends_in_the_cause_and_the_fix_without_optunas_traceback(data_root, tmp_path):
     result = subprocess.run(
         [str(BIN / "dae"), "tune", "--preset", "smoke", "--no-download", "--data-dir", str(data_root),

@@ -25,6 +25,8 @@ BOOT = """
 from dae_cli.prefect_server import server_settings, start_temporary_server
 from prefect import flow
 
+pytestmark = pytest.mark.slow  # processes started, killed and raced; minutes
+
 @flow
 def hello() -> int:
     return 1

@@ -93,6 +93,7 @@ def _epochs_saved(work_dir: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_resumes_to_exactly_the_uninterrupted_numbers(
         tmp_path, prefect_api_url, mlflow_store):
     data_root = tmp_path / "data"
@@ -135,6 +136,7 @@ def test_a_sigkilled_run_resumes_to_exactly_the_uninterrupted_numbers(
         "a finished run leaves no resumable state behind"
 
 
+@pytest.mark.slow
 def test_eight_runs_at_once_on_one_fresh_sqlite_store(tmp_path, data_root, prefect_api_url):
     uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": uri}

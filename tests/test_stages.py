@@ -174,6 +174,7 @@ def test_loop_seconds_leave_out_the_epoch_callbacks(raw_dir, tmp_path):
 MNIST_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "MNIST" / "raw"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not MNIST_RAW.is_dir(), reason="the real MNIST files are not beside this checkout")
 def test_the_smoke_preset_learns_on_real_mnist(tmp_path):
     """The preset the README offers for trying an install must not look broken."""

@@ -99,6 +99,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
 
 
+@pytest.mark.slow
 def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tmp_path):
     """A study of 6 trials per cell, killed while a trial runs after another has ended; the
     same command continues it: the finished trials are kept, the killed one's run ends

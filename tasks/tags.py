@@ -1,0 +1,41 @@
+"""The MLflow tag names dae writes and reads: a contract with the UI's "Group by", saved
+searches and other tools (README, "What gets tracked"), named once here."""
+
+from __future__ import annotations
+
+import time
+
+from prefect.runtime import deployment, flow_run
+
+# What a run is: experiment, comparison, tuning, trial or scoring (values: the roles below).
+ROLE = "dae.role"
+ROLE_EXPERIMENT, ROLE_COMPARISON, ROLE_TUNING, ROLE_TRIAL, ROLE_SCORING = (
+    "experiment", "comparison", "tuning", "trial", "scoring")
+CELL = "dae.cell"  # the comparison cell (Group by -> dae.cell)
+WORKER = "dae.worker"  # the machine that trained it
+# Interrupted and resumed runs (docs/reliability.md).
+KILLED = "dae.killed"
+RESUMED_FROM = "dae.resumed_from"
+RESUMED_BY = "dae.resumed_by"
+RESUMED_FROM_MISSING = "dae.resumed_from_missing"
+RESUMED_AT = "dae.resumed_at"
+FAILURE = "dae.failure"
+FAILURE_DETAIL = "dae.failure_detail"
+# The Prefect flow run (and deployment) that made the MLflow run.
+FLOW_RUN_ID = "prefect.flow_run_id"
+FLOW_RUN_NAME = "prefect.flow_run_name"
+DEPLOYMENT_NAME = "prefect.deployment_name"
+# MLflow's own: the run description the UI shows (markdown), the code's commit.
+DESCRIPTION = "mlflow.note.content"
+GIT_COMMIT = "mlflow.source.git.commit"
+
+
+def flow_run_tags() -> dict[str, str]:
+    """The tags that tie an MLflow run to the flow run (and deployment) it is part of."""
+    return {FLOW_RUN_ID: str(flow_run.id or ""), FLOW_RUN_NAME: flow_run.name or "",
+            DEPLOYMENT_NAME: deployment.name or ""}
+
+
+def resumed_tags() -> dict[str, str]:
+    """An interrupted parent run reopened by this flow run: when, and by which."""
+    return {RESUMED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), FLOW_RUN_ID: str(flow_run.id or "")}
