@@ -1,8 +1,11 @@
-"""``dae run``, ``dae compare`` and ``dae bench``.
+"""The ``dae`` command: ``run``, ``compare``, ``tune``, ``predict``, ``setup``, ``users``, ``bench``.
 
-Runs the Prefect flows in this process: with no ``PREFECT_API_URL`` Prefect starts a
-temporary local server and MLflow writes to ``sqlite:///mlflow.db``; with both servers
-configured the same command reports to them.
+``run``, ``compare`` and ``tune`` run the Prefect flows in this process: with no
+``PREFECT_API_URL`` Prefect starts a temporary local server and MLflow writes to
+``sqlite:///mlflow.db``; with both servers configured the same command reports to them.
+``predict`` loads a registered model without Prefect; ``setup`` and ``users`` configure the
+team stack's servers. Every failure a person can act on is a ``DaeError``: one line of
+cause, one of fix, an exit code.
 """
 
 from __future__ import annotations

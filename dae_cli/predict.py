@@ -35,21 +35,15 @@ class Prediction:
 def predict_files(files: list[Path], model_uri: str) -> tuple[list[Prediction], list[str]]:
     """Predictions for every digit of every readable file, and one error line per file
     that could not be read (the others are still scored)."""
-    from dae_core.images import ImageUnreadable, read_digits
+    from dae_core.scoring import joined, read_files, rounded
 
-    read, errors = [], []
-    for path in files:
-        try:
-            read.append(read_digits(path))
-        except ImageUnreadable as error:
-            errors.append(str(error))
+    read, errors = read_files(files)
     if not read:
         return [], errors
-    probabilities = _probabilities(model_uri, np.concatenate([digits.pixels for digits in read]))
-    names = [name for digits in read for name in digits.names]
-    rounded = probabilities.astype(np.float64).round(6)  # the float32 values, as printed
+    digits = joined(read)
+    probabilities = rounded(_probabilities(model_uri, digits.pixels))
     return [Prediction(name, int(row.argmax()), float(row.max()), row.tolist())
-            for name, row in zip(names, rounded, strict=True)], errors
+            for name, row in zip(digits.names, probabilities, strict=True)], errors
 
 
 def _probabilities(model_uri: str, pixels: np.ndarray) -> np.ndarray:

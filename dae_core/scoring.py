@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,29 @@ def _folder_label(path: Path) -> int | None:
     return int(name) if len(name) == 1 and name.isdigit() else None
 
 
+def read_files(files: Iterable[Path]) -> tuple[list[tuple[Path, Digits]], list[str]]:
+    """Each readable file with its digits, and one line per file that could not be read
+    (naming it): the others are still scored."""
+    read, skipped = [], []
+    for path in files:
+        try:
+            read.append((path, read_digits(path)))
+        except ImageUnreadable as error:
+            skipped.append(str(error))
+    return read, skipped
+
+
+def joined(read: list[tuple[Path, Digits]]) -> Digits:
+    return Digits([name for _, digits in read for name in digits.names],
+                  np.concatenate([digits.pixels for _, digits in read]))
+
+
+def rounded(probabilities: np.ndarray) -> np.ndarray:
+    """The float32 probabilities as they are printed: in float64, rounded to 6 places (a
+    rounded float32 prints as 0.9876949787139893)."""
+    return probabilities.astype(np.float64).round(6)
+
+
 def read_batch(source: Path, labels_file: Path | None = None) -> Batch:
     """The images of ``source``: an IDX file (labels from ``labels_file``, an IDX labels
     file) or a folder of pictures, searched recursively (labels from digit-named
@@ -41,20 +65,13 @@ def read_batch(source: Path, labels_file: Path | None = None) -> Batch:
     source = Path(source)
     if source.is_dir():
         files = sorted(path for path in source.rglob("*") if path.is_file() and not path.name.startswith("."))
-        read, skipped, labels = [], [], []
-        for path in files:
-            try:
-                read.append(read_digits(path))
-            except ImageUnreadable as error:
-                skipped.append(str(error))
-                continue
-            labels += [_folder_label(path)] * len(read[-1].names)
+        read, skipped = read_files(files)
         if not read:
             raise DataError(f"{source}: no readable pictures" + (f" ({len(skipped)} unreadable)" if skipped else ""),
                             "pass a folder of pictures (PNG, JPEG, ...) or an IDX file of 28x28 images")
-        digits = Digits([name for part in read for name in part.names], np.concatenate([p.pixels for p in read]))
+        labels = [_folder_label(path) for path, digits in read for _ in digits.names]
         known = None if None in labels else np.asarray(labels, dtype=np.int64)
-        return Batch(digits, known, skipped)
+        return Batch(joined(read), known, skipped)
     digits = read_digits(source)
     if labels_file is None:
         return Batch(digits, None, [])
@@ -75,8 +92,7 @@ def scores(probabilities: np.ndarray, labels: np.ndarray) -> Scores:
 def prediction_rows(batch: Batch, probabilities: np.ndarray) -> dict[str, list]:
     """The predictions table, a column per field: file, digit, probability, label (where
     known), p0..p9."""
-    # Rounded in float64: a rounded float32 prints as 0.9876949787139893.
-    probabilities = probabilities.astype(np.float64).round(6)
+    probabilities = rounded(probabilities)
     table: dict[str, list] = {
         "file": list(batch.digits.names),
         "digit": probabilities.argmax(axis=1).tolist(),
