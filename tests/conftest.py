@@ -4,6 +4,7 @@ session, and MLflow on a temporary SQLite store."""
 from __future__ import annotations
 
 import struct
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,22 @@ def make_dataset(root: Path, folder: str = "MNIST", train: int = TRAIN_IMAGES, t
         write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
     return raw
+
+
+def unique_experiment() -> str:
+    """A fresh MLflow experiment name: tests sharing the session's store never see each other's runs."""
+    return f"test-{uuid.uuid4().hex[:8]}"
+
+
+def runs_of(experiment: str, filter_string: str = "") -> list:
+    """The runs of ``experiment`` in the current tracking store (none if it does not exist)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return MlflowClient().search_runs([found.experiment_id], filter_string)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
-"""The installed ``dae`` command in its default embedded mode: no Prefect API URL, no
-tracking URI, a fresh PREFECT_HOME."""
+"""The ``dae`` command: installed, in its default embedded mode (no Prefect API URL, no
+tracking URI, a fresh PREFECT_HOME), and called in this process under the session's Prefect
+test server and tracking store for its outputs and its failures."""
 
 import json
 import os
@@ -7,11 +8,14 @@ import re
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 
-from tests.conftest import TRAIN_IMAGES
+from dae_cli.main import main as dae_main
+from tests.conftest import TINY, TRAIN_IMAGES, make_dataset, runs_of, unique_experiment
 
 BIN = Path(sys.executable).parent
 TINY_RUN = ["run", "--preset", "smoke", "--no-download", "--set", "data.train_limit=null",
@@ -98,3 +102,73 @@ def test_a_tune_whose_trials_cannot_run_ends_in_the_cause_and_the_fix_without_op
                           f"  fix: --set data.train_limit={TRAIN_IMAGES} (or fewer), or pass --data-dir with the "
                           "full dataset"], result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "failed with" not in result.stderr, result.stderr[-3000:]
+
+
+# In this process, under the session's Prefect test server and temporary tracking store.
+IN_PROCESS = pytest.mark.usefixtures("prefect_server", "mlflow_store")
+
+
+@IN_PROCESS
+def test_cli_refuses_a_bad_override_naming_the_field(capsys):
+    assert dae_main(["run", "--preset", "smoke", "--set", "pretrain.noise.std=3"]) == 2
+    assert "pretrain.noise.std = 3" in capsys.readouterr().err
+
+@IN_PROCESS
+def test_cli_run_writes_the_summary_json(data_root, tmp_path):
+    summary_path = tmp_path / "summary.json"
+    overrides = [f"data.batch_size={TINY['data']['batch_size']}", "data.train_limit=null", "data.test_limit=null",
+                 "pretrain.epochs=2", "pretrain.hidden_units=32", "classifier.epochs=1"]
+    args = ["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download", "--seed", "4",
+            "--summary-json", str(summary_path), "--experiment", unique_experiment(),
+            "--work-dir", str(tmp_path / "w"), "--name", "my-first-run"]
+    for item in overrides:
+        args += ["--set", item]
+    assert dae_main(args) == 0
+    summary = json.loads(summary_path.read_text())
+    assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
+    run = MlflowClient().get_run(summary["mlflow_run_id"])
+    assert run.data.params["seed"] == "4"
+    assert run.info.run_name == run.data.tags["prefect.flow_run_name"] == "my-first-run"
+    # The quiet terminal does not silence the Prefect API: the flow run's INFO lines are there.
+    messages = _flow_run_log_messages(run.data.tags["prefect.flow_run_id"])
+    assert any(message.startswith("MLflow run ") for message in messages), messages
+
+def _flow_run_log_messages(flow_run_id: str) -> list[str]:
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+    with get_client(sync_client=True) as client:
+        for _ in range(30):  # Prefect sends logs in batches, every 2 s by default
+            if messages := [log.message for log in client.read_logs(log_filter=log_filter)]:
+                return messages
+            time.sleep(0.5)
+    return []
+
+@IN_PROCESS
+def test_cli_on_a_corrupt_data_file_says_cause_and_fix_and_creates_no_run(tmp_path, capsys):
+    raw = make_dataset(tmp_path / "data")
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])
+    name = unique_experiment()
+    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(tmp_path / "data"), "--no-download",
+                     "--experiment", name, "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert "train-images-idx3-ubyte: truncated" in err and "fix: delete the damaged file" in err
+    assert "Traceback" not in err
+    assert runs_of(name) == [], "bad data is refused before any MLflow run exists"
+
+
+@IN_PROCESS
+def test_cli_on_a_diverging_run_names_the_step_and_the_fix(data_root, tmp_path, capsys):
+    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
+                     "--set", "data.train_limit=null", "--set", "data.test_limit=null",
+                     "--set", "data.batch_size=40", "--set", "classifier.lr=10", "--set", "pretrain.epochs=2",
+                     "--experiment", unique_experiment(), "--work-dir", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 5, err[-2000:]
+    assert re.search(r"dae: training diverged: classifier epoch 1: mean loss \S+ is over ten times that of "
+                     r"guessing \(23\.0\); lower the learning rate", err), err[-2000:]

@@ -3,8 +3,6 @@ session-wide Prefect test server and one temporary SQLite tracking store."""
 
 from __future__ import annotations
 
-import json
-import re
 import uuid
 
 import mlflow
@@ -12,22 +10,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from dae_cli.main import main as dae_main
 from dae_core.config import build_config
-from tests.conftest import TINY, make_dataset
+from tests.conftest import TINY, make_dataset, runs_of, unique_experiment
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "mlflow_store")
-
-
-def _experiment() -> str:
-    return f"test-{uuid.uuid4().hex[:8]}"
-
-
-def _runs(experiment: str, filter_string: str = ""):
-    found = mlflow.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return MlflowClient().search_runs([found.experiment_id], filter_string)
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +21,7 @@ def experiment_run(data_root, tmp_path_factory):
     from flows.experiment import dae_experiment
     from tasks import progress
 
-    name = _experiment()
+    name = unique_experiment()
     with progress.listening(lambda phase, epoch, total, metrics: PROGRESS.append((phase, epoch, total))):
         summary = dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
                                  experiment_name=name, work_dir=str(tmp_path_factory.mktemp("work")))
@@ -53,7 +39,7 @@ def test_the_caller_hears_every_epoch_of_its_run(experiment_run):
 
 def test_experiment_records_params_metrics_and_tags(experiment_run):
     name, summary = experiment_run
-    (run,) = _runs(name)
+    (run,) = runs_of(name)
     assert run.info.status == "FINISHED" and run.info.run_id == summary.mlflow_run_id
     params = run.data.params
     assert params["pretrain.optimizer"] == "adam" and params["pretrain.noise.std"] == "0.2"
@@ -127,16 +113,16 @@ def test_summary_contract(experiment_run):
         assert 0 < dumped["timing"][f"{phase}_loop_s"] < dumped["timing"][f"{phase}_s"]
 
 
-def test_an_invalid_parameter_is_refused_before_any_task_runs(data_root, tmp_path):
+def test_an_invalid_parameter_is_refused_before_any_taskruns_of(data_root, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
     from flows.experiment import dae_experiment
 
-    name = _experiment()
+    name = unique_experiment()
     with pytest.raises(ParameterTypeError, match="lr"):
         dae_experiment(config={"pretrain": {"lr": -1}}, data_dir=str(data_root), experiment_name=name,
                        work_dir=str(tmp_path))
-    assert _runs(name) == [] and not any(tmp_path.iterdir())
+    assert runs_of(name) == [] and not any(tmp_path.iterdir())
 
 
 def test_a_failing_task_leaves_the_mlflow_run_failed(data_root, tmp_path, monkeypatch):
@@ -147,11 +133,11 @@ def test_a_failing_task_leaves_the_mlflow_run_failed(data_root, tmp_path, monkey
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(stages, "classifier_stage", broken)
-    name = _experiment()
+    name = unique_experiment()
     with pytest.raises(RuntimeError, match="disk on fire"):
         dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
                        experiment_name=name, work_dir=str(tmp_path))
-    (run,) = _runs(name)
+    (run,) = runs_of(name)
     assert run.info.status == "FAILED"
     assert len(MlflowClient().get_metric_history(run.info.run_id, "pretrain/mse")) == TINY["pretrain"]["epochs"]
 
@@ -178,14 +164,14 @@ def test_a_second_run_reuses_the_cached_dataset(tmp_path, monkeypatch):
 def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_path):
     from flows.compare import dae_compare
 
-    name = _experiment()
+    name = unique_experiment()
     # parallel=2: cells share the process, as `dae compare --parallel 2` runs them.
     result = dae_compare(base=build_config("smoke", TINY), seeds=2, cells=["adam-noise", "no-pretraining"],
                          parallel=2,
                          data_dir=str(data_root), download=False, experiment_name=name,
                          work_dir=str(tmp_path))
-    (parent,) = _runs(name, "tags.`dae.role` = 'comparison'")
-    children = _runs(name, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    (parent,) = runs_of(name, "tags.`dae.role` = 'comparison'")
+    children = runs_of(name, f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
     assert parent.info.status == "FINISHED" and len(children) == 4
     assert sorted((c.data.tags["dae.cell"], c.data.params["seed"]) for c in children) == [
         ("adam-noise", "0"), ("adam-noise", "1"), ("no-pretraining", "0"), ("no-pretraining", "1")]
@@ -199,47 +185,6 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
     rows = {(r["cell"], r["metric"]): r for r in result.rows}
     assert rows[("adam-noise", "final_accuracy")]["n"] == 2
     assert "| no-pretraining | final_accuracy |" in result.table_markdown
-
-
-def test_cli_refuses_a_bad_override_naming_the_field(capsys):
-    assert dae_main(["run", "--preset", "smoke", "--set", "pretrain.noise.std=3"]) == 2
-    assert "pretrain.noise.std = 3" in capsys.readouterr().err
-
-
-def test_cli_run_writes_the_summary_json(data_root, tmp_path):
-    summary_path = tmp_path / "summary.json"
-    overrides = [f"data.batch_size={TINY['data']['batch_size']}", "data.train_limit=null", "data.test_limit=null",
-                 "pretrain.epochs=2", "pretrain.hidden_units=32", "classifier.epochs=1"]
-    args = ["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download", "--seed", "4",
-            "--summary-json", str(summary_path), "--experiment", _experiment(), "--work-dir", str(tmp_path / "w"),
-            "--name", "my-first-run"]
-    for item in overrides:
-        args += ["--set", item]
-    assert dae_main(args) == 0
-    summary = json.loads(summary_path.read_text())
-    assert len(summary["pretrain"]["mse"]) == 2 and len(summary["classifier"]["test_accuracy"]) == 1
-    run = MlflowClient().get_run(summary["mlflow_run_id"])
-    assert run.data.params["seed"] == "4"
-    assert run.info.run_name == run.data.tags["prefect.flow_run_name"] == "my-first-run"
-    # The quiet terminal does not silence the Prefect API: the flow run's INFO lines are there.
-    messages = _flow_run_log_messages(run.data.tags["prefect.flow_run_id"])
-    assert any(message.startswith("MLflow run ") for message in messages), messages
-
-
-def _flow_run_log_messages(flow_run_id: str) -> list[str]:
-    import time
-
-    from prefect import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
-
-    log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
-    with get_client(sync_client=True) as client:
-        for _ in range(30):  # Prefect sends logs in batches, every 2 s by default
-            if messages := [log.message for log in client.read_logs(log_filter=log_filter)]:
-                return messages
-            time.sleep(0.5)
-    return []
-
 
 
 @pytest.fixture
@@ -257,7 +202,7 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
 
     config = build_config("smoke", {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 3}})
     common = {"config": config, "data_dir": str(data_root), "download": False,
-              "experiment_name": _experiment(), "work_dir": str(tmp_path / "work")}
+              "experiment_name": unique_experiment(), "work_dir": str(tmp_path / "work")}
 
     def alias(name):
         return fresh_registry.get_model_version_by_alias("dae-mnist-classifier", name).version
@@ -273,28 +218,3 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     run_id = fresh_registry.get_model_version("dae-mnist-classifier", second.new_version).run_id
     tags = fresh_registry.get_run(run_id).data.tags
     assert tags["dae.retrain.action"] == "challenger" and "margin" in tags["dae.retrain.reason"]
-
-
-def test_cli_on_a_corrupt_data_file_says_cause_and_fix_and_creates_no_run(tmp_path, capsys):
-    raw = make_dataset(tmp_path / "data")
-    images = raw / "train-images-idx3-ubyte"
-    images.write_bytes(images.read_bytes()[:5000])
-    name = _experiment()
-    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(tmp_path / "data"), "--no-download",
-                     "--experiment", name, "--work-dir", str(tmp_path / "w")])
-    err = capsys.readouterr().err
-    assert code == 3
-    assert "train-images-idx3-ubyte: truncated" in err and "fix: delete the damaged file" in err
-    assert "Traceback" not in err
-    assert _runs(name) == [], "bad data is refused before any MLflow run exists"
-
-
-def test_cli_on_a_diverging_run_names_the_step_and_the_fix(data_root, tmp_path, capsys):
-    code = dae_main(["run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
-                     "--set", "data.train_limit=null", "--set", "data.test_limit=null", "--set", "data.batch_size=40",
-                     "--set", "classifier.lr=10", "--set", "pretrain.epochs=2",
-                     "--experiment", _experiment(), "--work-dir", str(tmp_path / "w")])
-    err = capsys.readouterr().err
-    assert code == 5, err[-2000:]
-    assert re.search(r"dae: training diverged: classifier epoch 1: mean loss \S+ is over ten times that of "
-                     r"guessing \(23\.0\); lower the learning rate", err), err[-2000:]
