@@ -151,6 +151,11 @@ def test_mlflow_group_by_cell_draws_one_mean_curve_per_cell(ui_stack, page):
     page.get_by_text("classifier/test_accuracy", exact=True).first.wait_for(timeout=30_000)
     page.wait_for_timeout(2000)
     page.screenshot(path=ui_stack.shots / "mlflow-group-by-cell.png")
+    # Each chart is a Plotly figure: a curve with its points is a "lines+markers" trace (a
+    # band is a filled one). Ungrouped, each of the 4 child runs would draw its own.
+    curves = page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].map(plot =>
+        (plot.data || []).filter(trace => trace.mode === 'lines+markers').length)""")
+    assert curves[0] == 2, f"curves per chart: {curves} (2 cells of 2 seeds each: one mean curve per cell)"
     page.get_by_placeholder("Search metric charts").fill("pretrain/mse")  # charts below the fold render lazily
     page.get_by_text("pretrain/mse", exact=True).first.wait_for(timeout=30_000)
 
