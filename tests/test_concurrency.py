@@ -12,10 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import make_dataset
 from tests.test_reliability import BIN, _dae_run, _epochs_saved
+
+pytestmark = pytest.mark.slow  # processes started, killed and raced; minutes
 
 REPO = Path(__file__).resolve().parents[1]
 SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=10",
@@ -24,8 +27,6 @@ SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", 
 BOOT = """
 from dae_cli.prefect_server import server_settings, start_temporary_server
 from prefect import flow
-
-pytestmark = pytest.mark.slow  # processes started, killed and raced; minutes
 
 @flow
 def hello() -> int:

@@ -222,7 +222,7 @@ def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join
     result = cell_result("adam-noise", study, "mse", trials=3)
     assert (result.trials, result.pruned, result.best_params) == (3, 1, {"pretrain.lr": 0.03})
     assert cell_result("adam-noise", study, "mse", trials=10).best_value == 0.1
-    with pytest.raises(RuntimeError, match="DAE_TUNING_STORAGE"):
+    with pytest.raises(ConfigError, match="DAE_TUNING_STORAGE"):
         _open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, "mse", worker=1)
     proposed = [_open_study("shared", storage, config, "mse", worker).ask(distribution).params for worker in (1, 2)]
     assert proposed[0] != proposed[1], "two workers with the same sampler seed would repeat each other's trials"
