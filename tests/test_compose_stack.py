@@ -249,11 +249,18 @@ def _completed_with_every_epoch(team: TeamStack, mlflow: MlflowClient, flow_run_
     assert steps == list(range(1, LONG_EPOCHS + 1)), steps
 
 
+def _long_run_training(team: TeamStack, mlflow: MlflowClient, experiment: str, epochs: int) -> tuple[str, object]:
+    """A long run started on the stack, once it has trained ``epochs`` epochs: its flow run id
+    and its MLflow run."""
+    flow_run = _create_run(team, "dae-experiment/lecture",
+                           {"config": LONG, "download": False, "experiment_name": experiment})
+    training = team.wait_until(lambda: _training_run(mlflow, experiment, epochs), 300,
+                               f"the long run to train {epochs} epochs")
+    return flow_run, training
+
+
 def test_restarting_postgres_and_mlflow_mid_run_loses_no_epoch(team_stack, mlflow):
-    flow_run = _create_run(team_stack, "dae-experiment/lecture",
-                           {"config": LONG, "download": False, "experiment_name": "compose-restarts"})
-    training = team_stack.wait_until(lambda: _training_run(mlflow, "compose-restarts", 3), 300,
-                                     "the long run to train three epochs")
+    flow_run, training = _long_run_training(team_stack, mlflow, "compose-restarts", 3)
     team_stack.say("docker compose restart postgres (while the run trains)")
     team_stack.compose("restart", "postgres")
     trained = _epochs(mlflow, training)
@@ -266,10 +273,7 @@ def test_restarting_postgres_and_mlflow_mid_run_loses_no_epoch(team_stack, mlflo
 
 
 def test_a_killed_worker_container_ends_its_run_and_the_rerun_resumes(team_stack, mlflow):
-    flow_run = _create_run(team_stack, "dae-experiment/lecture",
-                           {"config": LONG, "download": False, "experiment_name": "compose-killed"})
-    victim = team_stack.wait_until(lambda: _training_run(mlflow, "compose-killed", 5), 300,
-                                   "the long run to train five epochs")
+    flow_run, victim = _long_run_training(team_stack, mlflow, "compose-killed", 5)
     team_stack.say("docker kill of the worker container (while the run trains)")
     compose_stack.run(["docker", "kill", team_stack.container("worker")])
     team_stack.compose("up", "-d", "worker")
