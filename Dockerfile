@@ -18,6 +18,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY dae_core ./dae_core
+COPY adapters ./adapters
 COPY tasks ./tasks
 COPY flows ./flows
 COPY dae_cli ./dae_cli

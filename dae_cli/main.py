@@ -169,8 +169,8 @@ def _import_torch_lazy_modules() -> None:
 def _run(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     config = _config(args)
     server = start_temporary_server()
+    from adapters import progress
     from flows.experiment import dae_experiment
-    from tasks import progress
 
     terminal.libraries_loaded()
     _import_torch_lazy_modules()
@@ -205,8 +205,8 @@ def _compare(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     server = start_temporary_server()
     from tqdm import tqdm
 
+    from adapters import progress
     from flows.compare import dae_compare
-    from tasks import progress
     from tasks.comparison import REUSED_PHASE
 
     terminal.libraries_loaded()
@@ -245,8 +245,8 @@ def _tune(args: argparse.Namespace, terminal: QuietTerminal) -> int:
     server = start_temporary_server()
     from tqdm import tqdm
 
+    from adapters import progress
     from flows.tune import DEFAULT_TUNED_CELLS, dae_tune
-    from tasks import progress
     from tasks.tuning import TRIAL_PHASE
 
     terminal.libraries_loaded(tuning=True)
@@ -332,9 +332,9 @@ def _setup(args: argparse.Namespace) -> int:
 
 
 def _users(args: argparse.Namespace) -> int:
+    from adapters.tracking import TrackingRefused, check_store, tracking_uri
     from dae_cli.access import admin_refused, identities_from_env, sync_identities
     from dae_cli.terminal import mlflow_warnings_only
-    from tasks.tracking import TrackingRefused, check_store, tracking_uri
 
     identities = identities_from_env()
     with mlflow_warnings_only(args.verbose):

@@ -50,7 +50,7 @@ def _probabilities(model_uri: str, pixels: np.ndarray) -> np.ndarray:
     """(N, 28, 28) -> (N, 10) per-class probabilities from the model at ``model_uri``."""
     import mlflow
 
-    from tasks import tracking
+    from adapters import tracking
 
     tracking.check_store()
     try:

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from adapters.tracking import ends_run
 from dae_core.comparison import (
     DEFAULT_CELLS,
     SGD_PRETRAIN_LR,
@@ -30,7 +31,6 @@ from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
-from tasks.tracking import ends_run
 from tasks.tuning import read_tuning
 
 Grid = list[tuple[str, ExperimentConfig]]

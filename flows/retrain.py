@@ -9,12 +9,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from adapters.tracking import alias_version, model_version_of_run
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from flows.experiment import dae_experiment
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.registry import CHAMPION, Decision, apply_decision, decide, score_version
-from tasks.tracking import alias_version, model_version_of_run
 
 
 class RetrainOutcome(BaseModel):

@@ -15,6 +15,8 @@ from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from adapters import progress
+from adapters.tracking import ends_run
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
 from dae_core.resumable import held_state_folder
@@ -22,10 +24,8 @@ from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from dae_core.tuning import Objective, TuningReport, parse_dimension, search_space, study_name
 from flows.dispatch import dispatch, wait_for_runs
-from tasks import progress
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
-from tasks.tracking import ends_run
 from tasks.tuning import (
     TRIAL_PHASE,
     StudyProgress,

@@ -15,14 +15,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
+from adapters import progress, tracking
+from adapters.tags import KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
 from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
 from dae_core.config import ExperimentConfig
-from tasks import progress, tracking
 from tasks.data import DatasetRef
 from tasks.run import prefect_flow_run_link
-from tasks.tags import KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 
 
 def _grid_line(cells: list[str], seeds: list[int]) -> str:

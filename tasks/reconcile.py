@@ -12,8 +12,8 @@ import uuid
 from prefect import get_client, get_run_logger, task
 from prefect.exceptions import ObjectNotFound
 
-from tasks import tracking
-from tasks.tags import FAILURE, FAILURE_DETAIL, FLOW_RUN_ID
+from adapters import tracking
+from adapters.tags import FAILURE, FAILURE_DETAIL, FLOW_RUN_ID
 
 # Tags of a run ended here: what its flow run became, and Prefect's message for it.
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from adapters import tracking
 from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
 from dae_core.evaluate import accuracy_percent, predict
-from tasks import tracking
 from tasks.data import DatasetRef
 
 CHAMPION, CHALLENGER = "champion", "challenger"

@@ -8,6 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from adapters import tracking
 from dae_core import stages
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
@@ -16,7 +17,6 @@ from dae_core.runtime import Placement
 from dae_core.shapes import NUM_CLASSES
 from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
 from dae_core.train import ClassifierHistory, PretrainHistory
-from tasks import tracking
 from tasks.data import DatasetRef
 from tasks.registry import crown_first_version
 from tasks.run import RunContext

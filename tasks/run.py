@@ -18,12 +18,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from dae_core.checkpoint import write_json
-from dae_core.config import ExperimentConfig, closest_preset, run_name
-from dae_core.resumable import held_state_folder
-from tasks import tracking
-from tasks.data import DatasetRef
-from tasks.tags import (
+from adapters import tracking
+from adapters.tags import (
     CELL,
     KILLED,
     RESUMED_BY,
@@ -34,6 +30,10 @@ from tasks.tags import (
     WORKER,
     flow_run_tags,
 )
+from dae_core.checkpoint import write_json
+from dae_core.config import ExperimentConfig, closest_preset, run_name
+from dae_core.resumable import held_state_folder
+from tasks.data import DatasetRef
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from adapters import tracking
+from adapters.tags import ROLE, ROLE_SCORING, flow_run_tags
 from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
 from dae_core.shapes import NUM_CLASSES
-from tasks import tracking
 from tasks.run import prefect_flow_run_link
-from tasks.tags import ROLE, ROLE_SCORING, flow_run_tags
 
 PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
+from adapters import progress, tracking
 from dae_core import stages
 from dae_core.checkpoint import load_checkpoint
 from dae_core.config import ExperimentConfig
 from dae_core.evaluate import Evaluation
 from dae_core.summary import epoch_metrics, evaluation_metrics
 from dae_core.train import ClassifierHistory, EpochCallback, History, PretrainHistory
-from tasks import progress, tracking
 from tasks.data import DatasetRef
 from tasks.run import RunContext, report_progress
 

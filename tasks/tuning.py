@@ -15,16 +15,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from dae_core import tuning
-from dae_core.checkpoint import write_json
-from dae_core.config import ConfigError, ExperimentConfig
-from dae_core.errors import EXIT_SERVER, DaeError
-from dae_core.runtime import derive_seed
-from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
-from tasks import progress, tracking
-from tasks.data import DatasetRef
-from tasks.run import worker_name
-from tasks.tags import (
+from adapters import progress, tracking
+from adapters.tags import (
     CELL,
     FAILURE_DETAIL,
     FLOW_RUN_ID,
@@ -36,6 +28,14 @@ from tasks.tags import (
     flow_run_tags,
     resumed_tags,
 )
+from dae_core import tuning
+from dae_core.checkpoint import write_json
+from dae_core.config import ConfigError, ExperimentConfig
+from dae_core.errors import EXIT_SERVER, DaeError
+from dae_core.runtime import derive_seed
+from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
+from tasks.data import DatasetRef
+from tasks.run import worker_name
 
 # The parent run's tags with each cell's best parameters (JSON values), which
 # `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.

@@ -14,7 +14,7 @@ import sys
 import traceback
 import warnings
 
-PACKAGES = ("dae_core", "tasks", "flows", "dae_cli")
+PACKAGES = ("dae_core", "adapters", "tasks", "flows", "dae_cli")
 # Loaded inside functions, or by a library from a name in a URL or a command line.
 LOADED_INSIDE_FUNCTIONS = {
     "mlflow.server.auth.client": "dae users: MLflow's login client (its package needs Flask-WTF)",

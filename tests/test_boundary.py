@@ -24,7 +24,7 @@ def test_importing_the_project_writes_nothing_in_the_working_directory(tmp_path)
     workdir, home = tmp_path / "cwd", tmp_path / "home"
     workdir.mkdir()
     code = ("import importlib, pkgutil\n"
-            "for package in ('dae_core', 'tasks', 'flows', 'dae_cli'):\n"
+            "for package in ('dae_core', 'adapters', 'tasks', 'flows', 'dae_cli'):\n"
             "    root = importlib.import_module(package)\n"
             "    for module in pkgutil.walk_packages(root.__path__, package + '.'):\n"
             "        importlib.import_module(module.name)\n")

@@ -18,8 +18,8 @@ pytestmark = pytest.mark.usefixtures("prefect_server", "mlflow_store")
 
 @pytest.fixture(scope="module")
 def experiment_run(data_root, tmp_path_factory):
+    from adapters import progress
     from flows.experiment import dae_experiment
-    from tasks import progress
 
     name = unique_experiment()
     with progress.listening(lambda phase, epoch, total, metrics: PROGRESS.append((phase, epoch, total))):

@@ -123,7 +123,7 @@ def test_dae_predict_without_a_champion_says_what_to_do(tmp_path):
 def test_serving_loads_on_the_cpu_where_mlflow_would_pick_cuda(champion_store, monkeypatch):
     """A GPU host: MLflow's loader picks CUDA and refuses the CPU-exported program; the
     project's loader pins the serving device."""
-    from tasks import tracking
+    from adapters import tracking
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(mlflow.exceptions.MlflowException, match="cuda"):

@@ -38,8 +38,8 @@ def test_a_batch_larger_than_the_data_is_refused():
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp_path, monkeypatch):
+    from adapters.tracking import TrackingUnavailable
     from flows.experiment import dae_experiment
-    from tasks.tracking import TrackingUnavailable
 
     uri, previous = f"http://127.0.0.1:{_free_port()}", mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -57,9 +57,9 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_a_nan_loss_fails_the_mlflow_run(data_root, tmp_path, monkeypatch):
+    from adapters import tracking
     from dae_core import noise, pretrain_step, train
     from flows.experiment import dae_experiment
-    from tasks import tracking
 
     def poisoned(clean, config, generator, out=None):
         return torch.full_like(clean, float("nan"))
