@@ -41,8 +41,9 @@ lint: $(BIN)/dae  ## ruff, and the layer contracts of pyproject.toml (import-lin
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-# Compose v2 where installed, else v1 (as docker/team-setup.sh picks it).
-COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# Compose v2 where installed, else v1 (as docker/team-setup.sh picks it); asked only by the
+# targets that use it, not by every `make`.
+COMPOSE = $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
 up:  ## the team stack in Docker, built, started, deployed, set up (needs .env; `make up DATA_DIR=DIR` copies MNIST in)
 	docker/team-setup.sh

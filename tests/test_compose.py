@@ -294,9 +294,9 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_nothing_else():
 
 
 def test_links_printed_in_the_worker_open_from_the_host():
-    environment = _rendered_compose()["worker"]["environment"]
-    assert environment["PREFECT_UI_URL"] == "http://127.0.0.1:4200"
-    assert _rendered_compose()["prefect-server"]["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
+    services = _rendered_compose()
+    assert services["worker"]["environment"]["PREFECT_UI_URL"] == "http://127.0.0.1:4200"
+    assert services["prefect-server"]["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
 
 
 def test_the_readme_shows_the_team_setup_script_as_it_is():
