@@ -1,4 +1,4 @@
-"""Per-epoch progress for a caller in the same process (the CLI's progress bars).
+"""Progress for a caller in the same process (the CLI's progress bars), as typed events.
 
 The listener belongs to the caller's context (a ``ContextVar``), not to the module:
 Prefect runs a flow's tasks in copies of the context it was called in, so every task of
@@ -9,11 +9,32 @@ started elsewhere in the process never does. With no listener this is a no-op.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-# (phase, epoch, total epochs of the phase, that epoch's metrics)
-Listener = Callable[[str, int, int, dict[str, float]], None]
+
+class Phase(StrEnum):
+    PRETRAIN = "pretrain"  # one event per epoch
+    CLASSIFIER = "classifier"  # one event per epoch
+    REUSED = "reused"  # a grid cell finished by an earlier, interrupted comparison
+    TRIAL = "trial"  # a tuning trial finished (complete, pruned or diverged)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    phase: Phase
+    step: int  # 1-based: the epoch, or the trial's number
+    total: int  # the phase's epochs, or the trials asked for
+    metrics: Mapping[str, float] = field(default_factory=dict)  # an epoch's metrics
+
+    @property
+    def finishes_phase(self) -> bool:
+        return self.step == self.total
+
+
+Listener = Callable[[ProgressEvent], None]
 _listener: ContextVar[Listener | None] = ContextVar("dae_progress_listener", default=None)
 
 
@@ -27,6 +48,6 @@ def listening(listener: Listener) -> Iterator[None]:
         _listener.reset(token)
 
 
-def notify(phase: str, epoch: int, total: int, metrics: dict[str, float]) -> None:
+def notify(event: ProgressEvent) -> None:
     if (listener := _listener.get()) is not None:
-        listener(phase, epoch, total, metrics)
+        listener(event)

@@ -24,10 +24,10 @@ from mlflow import MlflowClient
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from adapters.state_folders import exclusive_file_lock
 from adapters.tags import CELL, DESCRIPTION, FLOW_RUN_ID, GIT_COMMIT
 from dae_core.config import ExperimentConfig
 from dae_core.errors import EXIT_SERVER, DaeError
-from dae_core.resumable import exclusive_file_lock
 from dae_core.summary import CURVE_KEYS, REGISTERED_MODEL, RunSummary, epoch_metrics, summary_from_metrics
 from dae_core.train import History
 

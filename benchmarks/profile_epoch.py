@@ -16,7 +16,14 @@ from torch.profiler import ProfilerActivity, profile
 from dae_core.config import build_config
 from dae_core.data import load_split, locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
-from dae_core.train import make_classifier_optimizer, make_pretrain_optimizer, pretrain, train_classifier
+from dae_core.train import (
+    ClassifierRun,
+    PretrainRun,
+    make_classifier_optimizer,
+    make_pretrain_optimizer,
+    pretrain,
+    train_classifier,
+)
 
 
 def pretrain_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
@@ -25,7 +32,8 @@ def pretrain_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
     model = DenoisingAutoencoder().to(dtype)
     optimizer = make_pretrain_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
-    return lambda: pretrain(model, optimizer, pixels, config, 1000, generator)
+    run = PretrainRun(model, optimizer, pixels, generator, config, 1000)
+    return lambda: pretrain(run)
 
 
 def classifier_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
@@ -34,8 +42,8 @@ def classifier_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
     model = encoder_surgery(DenoisingAutoencoder()).to(dtype)
     optimizer = make_classifier_optimizer(model, 0.1)
     generator = torch.Generator().manual_seed(0)
-    return lambda: train_classifier(model, optimizer, pixels, train.labels, test_pixels, test.labels, 1, 1000,
-                                    generator)
+    run = ClassifierRun(model, optimizer, pixels, train.labels, 1, 1000, generator, test=(test_pixels, test.labels))
+    return lambda: train_classifier(run)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from dae_core.config import build_config
 from dae_core.data import batch_indices, load_split, locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery, l1_sparsity
 from dae_core.noise import corrupt
-from dae_core.train import pretrain
+from dae_core.train import PretrainRun, pretrain
 
 CONFIG = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
 
@@ -56,8 +56,9 @@ def project_epoch(pixels: torch.Tensor, gradients: str, compile_step: str = "non
     model = DenoisingAutoencoder()
     optimizer = torch.optim.Adam(model.parameters(), lr=CONFIG.lr, fused=True)
     generator = torch.Generator().manual_seed(0)
-    return lambda: pretrain(model, optimizer, pixels, CONFIG, 1000, generator, gradients=gradients,
-                            compile_step=compile_step)
+    run = PretrainRun(model, optimizer, pixels, generator, CONFIG, 1000, gradients=gradients,
+                      compile_step=compile_step)
+    return lambda: pretrain(run)
 
 
 def timed(run: Callable[[], None]) -> float:

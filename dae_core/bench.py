@@ -13,6 +13,7 @@ once as uint8, moved to the device once, batches gathered by a seeded permutatio
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -25,11 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from dae_core.config import build_config
-from dae_core.data import load_split, locate
+from dae_core.data import locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
-from dae_core.precision import MixedPrecision, tf32_matmuls
-from dae_core.runtime import resolve_device, resolve_dtype
+from dae_core.precision import MixedPrecision
+from dae_core.runtime import resolve_device
+from dae_core.setup import TrainingSetup
 from dae_core.train import (
+    ClassifierRun,
+    PretrainRun,
     make_classifier_optimizer,
     make_pretrain_optimizer,
     pretrain,
@@ -138,17 +142,15 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
         classifier = encoder_surgery(model)
         sgd = make_classifier_optimizer(classifier, 0.1)
         runs[mode] = (
-            lambda m=model, o=optimizer, p=precision: pretrain(m, o, pixels, config.pretrain, 1000, generator,
-                                                               precision=p),
-            lambda c=classifier, o=sgd, p=precision: train_classifier(c, o, pixels, train_labels, test_pixels,
-                                                                      test_labels, 1, 1000, generator, precision=p),
-            precision,
+            PretrainRun(model, optimizer, pixels, generator, config.pretrain, 1000, precision),
+            ClassifierRun(classifier, sgd, pixels, train_labels, 1, 1000, generator, precision,
+                          test=(test_pixels, test_labels)),
         )
     times: dict[str, dict[str, list[float]]] = {mode: {"pretrain": [], "classifier": []} for mode in runs}
     for round_ in range(epochs + 1):  # round 0 warms up (allocator, kernels, oneDNN's bf16 plans)
-        for mode, (pretrain_epoch, classifier_epoch, precision) in runs.items():
-            with tf32_matmuls(precision):
-                seconds = (_best_seconds(pretrain_epoch, 1, device), _best_seconds(classifier_epoch, 1, device))
+        for mode, (pretraining, classifier_training) in runs.items():
+            seconds = (_best_seconds(lambda run=pretraining: pretrain(run), 1, device),
+                       _best_seconds(lambda run=classifier_training: train_classifier(run), 1, device))
             if round_:
                 times[mode]["pretrain"].append(seconds[0])
                 times[mode]["classifier"].append(seconds[1])
@@ -182,8 +184,8 @@ def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixel
     for mode in modes:
         model = DenoisingAutoencoder().to(device)
         optimizer = make_pretrain_optimizer(model, config.pretrain)
-        epochs_of[mode] = lambda m=model, o=optimizer, c=mode: pretrain(m, o, pixels, config.pretrain, 1000,
-                                                                        generator, compile_step=c)
+        run = PretrainRun(model, optimizer, pixels, generator, config.pretrain, 1000, compile_step=mode)
+        epochs_of[mode] = lambda r=run: pretrain(r)
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_ in range(epochs + 1):
         for mode in modes:
@@ -194,11 +196,12 @@ def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixel
 
     def whole_training(mode: str) -> None:
         model = DenoisingAutoencoder().to(device)
-        pretrain(model, make_pretrain_optimizer(model, lecture.pretrain), pixels, lecture.pretrain, 1000, generator,
-                 compile_step=mode)
+        pretrain(PretrainRun(model, make_pretrain_optimizer(model, lecture.pretrain), pixels, generator,
+                             lecture.pretrain, 1000, compile_step=mode))
         classifier = encoder_surgery(model)
-        train_classifier(classifier, make_classifier_optimizer(classifier, lecture.classifier.lr), pixels,
-                         train_labels, test_pixels, test_labels, lecture.classifier.epochs, 1000, generator)
+        train_classifier(ClassifierRun(classifier, make_classifier_optimizer(classifier, lecture.classifier.lr),
+                                       pixels, train_labels, lecture.classifier.epochs, 1000, generator,
+                                       test=(test_pixels, test_labels)))
 
     eager, graphed = min(times["none"]), min(times["reduce-overhead"])
     return {"eager_pretrain_epoch_s": eager, "graphed_pretrain_epoch_s": graphed,
@@ -209,10 +212,10 @@ def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixel
 
 def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", device: str = "auto") -> dict[str, Any]:
     place = resolve_device(device)
-    precision = resolve_dtype(dtype)
     root = Path(data_root)
     raw = locate(root, "mnist", allow_download=False)
-    config = build_config("lecture", {"pretrain": {"epochs": epochs}, "classifier": {"epochs": epochs},
+    # One epoch per call of a training loop: each timing is one epoch, best of ``epochs``.
+    config = build_config("lecture", {"pretrain": {"epochs": 1}, "classifier": {"epochs": 1},
                                       "runtime": {"device": place.type, "dtype": dtype}})
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -235,35 +238,26 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
     results["lecture_classifier_epoch_s"] = _best_seconds(
         lambda: lecture_classifier_epoch(classifier, sgd, train_loader, test_loader, place), epochs, place)
 
-    # Project path: data resident on the device in the chosen precision.
-    train = load_split(raw, True).to(place)
-    test = load_split(raw, False).to(place)
-    pixels, test_pixels = train.flat_pixels(precision), test.flat_pixels(precision)
-    one_epoch = config.pretrain.model_copy(update={"epochs": 1})
-    generator = torch.Generator(device=place).manual_seed(0)
-
-    def pretrain_epoch(gradients: str) -> tuple[DenoisingAutoencoder, Callable[[], Any]]:
-        model = DenoisingAutoencoder().to(place, precision)
-        optimizer = make_pretrain_optimizer(model, config.pretrain)
-        return model, lambda: pretrain(model, optimizer, pixels, one_epoch, 1000, generator, gradients=gradients)
-
+    # Project path: the training setup of a run, data resident on the device.
+    setup = TrainingSetup.build(config, raw)
+    test = setup.test_split()
+    train, pixels, test_pixels = setup.train, setup.pixels(setup.train), setup.pixels(test)
     # The default step (autograd) and the hand-written one, each warmed up (allocator,
     # kernels), then timed in alternation so that a slow spell of the machine hits both.
-    (model, autograd_epoch), (_, handwritten_epoch) = pretrain_epoch("autograd"), pretrain_epoch("handwritten")
-    autograd_epoch(), handwritten_epoch()
+    autograd = setup.pretraining()
+    handwritten = dataclasses.replace(setup.pretraining(), gradients="handwritten")
+    pretrain(autograd), pretrain(handwritten)
     autograd_times, handwritten_times = [], []
     for _ in range(epochs):
-        autograd_times.append(_best_seconds(autograd_epoch, 1, place))
-        handwritten_times.append(_best_seconds(handwritten_epoch, 1, place))
+        autograd_times.append(_best_seconds(lambda: pretrain(autograd), 1, place))
+        handwritten_times.append(_best_seconds(lambda: pretrain(handwritten), 1, place))
     results["project_pretrain_epoch_s"] = min(autograd_times)
     results["handwritten_pretrain_epoch_s"] = min(handwritten_times)
-    classifier = encoder_surgery(model).to(place, precision)
-    sgd = make_classifier_optimizer(classifier, 0.1)
-    results["project_classifier_epoch_s"] = _best_seconds(
-        lambda: train_classifier(classifier, sgd, pixels, train.labels, test_pixels, test.labels, 1, 1000,
-                                 generator), epochs, place)
+    classifier_training = setup.classifier_training(encoder_surgery(autograd.model), test)
+    results["project_classifier_epoch_s"] = _best_seconds(lambda: train_classifier(classifier_training), epochs,
+                                                          place)
 
-    if precision == torch.float32:
+    if setup.place.dtype == torch.float32:
         results["autocast"] = precision_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
     if place.type == "cuda":
         results["cuda_graphs"] = graph_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
@@ -309,13 +303,13 @@ def speed_ratio(samples: int = 6_000, rounds: int = 9, seed: int = 0) -> float:
     generator = torch.Generator().manual_seed(seed)
     reference_model, project_model = DenoisingAutoencoder(), DenoisingAutoencoder()
     reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=config.pretrain.lr)
-    project_optimizer = make_pretrain_optimizer(project_model, config.pretrain)
+    project_run = PretrainRun(project_model, make_pretrain_optimizer(project_model, config.pretrain), pixels,
+                              generator, config.pretrain, 1000)
     ratios = []
     for round_ in range(rounds + 1):  # round 0 warms up
         reference = _best_seconds(lambda: reference_pretrain_epoch(
             reference_model, reference_optimizer, pixels, 1000, config.pretrain.sparsity_weight, generator), 1, device)
-        project = _best_seconds(lambda: pretrain(project_model, project_optimizer, pixels, config.pretrain, 1000,
-                                                 generator), 1, device)
+        project = _best_seconds(lambda: pretrain(project_run), 1, device)
         if round_:
             ratios.append(reference / project)
     return statistics.median(ratios)

@@ -24,21 +24,20 @@ from dae_core.checkpoint import (
     training_state,
     write_json,
 )
-from dae_core.config import ExperimentConfig, NoiseConfig
-from dae_core.data import Split, hold_out, load_split
+from dae_core.config import ExperimentConfig
+from dae_core.data import load_split
 from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.noise import corrupt
-from dae_core.precision import MixedPrecision, tf32_matmuls
-from dae_core.runtime import Placement, make_generator, seeded, set_thread_count
+from dae_core.runtime import Placement, make_generator, set_thread_count
+from dae_core.setup import TrainingSetup, fresh_classifier
 from dae_core.train import (
     ClassifierHistory,
+    ClassifierRun,
     EpochCallback,
     History,
     PretrainHistory,
-    PretrainValidation,
-    make_classifier_optimizer,
-    make_pretrain_optimizer,
+    PretrainRun,
     pretrain,
     train_classifier,
 )
@@ -58,53 +57,10 @@ class StageResult(Generic[HistoryT]):
     loop_seconds: float
 
 
-def _test_split(config: ExperimentConfig, raw_dir: Path, place: Placement) -> Split:
-    return load_split(raw_dir, False, config.data.test_limit).to(place.device)
-
-
-def training_and_validation(config: ExperimentConfig, raw_dir: Path, place: Placement) -> tuple[Split, Split | None]:
-    """The images trained on and the ``data.validation_size`` held out of them (a seeded
-    draw: the same for every trial and stage of a seed; None when nothing is held out)."""
-    train = load_split(raw_dir, True, config.data.train_limit)
-    kept, held = hold_out(train, config.data.validation_size, make_generator(config.seed, "validation-split",
-                                                                             torch.device("cpu")))
-    return kept.to(place.device), held.to(place.device) if held is not None else None
-
-
-def pretrain_validation(config: ExperimentConfig, validation: Split | None, place: Placement
-                        ) -> PretrainValidation | None:
-    """The validation images corrupted once as pretraining corrupts its inputs, and clean."""
-    if validation is None:
-        return None
-    clean = validation.flat_pixels(place.dtype)
-    return corrupt(clean, config.pretrain.noise, make_generator(config.seed, "validation-noise", place.device)), clean
-
-
-def classifier_noise(config: ExperimentConfig, place: Placement) -> tuple[NoiseConfig, torch.Generator] | None:
-    """How fine-tuning corrupts its training images, and the generator it draws from."""
-    noise = config.classifier.train_noise
-    return (noise, make_generator(config.seed, "classifier-noise", place.device)) if noise.enabled else None
-
-
-def fresh_autoencoder(config: ExperimentConfig, place: Placement) -> DenoisingAutoencoder:
-    with seeded(config.seed, "autoencoder-init"):
-        model = DenoisingAutoencoder(config.pretrain.hidden_units)
-    return model.to(place.device, place.dtype)
-
-
-def fresh_classifier(config: ExperimentConfig, autoencoder: DenoisingAutoencoder) -> EncoderClassifier:
-    """The surgery: the decoder dropped, a fresh seeded Linear(H, 10) + LogSoftmax head."""
-    with seeded(config.seed, "classifier-head-init"):
-        classifier = encoder_surgery(autoencoder)
-        classifier.head[0].reset_parameters()
-    weights = next(autoencoder.parameters())
-    return classifier.to(weights.device, weights.dtype)
-
-
-def _resume(state_path: Path, model, optimizer, generator, place: Placement, empty: HistoryT) -> HistoryT:
+def _resume(state_path: Path, run: PretrainRun | ClassifierRun, device: torch.device, empty: HistoryT) -> HistoryT:
     if not state_path.exists():
         return empty
-    stored = restore_training_state(load_checkpoint(state_path, place.device), model, optimizer, generator)
+    stored = restore_training_state(load_checkpoint(state_path, device), run.model, run.optimizer, run.generator)
     return type(empty).from_dict(stored)
 
 
@@ -124,14 +80,14 @@ class LoopClock:
         self._since = time.perf_counter()
 
 
-def _checkpointing(state_path: Path, model, optimizer, generator, history: History,
+def _checkpointing(state_path: Path, run: PretrainRun | ClassifierRun, history: History,
                    on_epoch: EpochCallback | None, clock: LoopClock) -> EpochCallback:
     """An epoch callback that saves the state first, then calls the user's callback;
     ``clock`` stops while they run. ``history`` is the object the loop appends to."""
 
     def callback(epoch: int, metrics: dict[str, float]) -> None:
         clock.pause()
-        save_checkpoint(state_path, training_state(model, optimizer, generator, history.as_dict()))
+        save_checkpoint(state_path, training_state(run.model, run.optimizer, run.generator, history.as_dict()))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         clock.resume()
@@ -149,25 +105,16 @@ def pretrain_stage(
     """Pretrain the denoising autoencoder; write ``output`` with the trained weights,
     the encoder weights before training and the per-epoch history."""
     started = time.perf_counter()
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
-    train, validation = training_and_validation(config, raw_dir, place)
-    pixels = train.flat_pixels(place.dtype)
-    model = fresh_autoencoder(config, place)
-    initial_encoder = model.encoder[0].weight.detach().cpu().clone()
-    optimizer = make_pretrain_optimizer(model, config.pretrain)
-    generator = make_generator(config.seed, "pretrain", place.device)
-    history = _resume(state_path, model, optimizer, generator, place, PretrainHistory())
+    setup = TrainingSetup.build(config, raw_dir)
+    run = setup.pretraining()
+    initial_encoder = run.model.encoder[0].weight.detach().cpu().clone()
+    history = _resume(state_path, run, setup.place.device, PretrainHistory())
     clock = LoopClock()
-    callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
-    precision = MixedPrecision(config.runtime.autocast, place.device)
+    callback = _checkpointing(state_path, run, history, on_epoch, clock)
     clock.resume()
-    with tf32_matmuls(precision):
-        pretrain(model, optimizer, pixels, config.pretrain, config.data.batch_size, generator,
-                 history, callback, config.runtime.pretrain_gradients, precision,
-                 pretrain_validation(config, validation, place), config.runtime.compile_step)
+    pretrain(run, history, callback)
     clock.pause()
-    save_checkpoint(output, {"model": model.state_dict(), "initial_encoder": initial_encoder,
+    save_checkpoint(output, {"model": run.model.state_dict(), "initial_encoder": initial_encoder,
                              "history": history.as_dict()})
     return StageResult(output, history, time.perf_counter() - started, clock.seconds)
 
@@ -205,26 +152,15 @@ def classifier_stage(
     """Train the classifier with vanilla SGD: all of it, or the head alone
     (``classifier.freeze_encoder``); on clean images unless ``classifier.train_noise``."""
     started = time.perf_counter()
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
-    train, validation = training_and_validation(config, raw_dir, place)
-    test = _test_split(config, raw_dir, place)
-    model = load_classifier(config, initial_path, place)
-    optimizer = make_classifier_optimizer(model, config.classifier.lr, config.classifier.freeze_encoder)
-    generator = make_generator(config.seed, "classifier", place.device)
-    history = _resume(state_path, model, optimizer, generator, place, ClassifierHistory())
-    train_pixels, test_pixels = train.flat_pixels(place.dtype), test.flat_pixels(place.dtype)
+    setup = TrainingSetup.build(config, raw_dir)
+    run = setup.classifier_training(load_classifier(config, initial_path, setup.place), setup.test_split())
+    history = _resume(state_path, run, setup.place.device, ClassifierHistory())
     clock = LoopClock()
-    callback = _checkpointing(state_path, model, optimizer, generator, history, on_epoch, clock)
-    precision = MixedPrecision(config.runtime.autocast, place.device)
+    callback = _checkpointing(state_path, run, history, on_epoch, clock)
     clock.resume()
-    with tf32_matmuls(precision):
-        train_classifier(model, optimizer, train_pixels, train.labels, test_pixels, test.labels,
-                         config.classifier.epochs, config.data.batch_size, generator, history, callback, precision,
-                         (validation.flat_pixels(place.dtype), validation.labels) if validation is not None else None,
-                         classifier_noise(config, place))
+    train_classifier(run, history, callback)
     clock.pause()
-    save_checkpoint(output, {"model": model.state_dict(), "history": history.as_dict()})
+    save_checkpoint(output, {"model": run.model.state_dict(), "history": history.as_dict()})
     return StageResult(output, history, time.perf_counter() - started, clock.seconds)
 
 
@@ -232,7 +168,7 @@ def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pat
                    output: Path) -> Evaluation:
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
-    test = _test_split(config, raw_dir, place)
+    test = load_split(raw_dir, False, config.data.test_limit).to(place.device)
     result = evaluate(
         load_classifier(config, classifier_path, place), test.flat_pixels(place.dtype), test.labels,
         config.evaluation.test_noise, make_generator(config.seed, "noisy-test", place.device),
@@ -255,7 +191,7 @@ def figures_stage(
     autoencoder, stored = load_autoencoder(config, autoencoder_path, place)
     classifier_history = ClassifierHistory.from_dict(load_checkpoint(classifier_path)["history"])
     samples = config.evaluation.figure_samples
-    clean = _test_split(config, raw_dir, place).flat_pixels(place.dtype)[:samples]
+    clean = load_split(raw_dir, False, config.data.test_limit).to(place.device).flat_pixels(place.dtype)[:samples]
     noisy = corrupt(clean, config.evaluation.test_noise, make_generator(config.seed, "figures", place.device))
     with torch.no_grad():
         reconstructed, _ = autoencoder(noisy)

@@ -23,7 +23,7 @@ from dae_core.errors import EXIT_DIVERGED, DaeError
 from dae_core.evaluate import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
 from dae_core.noise import corrupt
-from dae_core.precision import FLOAT32, MixedPrecision
+from dae_core.precision import FLOAT32, MixedPrecision, tf32_matmuls
 from dae_core.pretrain_step import make_pretrain_step
 from dae_core.shapes import NUM_CLASSES
 
@@ -134,97 +134,110 @@ def _record(phase: str, epoch: int, metrics: dict[str, float], history: History,
         on_epoch(epoch, metrics)
 
 
-def pretrain(
-    model: DenoisingAutoencoder,
-    optimizer: torch.optim.Optimizer,
-    pixels: torch.Tensor,
-    config: PretrainConfig,
-    batch_size: int,
-    generator: torch.Generator,
-    history: PretrainHistory | None = None,
-    on_epoch: EpochCallback | None = None,
-    gradients: PretrainGradients = "autograd",
-    precision: MixedPrecision = FLOAT32,
-    validation: PretrainValidation | None = None,
-    compile_step: CompileStep = "none",
-) -> PretrainHistory:
-    """Train the autoencoder to reconstruct clean (N, 784) ``pixels`` from corrupted ones.
+@dataclass(frozen=True)
+class PretrainRun:
+    """What the pretraining loop trains, on what, and how (dae_core.setup builds it from
+    the config): ``gradients`` picks the step (dae_core.pretrain_step), ``precision`` its
+    mixed precision, ``compile_step`` whether torch.compile (or a CUDA graph) runs it;
+    ``validation`` adds ``val_mse`` on those images after each epoch."""
+
+    model: DenoisingAutoencoder
+    optimizer: torch.optim.Optimizer
+    pixels: torch.Tensor  # (N, 784) clean training images
+    generator: torch.Generator  # batches and noise
+    config: PretrainConfig
+    batch_size: int
+    precision: MixedPrecision = field(default_factory=lambda: FLOAT32)
+    gradients: PretrainGradients = "autograd"
+    compile_step: CompileStep = "none"
+    validation: PretrainValidation | None = None
+
+
+# (N, 784) pixels and their (N,) labels.
+LabelledPixels = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ClassifierRun:
+    """What the classifier loop trains (the parameters ``optimizer`` holds), on what, and
+    how; test and validation accuracy after each epoch where those images are given;
+    ``train_noise`` corrupts the training batches from its own generator."""
+
+    model: EncoderClassifier
+    optimizer: torch.optim.Optimizer
+    pixels: torch.Tensor
+    labels: torch.Tensor
+    epochs: int
+    batch_size: int
+    generator: torch.Generator  # batches
+    precision: MixedPrecision = field(default_factory=lambda: FLOAT32)
+    test: LabelledPixels | None = None
+    validation: LabelledPixels | None = None
+    train_noise: tuple[NoiseConfig, torch.Generator] | None = None
+
+
+def pretrain(run: PretrainRun, history: PretrainHistory | None = None,
+             on_epoch: EpochCallback | None = None) -> PretrainHistory:
+    """Train the autoencoder to reconstruct the clean images from corrupted ones, from the
+    epoch after ``history``'s last to ``run.config.epochs``.
 
     The reported ``mse`` is the mean per-batch reconstruction MSE against the clean
-    images, as the lecture printed it; ``loss`` adds the sparsity penalty. ``gradients``
-    picks the step (dae_core.pretrain_step): autograd on the model, or the hand-written one;
-    ``precision`` its mixed precision (dae_core.precision), ``compile_step`` whether
-    torch.compile (or a CUDA graph) runs it. With ``validation``, each epoch also reports
-    ``val_mse`` on those images.
+    images, as the lecture printed it; ``loss`` adds the sparsity penalty.
     """
     history = history if history is not None else PretrainHistory()
-    step = make_pretrain_step(gradients, model, config, batch_size, precision, compile_step)
-    for epoch in range(history.epochs + 1, config.epochs + 1):
-        model.train()
-        step_mse, step_loss = [], []
-        for index in batch_indices(len(pixels), batch_size, generator, pixels.device):
-            mse, loss = step(pixels, index, generator)
-            precision.step(optimizer)
-            step_mse.append(mse)
-            step_loss.append(loss)
-        losses = torch.stack(step_loss)
-        _check_finite(losses, "pretrain", epoch)
-        metrics = {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()}
-        if validation is not None:
-            metrics["val_mse"] = validation_mse(model, validation)
-        _record("pretrain", epoch, metrics, history, on_epoch)
+    model, pixels, generator, precision = run.model, run.pixels, run.generator, run.precision
+    step = make_pretrain_step(run.gradients, model, run.config, run.batch_size, precision, run.compile_step)
+    with tf32_matmuls(precision):
+        for epoch in range(history.epochs + 1, run.config.epochs + 1):
+            model.train()
+            step_mse, step_loss = [], []
+            for index in batch_indices(len(pixels), run.batch_size, generator, pixels.device):
+                mse, loss = step(pixels, index, generator)
+                precision.step(run.optimizer)
+                step_mse.append(mse)
+                step_loss.append(loss)
+            losses = torch.stack(step_loss)
+            _check_finite(losses, "pretrain", epoch)
+            metrics = {"mse": torch.stack(step_mse).mean().item(), "loss": losses.mean().item()}
+            if run.validation is not None:
+                metrics["val_mse"] = validation_mse(model, run.validation)
+            _record("pretrain", epoch, metrics, history, on_epoch)
     return history
 
 
-def train_classifier(
-    model: EncoderClassifier,
-    optimizer: torch.optim.Optimizer,
-    train_pixels: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_pixels: torch.Tensor | None,
-    test_labels: torch.Tensor | None,
-    epochs: int,
-    batch_size: int,
-    generator: torch.Generator,
-    history: ClassifierHistory | None = None,
-    on_epoch: EpochCallback | None = None,
-    precision: MixedPrecision = FLOAT32,
-    validation: tuple[torch.Tensor, torch.Tensor] | None = None,
-    train_noise: tuple[NoiseConfig, torch.Generator] | None = None,
-) -> ClassifierHistory:
-    """NLL training of the classifier (the parameters ``optimizer`` holds) on clean
-    images, or on images corrupted by ``train_noise`` (drawn from its own generator, so
-    the batches are the same), with test and validation accuracy (percent, float32) after
-    every epoch where those images are given (tuning passes no test images)."""
+def train_classifier(run: ClassifierRun, history: ClassifierHistory | None = None,
+                     on_epoch: EpochCallback | None = None) -> ClassifierHistory:
+    """NLL training of the classifier from the epoch after ``history``'s last to
+    ``run.epochs``; accuracies in percent, computed in float32."""
     history = history if history is not None else ClassifierHistory()
-    batch_buffer = train_pixels.new_empty(batch_size, train_pixels.shape[1])
+    model, optimizer, precision, train_noise = run.model, run.optimizer, run.precision, run.train_noise
+    batch_buffer = run.pixels.new_empty(run.batch_size, run.pixels.shape[1])
     noisy_buffer = torch.empty_like(batch_buffer) if train_noise is not None else None
-    for epoch in range(history.epochs + 1, epochs + 1):
-        model.train()
-        step_loss = []
-        for index in batch_indices(len(train_pixels), batch_size, generator, train_pixels.device):
-            # Gathered into one reused buffer: pixels[index] allocated (and page-faulted)
-            # a fresh batch every step, 14% of a CPU classifier epoch (docs/benchmarks.md).
-            batch = torch.index_select(train_pixels, 0, index, out=batch_buffer[: len(index)])
-            if train_noise is not None:
-                batch = corrupt(batch, train_noise[0], train_noise[1], out=noisy_buffer[: len(index)])
-            with precision.autocast():
-                loss = F.nll_loss(model(batch), torch.index_select(train_labels, 0, index))
-            optimizer.zero_grad(set_to_none=True)
-            precision.backward(loss)
-            precision.step(optimizer)
-            step_loss.append(loss.detach())
-        losses = torch.stack(step_loss)
-        _check_finite(losses, "classifier", epoch)
-        if (mean_loss := losses.mean().item()) > DIVERGED_CLASSIFIER_LOSS:
-            raise TrainingDiverged(f"training diverged: classifier epoch {epoch}: mean loss {mean_loss:.4g} is "
-                                   f"over ten times that of guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower the "
-                                   "learning rate")
-        metrics = {"train_loss": mean_loss}
-        if test_pixels is not None:
-            metrics["test_accuracy"] = accuracy_percent(predict(model, test_pixels), test_labels)
-        if validation is not None:
-            metrics["val_accuracy"] = accuracy_percent(predict(model, validation[0]), validation[1])
-        _record("classifier", epoch, metrics, history, on_epoch)
+    with tf32_matmuls(precision):
+        for epoch in range(history.epochs + 1, run.epochs + 1):
+            model.train()
+            step_loss = []
+            for index in batch_indices(len(run.pixels), run.batch_size, run.generator, run.pixels.device):
+                # Gathered into one reused buffer: pixels[index] allocated (and page-faulted)
+                # a fresh batch every step, 14% of a CPU classifier epoch (docs/benchmarks.md).
+                batch = torch.index_select(run.pixels, 0, index, out=batch_buffer[: len(index)])
+                if train_noise is not None:
+                    batch = corrupt(batch, train_noise[0], train_noise[1], out=noisy_buffer[: len(index)])
+                with precision.autocast():
+                    loss = F.nll_loss(model(batch), torch.index_select(run.labels, 0, index))
+                optimizer.zero_grad(set_to_none=True)
+                precision.backward(loss)
+                precision.step(optimizer)
+                step_loss.append(loss.detach())
+            losses = torch.stack(step_loss)
+            _check_finite(losses, "classifier", epoch)
+            if (mean_loss := losses.mean().item()) > DIVERGED_CLASSIFIER_LOSS:
+                raise TrainingDiverged(f"training diverged: classifier epoch {epoch}: mean loss {mean_loss:.4g} is "
+                                       f"over ten times that of guessing ({DIVERGED_CLASSIFIER_LOSS:.1f}); lower "
+                                       "the learning rate")
+            metrics = {"train_loss": mean_loss}
+            for name, images in (("test_accuracy", run.test), ("val_accuracy", run.validation)):
+                if images is not None:
+                    metrics[name] = accuracy_percent(predict(model, images[0]), images[1])
+            _record("classifier", epoch, metrics, history, on_epoch)
     return history
-

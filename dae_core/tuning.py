@@ -16,9 +16,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from dae_core.comparison import CellName
 from dae_core.config import ConfigError, ExperimentConfig, deep_merge, nested_fields, parse_value
+from dae_core.setup import TrainingSetup, fresh_classifier
+from dae_core.train import TrainingDiverged, pretrain, train_classifier
 
 Objective = Literal["mse", "accuracy"]
+# The cells whose pretraining optimizer the lecture's verdict is about.
+DEFAULT_TUNED_CELLS: list[CellName] = ["adam-noise", "sgd-noise"]
 # Which way each objective improves (Optuna's study direction).
 DIRECTIONS: dict[str, str] = {"mse": "minimize", "accuracy": "maximize"}
 DimensionKind = Literal["log", "float", "int", "choice"]
@@ -123,25 +128,9 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
     return the objective on the validation images: the final validation MSE of pretraining
     (``mse``; the classifier is not trained) or the final validation accuracy of the
     classifier (``accuracy``). ``report`` gets each epoch's value. Never reads the test split."""
-    from dae_core import stages
-    from dae_core.precision import MixedPrecision, tf32_matmuls
-    from dae_core.runtime import Placement, make_generator, set_thread_count
-    from dae_core.train import (
-        TrainingDiverged,
-        make_classifier_optimizer,
-        make_pretrain_optimizer,
-        pretrain,
-        train_classifier,
-    )
-
     if config.data.validation_size == 0:
         raise ConfigError("tuning needs a validation split: set data.validation_size (e.g. 10000)")
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
-    train, validation = stages.training_and_validation(config, raw_dir, place)
-    pixels = train.flat_pixels(place.dtype)
-    precision = MixedPrecision(config.runtime.autocast, place.device)
-    autoencoder = stages.fresh_autoencoder(config, place)
+    setup = TrainingSetup.build(config, raw_dir)
 
     def pretrain_report(epoch: int, metrics: dict[str, float]) -> None:
         if objective == "mse":
@@ -151,26 +140,14 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, r
         report(epoch, metrics["val_accuracy"])
 
     try:
-        with tf32_matmuls(precision):
-            history = pretrain(
-                autoencoder, make_pretrain_optimizer(autoencoder, config.pretrain), pixels,
-                config.pretrain, config.data.batch_size, make_generator(config.seed, "pretrain", place.device),
-                on_epoch=pretrain_report, gradients=config.runtime.pretrain_gradients, precision=precision,
-                validation=stages.pretrain_validation(config, validation, place),
-                compile_step=config.runtime.compile_step)
-            if objective == "mse":
-                return history.val_mse[-1]
-            classifier = stages.fresh_classifier(config, autoencoder)
-            optimizer = make_classifier_optimizer(classifier, config.classifier.lr, config.classifier.freeze_encoder)
-            result = train_classifier(
-                classifier, optimizer, pixels, train.labels, None, None,
-                config.classifier.epochs, config.data.batch_size,
-                make_generator(config.seed, "classifier", place.device), on_epoch=classifier_report,
-                precision=precision, validation=(validation.flat_pixels(place.dtype), validation.labels),
-                train_noise=stages.classifier_noise(config, place))
+        pretraining = setup.pretraining()
+        history = pretrain(pretraining, on_epoch=pretrain_report)
+        if objective == "mse":
+            return history.val_mse[-1]
+        classifier = setup.classifier_training(fresh_classifier(config, pretraining.model))
+        return train_classifier(classifier, on_epoch=classifier_report).val_accuracy[-1]
     except TrainingDiverged as error:
         raise TrialDiverged(error.message) from None
-    return result.val_accuracy[-1]
 
 
 def suggest(trial, space: tuple[Dimension, ...]) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
 from dae_core.comparison import (
     DEFAULT_CELLS,
@@ -23,7 +24,6 @@ from dae_core.comparison import (
     grid_key,
 )
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, nested_fields
-from dae_core.resumable import held_state_folder
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from flows.dispatch import dispatch, wait_for_runs

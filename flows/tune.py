@@ -16,18 +16,17 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from adapters import progress
+from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
-from dae_core.resumable import held_state_folder
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
-from dae_core.tuning import Objective, TuningReport, parse_dimension, search_space, study_name
+from dae_core.tuning import DEFAULT_TUNED_CELLS, Objective, TuningReport, parse_dimension, search_space, study_name
 from flows.dispatch import dispatch, wait_for_runs
 from tasks.data import default_data_dir, fetch_dataset
 from tasks.run import check_tracking, default_work_dir
 from tasks.tuning import (
-    TRIAL_PHASE,
     StudyProgress,
     create_studies,
     fail_killed_trials,
@@ -43,8 +42,6 @@ from tasks.tuning import (
 # Held out of the 60,000 training images when the base config holds none out (a sixth, as
 # of a smaller training set).
 DEFAULT_VALIDATION_SIZE = 10_000
-# The cells whose pretraining optimizer the lecture's verdict is about.
-DEFAULT_TUNED_CELLS: list[CellName] = ["adam-noise", "sgd-noise"]
 
 
 def _flow_run_name() -> str:
@@ -151,7 +148,7 @@ def await_workers(workers: dict[str, int], names: list[str], storage: str, trial
         nonlocal reported
         counted = studies.counted()
         for number in range(reported, counted):
-            progress.notify(TRIAL_PHASE, number + 1, trials * len(names), {})
+            progress.notify(progress.ProgressEvent(progress.Phase.TRIAL, number + 1, trials * len(names)))
         reported = max(reported, counted)
 
     for flow_run_id, state in wait_for_runs(list(workers), timeout_s, report_new_trials).items():

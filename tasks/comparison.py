@@ -31,9 +31,6 @@ def _grid_line(cells: list[str], seeds: list[int]) -> str:
             f"- Prefect flow run: {prefect_flow_run_link()}")
 
 
-# The progress phase of a cell run reused from an interrupted comparison (not trained again).
-REUSED_PHASE = "reused"
-
 
 @dataclass(frozen=True)
 class OpenedComparison:
@@ -79,7 +76,7 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
                         for (cell, seed), run_id in done.items() if cell in cells and seed in seeds]
             logger.info("resuming comparison %s: %d cell runs already finished", previous, len(finished))
             for _ in finished:
-                progress.notify(REUSED_PHASE, 1, 1, {})
+                progress.notify(progress.ProgressEvent(progress.Phase.REUSED, 1, 1))
             return OpenedComparison(previous, finished, resumed=True)
         logger.info("the interrupted comparison %s cannot be continued (finished, deleted or in another "
                     "store): starting a new one", previous)

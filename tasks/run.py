@@ -19,6 +19,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
 from adapters import tracking
+from adapters.state_folders import held_state_folder
 from adapters.tags import (
     CELL,
     KILLED,
@@ -32,7 +33,6 @@ from adapters.tags import (
 )
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig, closest_preset, run_name
-from dae_core.resumable import held_state_folder
 from tasks.data import DatasetRef
 
 

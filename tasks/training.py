@@ -29,11 +29,11 @@ def _relog_restored(context: RunContext, phase: str, state_path: Path, empty: Hi
         get_run_logger().info("resumed %s after epoch %d", phase, history.epochs)
 
 
-def _epoch_logger(context: RunContext, phase: str, epochs_before: int, epochs: int) -> EpochCallback:
+def _epoch_logger(context: RunContext, phase: progress.Phase, epochs_before: int, epochs: int) -> EpochCallback:
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         tracking.log_metrics(context.mlflow_run_id, epoch_metrics(phase, metrics), step=epoch)
         report_progress(context, epochs_before + epoch)
-        progress.notify(phase, epoch, epochs, metrics)
+        progress.notify(progress.ProgressEvent(phase, epoch, epochs, metrics))
 
     return on_epoch
 
@@ -45,7 +45,7 @@ def pretrain(config: ExperimentConfig, dataset: DatasetRef,
     state = Path(context.state_dir) / "pretrain.state.pt"
     _relog_restored(context, "pretrain", state, PretrainHistory())
     return stages.pretrain_stage(config, Path(dataset.raw_dir), Path(context.out_dir) / "autoencoder.pt", state,
-                                 _epoch_logger(context, "pretrain", 0, config.pretrain.epochs))
+                                 _epoch_logger(context, progress.Phase.PRETRAIN, 0, config.pretrain.epochs))
 
 
 @task(name="encoder-surgery")
@@ -60,7 +60,7 @@ def train_classifier(config: ExperimentConfig, dataset: DatasetRef, initial_path
     _relog_restored(context, "classifier", state, ClassifierHistory())
     return stages.classifier_stage(
         config, Path(dataset.raw_dir), initial_path, Path(context.out_dir) / "classifier.pt", state,
-        _epoch_logger(context, "classifier", config.pretrain.epochs, config.classifier.epochs),
+        _epoch_logger(context, progress.Phase.CLASSIFIER, config.pretrain.epochs, config.classifier.epochs),
     )
 
 

@@ -45,8 +45,6 @@ TRIAL_STATE_TAG = "dae.trial_state"
 # "false" on a trial run that finished past its cell's budget (workers sharing a study stop
 # together): recorded, not scored.
 SCORED_TAG = "dae.scored"
-# The progress phase of a finished trial (complete, pruned or diverged).
-TRIAL_PHASE = "trial"
 # A study's user attribute: the id of the parent MLflow run its trials are filed under.
 PARENT_ATTR = "dae.mlflow_run_id"
 
@@ -122,7 +120,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
 
     def trial_done(trial_number: int) -> None:
         with reporting:
-            context.run(progress.notify, TRIAL_PHASE, trial_number + 1, trials, {})
+            context.run(progress.notify, progress.ProgressEvent(progress.Phase.TRIAL, trial_number + 1, trials))
 
     name = tuning.study_name(cell, config, space, objective, dataset.digest, experiment)
     study = _open_study(name, storage, config, objective, worker)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from dae_cli.access import AccessError, identities_from_env
+from adapters.access import AccessError, identities_from_env
 from dae_cli.main import main
 
 PASSWORDS = {"DAE_WORKER_PASSWORD": "w" * 12, "DAE_SERVING_PASSWORD": "s" * 12}

@@ -54,7 +54,7 @@ def test_without_prefects_private_server_api_dae_still_runs_and_stays_quiet(data
     Without --verbose the terminal shows no INFO lines."""
     code = (
         "import sys\n"
-        "import dae_cli.prefect_server as early\n"
+        "import adapters.prefect_server as early\n"
         "early.EARLY_START_API = ('prefect.server.api.server', 'NoSuchServerInThisRelease')\n"
         "from dae_cli.main import main\n"
         "sys.exit(main(sys.argv[1:], restore_terminal=False))\n"

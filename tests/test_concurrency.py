@@ -25,7 +25,7 @@ SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", 
         "classifier.epochs=2", "runtime.threads=1", "seed=3"]
 
 BOOT = """
-from dae_cli.prefect_server import server_settings, start_temporary_server
+from adapters.prefect_server import server_settings, start_temporary_server
 from prefect import flow
 
 @flow

@@ -22,7 +22,7 @@ def experiment_run(data_root, tmp_path_factory):
     from flows.experiment import dae_experiment
 
     name = unique_experiment()
-    with progress.listening(lambda phase, epoch, total, metrics: PROGRESS.append((phase, epoch, total))):
+    with progress.listening(lambda event: PROGRESS.append((event.phase, event.step, event.total))):
         summary = dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
                                  experiment_name=name, work_dir=str(tmp_path_factory.mktemp("work")))
     return name, summary

@@ -10,7 +10,14 @@ from dae_core.config import ConfigError, build_config
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
 from dae_core.precision import MixedPrecision
 from dae_core.runtime import make_generator
-from dae_core.train import make_classifier_optimizer, make_pretrain_optimizer, pretrain, train_classifier
+from dae_core.train import (
+    ClassifierRun,
+    PretrainRun,
+    make_classifier_optimizer,
+    make_pretrain_optimizer,
+    pretrain,
+    train_classifier,
+)
 from tests.conftest import synthetic_digits
 
 CPU = torch.device("cpu")
@@ -28,9 +35,8 @@ def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15, compile
         torch.manual_seed(0)
         model = DenoisingAutoencoder(64).to(device)
     optimizer = make_pretrain_optimizer(model, config.pretrain)
-    history = pretrain(model, optimizer, pixels.to(device), config.pretrain, 40,
-                       make_generator(0, "pretrain", device), precision=MixedPrecision(mode, device),
-                       compile_step=compile_step)
+    history = pretrain(PretrainRun(model, optimizer, pixels.to(device), make_generator(0, "pretrain", device),
+                                   config.pretrain, 40, MixedPrecision(mode, device), compile_step=compile_step))
     return model, optimizer, history
 
 
@@ -71,9 +77,10 @@ def test_bfloat16_classifier_training_learns_and_is_scored_in_float32():
     results = {}
     for mode in ("none", "bfloat16"):
         classifier = encoder_surgery(model)
-        history = train_classifier(classifier, make_classifier_optimizer(classifier, 0.5), train_x, train_y, test_x,
-                                   test_y, 5, 40, make_generator(0, "classifier", CPU),
-                                   precision=MixedPrecision(mode, CPU))
+        history = train_classifier(ClassifierRun(
+            classifier, make_classifier_optimizer(classifier, 0.5), train_x, train_y, epochs=5, batch_size=40,
+            generator=make_generator(0, "classifier", CPU), precision=MixedPrecision(mode, CPU),
+            test=(test_x, test_y)))
         results[mode] = history.test_accuracy[-1]
         assert history.train_loss[-1] < history.train_loss[0]
     assert results["bfloat16"] >= 80 and abs(results["bfloat16"] - results["none"]) <= 5

@@ -20,7 +20,7 @@ from dae_core.stages import (
     pretrain_stage,
     surgery_stage,
 )
-from dae_core.train import TrainingDiverged, make_pretrain_optimizer, pretrain
+from dae_core.train import PretrainRun, TrainingDiverged, make_pretrain_optimizer, pretrain
 from tests.conftest import TINY
 
 
@@ -116,7 +116,7 @@ def test_a_nan_loss_stops_pretraining_naming_epoch_and_step(tiny_config):
     pixels[7, 3] = float("nan")  # reaches the loss in whichever batch holds row 7
     optimizer = make_pretrain_optimizer(model, tiny_config.pretrain)
     with pytest.raises(TrainingDiverged, match=r"pretrain epoch 1 step [1-5]: loss is nan"):
-        pretrain(model, optimizer, pixels, tiny_config.pretrain, 10, torch.Generator().manual_seed(0))
+        pretrain(PretrainRun(model, optimizer, pixels, torch.Generator().manual_seed(0), tiny_config.pretrain, 10))
 
 
 def test_every_figure_is_written_at_its_pixel_size(finished, raw_dir, tmp_path):
@@ -187,11 +187,11 @@ def test_the_smoke_preset_learns_on_real_mnist(tmp_path):
 def test_a_classifier_loss_far_above_guessing_stops_training(tiny_config):
     """Log-softmax keeps a diverged classifier's loss finite: it is caught by its size."""
     from dae_core.model import encoder_surgery
-    from dae_core.train import make_classifier_optimizer, train_classifier
+    from dae_core.train import ClassifierRun, make_classifier_optimizer, train_classifier
 
     torch.manual_seed(0)
     model = encoder_surgery(DenoisingAutoencoder(16))
     pixels, labels = torch.rand(80, 784), torch.arange(80) % 10
     with pytest.raises(TrainingDiverged, match="classifier epoch 1: mean loss .* over ten times that of guessing"):
-        train_classifier(model, make_classifier_optimizer(model, 10.0), pixels * 50, labels, pixels, labels,
-                         epochs=2, batch_size=8, generator=torch.Generator().manual_seed(0))
+        train_classifier(ClassifierRun(model, make_classifier_optimizer(model, 10.0), pixels * 50, labels, epochs=2,
+                                       batch_size=8, generator=torch.Generator().manual_seed(0)))

@@ -21,7 +21,7 @@ from dae_core import stages
 from dae_core.comparison import cell_config
 from dae_core.config import ConfigError, build_config, nested_fields
 from dae_core.data import hold_out, load_split
-from dae_core.tuning import Dimension, parse_dimension, search_space
+from dae_core.tuning import Dimension, parse_dimension, search_space, train_trial
 from tests.conftest import TINY
 
 # Trials short enough for CI: 6 pretraining epochs on 200 training images, 40 held out.
@@ -82,6 +82,20 @@ def test_a_frozen_encoder_stays_as_pretraining_left_it(raw_dir, tmp_path):
     before, after = (stages.load_classifier(config, path, place) for path in (initial, trained.path))
     assert torch.equal(before.encoder[0].weight, after.encoder[0].weight)
     assert not torch.equal(before.head[0].weight, after.head[0].weight)
+
+
+def test_a_trial_trains_exactly_what_a_run_with_its_config_trains(raw_dir, tmp_path):
+    """Trials and stages build their training from one TrainingSetup: per epoch, the values a
+    trial reports are the ones the run's stages record, to the last bit."""
+    config = build_config("smoke", {**QUICK, "classifier": {**QUICK["classifier"], "train_noise": {"enabled": True}}})
+    pretrained = stages.pretrain_stage(config, raw_dir, tmp_path / "ae.pt", tmp_path / "ae-state.pt")
+    initial = stages.surgery_stage(config, pretrained.path, tmp_path / "initial.pt")
+    classified = stages.classifier_stage(config, raw_dir, initial, tmp_path / "clf.pt", tmp_path / "clf-state.pt")
+    reported: dict[str, list[float]] = {"mse": [], "accuracy": []}
+    for objective in reported:
+        train_trial(config, raw_dir, objective, lambda _epoch, value, o=objective: reported[o].append(value))
+    assert reported["mse"] == pretrained.history.val_mse and len(reported["mse"]) == 6
+    assert reported["accuracy"] == classified.history.val_accuracy and len(reported["accuracy"]) == 3
 
 
 def _tune_command(data_root: Path, work: Path, experiment: str, trials: int) -> list[str]:

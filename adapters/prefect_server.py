@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from dae_core.resumable import exclusive_file_lock
+from adapters.state_folders import exclusive_file_lock
 
 # The private API of the early start, as (module, attribute).
 EARLY_START_API = ("prefect.server.api.server", "SubprocessASGIServer")

@@ -6,6 +6,7 @@ run (batch scoring with a record of its own is the ``dae-score`` flow).
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dae_core.errors import EXIT_SERVER, DaeError
+from dae_cli.command import Command, Session
+from dae_core.errors import EXIT_DATA, EXIT_SERVER, DaeError
+from dae_core.summary import CHAMPION_URI
 
 
 class ModelUnavailable(DaeError):
@@ -73,3 +76,26 @@ def print_predictions(predictions: list[Prediction], as_json: bool) -> None:
 def report_errors(errors: list[str]) -> None:
     for error in errors:
         print(f"dae: cannot score {error}", file=sys.stderr)
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="PNG, JPEG, ... (any size; light or dark paper) or an IDX file of 28x28 images")
+    parser.add_argument("--model", default=CHAMPION_URI,
+                        help=f"model URI (default {CHAMPION_URI}; e.g. models:/dae-mnist-classifier/3)")
+    parser.add_argument("--json", action="store_true",
+                        help='print [{"file", "digit", "probability", "probabilities"}, ...]')
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _execute(args: argparse.Namespace, session: Session) -> int:
+    from dae_cli.terminal import mlflow_warnings_only
+
+    with mlflow_warnings_only(session.verbose):
+        predictions, errors = predict_files(args.files, args.model)
+    print_predictions(predictions, args.json)
+    report_errors(errors)
+    return EXIT_DATA if errors else 0
+
+
+COMMAND = Command("predict", "the registered model's digit for each picture or IDX image", _arguments, _execute)

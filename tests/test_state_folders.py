@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dae_core.resumable import held_state_folder, holder_pid
+from adapters.state_folders import held_state_folder, holder_pid
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from dae_core.resumable import held_state_folder
+from adapters.state_folders import held_state_folder
 with held_state_folder(Path(sys.argv[1])) as folder:
     (folder / "pretrain.state.pt").write_text("epoch 3")
     print(folder, flush=True)

@@ -1,0 +1,1 @@
+"""One module per ``dae`` subcommand, each holding its ``COMMAND`` (dae_cli/command.py)."""

@@ -1,0 +1,70 @@
+"""``dae compare``: the optimizer x noise grid over seeds, the dae-compare flow."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+from adapters.progress import Phase, ProgressEvent
+from dae_cli.command import (
+    Command,
+    CountBar,
+    Session,
+    add_flow_options,
+    check_fan_out,
+    config_from,
+    run_flow,
+    write_json,
+)
+from dae_core.comparison import CELLS, DEFAULT_CELLS
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_flow_options(parser)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
+    parser.add_argument("--parallel", type=int, default=1, help="cells trained at once (default 1)")
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS),
+                        help=f"the cells (default: {' '.join(DEFAULT_CELLS)}; the frozen-encoder and noisy "
+                             "fine-tuning cells ask the robustness question)")
+    parser.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
+                        help="send each cell to the work pool as a run of this deployment, "
+                             "e.g. dae-experiment/lecture (needs a Prefect server)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="start a new grid even where an interrupted run of the same comparison "
+                             "could be continued (default: continue it, reusing its finished cells)")
+    parser.add_argument("--tuned", metavar="RUN_ID",
+                        help="train each cell that this `dae tune` run tuned with its best parameters")
+    parser.add_argument("--summary-json", type=Path, help="write the comparison here")
+
+
+def _cell_finished(event: ProgressEvent) -> bool:
+    return event.phase == Phase.REUSED or (event.phase == Phase.CLASSIFIER and event.finishes_phase)
+
+
+def _load():
+    from flows.compare import dae_compare
+
+    return dae_compare
+
+
+def _execute(args: argparse.Namespace, session: Session) -> int:
+    config = config_from(args)
+    check_fan_out(args.fan_out)
+    cells = functools.partial(CountBar, len(args.cells or DEFAULT_CELLS) * args.seeds, "cells", "run",
+                              _cell_finished)
+    report = run_flow(session, _load, cells, base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
+                      data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
+                      work_dir=args.work_dir, fan_out_deployment=args.fan_out, fresh=args.fresh,
+                      tuned_run_id=args.tuned)
+    write_json(args.summary_json, report.model_dump())
+    if report.reused:
+        print(f"continued the interrupted comparison {report.mlflow_run_id}: {report.reused} of "
+              f"{len(report.runs)} cell runs reused (--fresh trains them all again)\n")
+    print(report.table_markdown)
+    print()
+    print(report.findings_markdown)
+    return 0
+
+
+COMMAND = Command("compare", "optimizer x noise grid over seeds (dae-compare)", _arguments, _execute)

@@ -1,0 +1,76 @@
+"""``dae tune``: each cell's training choices tuned on a validation split, the dae-tune flow."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+from adapters.progress import Phase
+from dae_cli.command import (
+    Command,
+    CountBar,
+    Session,
+    add_flow_options,
+    check_fan_out,
+    config_from,
+    run_flow,
+    write_json,
+)
+from dae_core.comparison import CELLS
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    add_flow_options(parser)
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS),
+                        help="the cells to tune (default: adam-noise sgd-noise)")
+    parser.add_argument("--trials", type=int, default=12, help="trials per cell, complete or pruned (default 12)")
+    parser.add_argument("--objective", default="mse", choices=["mse", "accuracy"],
+                        help="validation MSE of pretraining (default) or validation accuracy of the classifier")
+    parser.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
+                        help="a searched field, e.g. pretrain.lr=log:0.1:1000, classifier.lr=float:0.01:1, "
+                             "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false; "
+                             "repeatable (default: the pretraining rate over a range that suits each optimizer)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="trials at once (default 1); with --fan-out, the deployment runs sharing the trials")
+    parser.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
+                        help="run the trials on the work pool in --parallel runs of this deployment, e.g. "
+                             "dae-tune/optimizers (needs a Prefect server and a --storage every worker reaches)")
+    parser.add_argument("--storage", default=os.environ.get("DAE_TUNING_STORAGE"), metavar="URL",
+                        help="the studies' database (env DAE_TUNING_STORAGE; default: optuna.db beside a local "
+                             "tracking store, else in the work folder)")
+    parser.add_argument("--summary-json", type=Path, help="write the best parameters per cell here")
+
+
+def _load():
+    from flows.tune import dae_tune
+
+    return dae_tune
+
+
+def _execute(args: argparse.Namespace, session: Session) -> int:
+    from dae_core.tuning import DEFAULT_TUNED_CELLS, markdown_table, parse_dimension
+
+    config = config_from(args)
+    check_fan_out(args.fan_out)
+    for text in args.space:
+        parse_dimension(text)  # refused here, before any server or import, naming the entry
+    trials = functools.partial(CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials", "trial",
+                               lambda event: event.phase == Phase.TRIAL)
+    report = run_flow(session, _load, trials, tuning=True, base=config, cells=args.cells, trials=args.trials,
+                      objective=args.objective, space=args.space or None, parallel=args.parallel,
+                      data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
+                      work_dir=args.work_dir, storage=args.storage, fan_out_deployment=args.fan_out)
+    write_json(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value",
+                                                                                   "trials", "pruned"}},
+                                                             "mlflow_run_id": True, "reused": True}))
+    if report.reused:
+        print(f"already tuned: nothing trained, the studies hold {args.trials} trials per cell from MLflow run "
+              f"{report.mlflow_run_id} (more trials: --trials; a new search: another --seed or --experiment)\n")
+    print(markdown_table(report))
+    print(f"\nMLflow run {report.mlflow_run_id}; compare at these settings: dae compare --tuned {report.mlflow_run_id}")
+    return 0
+
+
+COMMAND = Command("tune", "tune each cell's training choices on a validation split (dae-tune)", _arguments, _execute)

@@ -1,0 +1,105 @@
+"""One training setup built from the config: the thread count, where and in which
+precision training computes, the training images and the validation split held out of
+them, and from those each phase's run (model, optimizer, generators, noise).
+
+Stages (``dae_core.stages``), tuning trials (``dae_core.tuning``) and ``dae bench`` build
+their training here and nowhere else, so a trial trains exactly what a run with the same
+config trains (tests/test_tuning.py compares their numbers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dae_core.config import ExperimentConfig
+from dae_core.data import Split, hold_out, load_split
+from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
+from dae_core.noise import corrupt
+from dae_core.precision import MixedPrecision
+from dae_core.runtime import Placement, make_generator, seeded, set_thread_count
+from dae_core.train import ClassifierRun, PretrainRun, make_classifier_optimizer, make_pretrain_optimizer
+
+
+def fresh_autoencoder(config: ExperimentConfig, place: Placement) -> DenoisingAutoencoder:
+    with seeded(config.seed, "autoencoder-init"):
+        model = DenoisingAutoencoder(config.pretrain.hidden_units)
+    return model.to(place.device, place.dtype)
+
+
+def fresh_classifier(config: ExperimentConfig, autoencoder: DenoisingAutoencoder) -> EncoderClassifier:
+    """The surgery: the decoder dropped, a fresh seeded Linear(H, 10) + LogSoftmax head."""
+    with seeded(config.seed, "classifier-head-init"):
+        classifier = encoder_surgery(autoencoder)
+        classifier.head[0].reset_parameters()
+    weights = next(autoencoder.parameters())
+    return classifier.to(weights.device, weights.dtype)
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What the config decides about how training runs, built once per stage or trial."""
+
+    config: ExperimentConfig
+    raw_dir: Path
+    place: Placement
+    precision: MixedPrecision
+    train: Split  # the training images minus the validation split, on the device
+    validation: Split | None  # ``data.validation_size`` images held out of them; None when 0
+
+    @classmethod
+    def build(cls, config: ExperimentConfig, raw_dir: Path) -> TrainingSetup:
+        """Sets torch's thread count (process-wide, so first: cells sharing a process each
+        get their share), then reads the training split and holds the validation images out
+        of it by a seeded draw (the same for every trial and stage of a seed)."""
+        set_thread_count(config.runtime)
+        place = Placement.of(config.runtime)
+        train = load_split(raw_dir, True, config.data.train_limit)
+        kept, held = hold_out(train, config.data.validation_size,
+                              make_generator(config.seed, "validation-split", torch.device("cpu")))
+        return cls(config, Path(raw_dir), place, MixedPrecision(config.runtime.autocast, place.device),
+                   kept.to(place.device), held.to(place.device) if held is not None else None)
+
+    def test_split(self) -> Split:
+        return load_split(self.raw_dir, False, self.config.data.test_limit).to(self.place.device)
+
+    def pixels(self, split: Split) -> torch.Tensor:
+        return split.flat_pixels(self.place.dtype)
+
+    def pretraining(self, model: DenoisingAutoencoder | None = None) -> PretrainRun:
+        """Pretraining of ``model`` (default: a fresh seeded autoencoder) on the training
+        images, with validation MSE on the held-out images corrupted once as pretraining
+        corrupts its inputs."""
+        config = self.config
+        model = model if model is not None else fresh_autoencoder(config, self.place)
+        validation = None
+        if self.validation is not None:
+            clean = self.pixels(self.validation)
+            noisy = corrupt(clean, config.pretrain.noise,
+                            make_generator(config.seed, "validation-noise", self.place.device))
+            validation = (noisy, clean)
+        return PretrainRun(
+            model=model, optimizer=make_pretrain_optimizer(model, config.pretrain), pixels=self.pixels(self.train),
+            generator=make_generator(config.seed, "pretrain", self.place.device), config=config.pretrain,
+            batch_size=config.data.batch_size, precision=self.precision,
+            gradients=config.runtime.pretrain_gradients, compile_step=config.runtime.compile_step,
+            validation=validation)
+
+    def classifier_training(self, model: EncoderClassifier, test: Split | None = None) -> ClassifierRun:
+        """Vanilla SGD on ``model`` (all of it, or the head alone with
+        ``classifier.freeze_encoder``), on clean images unless ``classifier.train_noise``;
+        test accuracy after each epoch when ``test`` is given (trials give none)."""
+        config = self.config
+        noise = config.classifier.train_noise
+        return ClassifierRun(
+            model=model,
+            optimizer=make_classifier_optimizer(model, config.classifier.lr, config.classifier.freeze_encoder),
+            pixels=self.pixels(self.train), labels=self.train.labels, epochs=config.classifier.epochs,
+            batch_size=config.data.batch_size,
+            generator=make_generator(config.seed, "classifier", self.place.device), precision=self.precision,
+            test=(self.pixels(test), test.labels) if test is not None else None,
+            validation=(self.pixels(self.validation), self.validation.labels) if self.validation is not None else None,
+            train_noise=(noise, make_generator(config.seed, "classifier-noise", self.place.device))
+            if noise.enabled else None)
