@@ -10,7 +10,6 @@ this process with its progress shown on the terminal.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from adapters.progress import Phase, ProgressEvent
+from adapters.settings import Settings
 from dae_core.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_overrides
 from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.summary import DEFAULT_EXPERIMENT
@@ -29,10 +29,12 @@ T = TypeVar("T")
 class Session:
     """How ``dae`` was started: ``verbose`` shows INFO logs and tracebacks;
     ``restore_terminal=False`` leaves Prefect's console as a command set it (for a process
-    that ends with the command)."""
+    that ends with the command); ``settings`` from the environment, read once. The flows
+    run in this process read theirs where they start, as on a worker."""
 
     verbose: bool
     restore_terminal: bool
+    settings: Settings
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,7 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
                         help="named configuration to start from (default: lecture)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.FIELD=VALUE", help="override one config field; repeatable")
-    parser.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR"),
+    parser.add_argument("--data-dir",
                         help="folder holding <Dataset>/raw/ IDX files; env DAE_DATA_DIR; default ./data")
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading when the raw files are missing")

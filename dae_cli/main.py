@@ -18,6 +18,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from adapters.settings import Settings
 from dae_cli.command import Command, Session
 from dae_cli.commands import bench, compare, predict, run, setup, tune, users
 from dae_core.errors import EXIT_SERVER, DaeError
@@ -59,7 +60,8 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
     command returns (the console script, whose process ends there). Expected failures end
     in the cause and the fix, one line each at most (and the traceback with ``--verbose``)."""
     args = build_parser().parse_args(argv)
-    session = Session(verbose=getattr(args, "verbose", False), restore_terminal=restore_terminal)
+    session = Session(verbose=getattr(args, "verbose", False), restore_terminal=restore_terminal,
+                      settings=Settings.from_env())
     command = next(command for command in COMMANDS if command.name == args.command)
     try:
         return command.execute(args, session)

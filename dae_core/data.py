@@ -68,7 +68,11 @@ class SplitTooSmall(DataError):
     def __init__(self, field: str, limit: int, available: int) -> None:
         super().__init__(f"data.{field} = {limit}: the split has only {available} images",
                          f"--set data.{field}={available} (or fewer), or pass --data-dir with the full dataset")
-        self.field, self.available = field, available
+        self.field, self.limit, self.available = field, limit, available
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, int]]:
+        # Rebuilt from its own arguments: Prefect and multiprocessing pickle task errors.
+        return type(self), (self.field, self.limit, self.available)
 
 
 @dataclass(frozen=True)

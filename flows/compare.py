@@ -12,6 +12,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
 from dae_core.comparison import (
@@ -29,8 +30,8 @@ from dae_core.summary import DEFAULT_EXPERIMENT
 from flows.dispatch import dispatch, wait_for_runs
 from flows.experiment import cell_parameters, dae_experiment
 from tasks.comparison import open_comparison, read_cell, report_comparison
-from tasks.data import default_data_dir, fetch_dataset
-from tasks.run import check_tracking, default_work_dir
+from tasks.data import fetch_dataset
+from tasks.run import check_tracking
 from tasks.tuning import read_tuning
 
 Grid = list[tuple[str, ExperimentConfig]]
@@ -79,8 +80,9 @@ def dae_compare(
     tuned_tags = {"dae.tuned_from": tuned_run_id or "",
                   **{f"dae.tuned.{cell}.{key}": value for cell in chosen if cell in tuned
                      for key, value in tuned[cell].items()}}
-    data_dir = data_dir or str(default_data_dir())
-    work_dir = work_dir or default_work_dir()
+    settings = Settings.from_env()
+    data_dir = data_dir or str(settings.data_dir)
+    work_dir = work_dir or str(settings.work_dir)
     dataset = fetch_dataset(base.data.dataset, data_dir, download)
     key = grid_key(grid, dataset.digest, f"{experiment_name}|{fan_out_deployment or 'in-process'}")
     # The record of this grid's parent run, held while this comparison is alive: an

@@ -7,11 +7,12 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from adapters.settings import Settings
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
-from tasks.data import default_data_dir, fetch_dataset
+from tasks.data import fetch_dataset
 from tasks.report import report
-from tasks.run import check_tracking, default_work_dir, start_tracking, tracked
+from tasks.run import check_tracking, start_tracking, tracked
 from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
 
@@ -39,9 +40,11 @@ def dae_experiment(
     evaluate and report to MLflow. ``config`` defaults to the lecture preset; ``name``
     names the flow run and the MLflow run (default ``<preset>-seed<N>``)."""
     check_tracking()
-    work_dir = work_dir or default_work_dir()
-    dataset = fetch_dataset(config.data.dataset, data_dir or str(default_data_dir()), download)
-    started = start_tracking(config, dataset, experiment_name, work_dir, parent_run_id, run_label)
+    settings = Settings.from_env()
+    work_dir = work_dir or str(settings.work_dir)
+    dataset = fetch_dataset(config.data.dataset, data_dir or str(settings.data_dir), download)
+    started = start_tracking(config, dataset, experiment_name, work_dir, settings.worker_name, parent_run_id,
+                             run_label)
     with tracked(started) as context:
         pretrained = pretrain(config, dataset, context)
         initial = encoder_surgery(config, pretrained.path, context)

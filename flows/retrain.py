@@ -9,11 +9,12 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
+from adapters.settings import Settings
 from adapters.tracking import alias_version, model_version_of_run
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from flows.experiment import dae_experiment
-from tasks.data import default_data_dir, fetch_dataset
+from tasks.data import fetch_dataset
 from tasks.registry import CHAMPION, Decision, apply_decision, decide, score_version
 
 
@@ -40,7 +41,7 @@ def dae_retrain(
     """``margin`` is in accuracy points. Aliases move only after the training run has
     finished and its model version is registered; a failure anywhere before leaves
     both aliases where they were."""
-    data_dir = data_dir or str(default_data_dir())
+    data_dir = data_dir or str(Settings.from_env().data_dir)
     summary = dae_experiment(config=config, data_dir=data_dir, download=download, experiment_name=experiment_name,
                              work_dir=work_dir, register_model=True, name=flow_run.name)
     dataset = fetch_dataset(config.data.dataset, data_dir, download)

@@ -8,9 +8,10 @@ from pathlib import Path
 from prefect import flow
 from prefect.runtime import flow_run
 
+from adapters.settings import Settings
 from dae_core.scoring import ScoringSummary
 from dae_core.summary import CHAMPION_URI
-from tasks.run import check_tracking, default_work_dir
+from tasks.run import check_tracking
 from tasks.scoring import report_scoring, score_batch
 
 SCORING_EXPERIMENT = "dae-scoring"
@@ -34,4 +35,5 @@ def dae_score(
     accuracy where labels are known, to an MLflow run tagged with the model version used."""
     check_tracking()
     scored = score_batch(source, labels_file, model_uri)
-    return report_scoring(scored, source, labels_file, experiment_name, work_dir or default_work_dir())
+    return report_scoring(scored, source, labels_file, experiment_name,
+                          work_dir or str(Settings.from_env().work_dir))

@@ -6,7 +6,6 @@ images, with the same number of trials per cell; the best parameters feed
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ from prefect.runtime import flow_run
 from pydantic import Field
 
 from adapters import progress
+from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
@@ -24,8 +24,8 @@ from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from dae_core.tuning import DEFAULT_TUNED_CELLS, Objective, TuningReport, parse_dimension, search_space, study_name
 from flows.dispatch import dispatch, wait_for_runs
-from tasks.data import default_data_dir, fetch_dataset
-from tasks.run import check_tracking, default_work_dir
+from tasks.data import fetch_dataset
+from tasks.run import check_tracking
 from tasks.tuning import (
     StudyProgress,
     create_studies,
@@ -93,9 +93,10 @@ def dae_tune(
     threads = thread_share(parallel, base.runtime.threads) if in_process else base.runtime.threads
     configs = {cell: cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads) for cell in chosen}
     spaces = {cell: search_space(config, dimensions, objective) for cell, config in configs.items()}
-    data_dir = data_dir or str(default_data_dir())
-    work_dir = work_dir or default_work_dir()
-    storage = study_storage(work_dir, storage or os.environ.get("DAE_TUNING_STORAGE"))
+    settings = Settings.from_env()
+    data_dir = data_dir or str(settings.data_dir)
+    work_dir = work_dir or str(settings.work_dir)
+    storage = study_storage(work_dir, storage or settings.tuning_storage)
     if fan_out_deployment and storage.startswith("sqlite"):
         raise ConfigError(f"--fan-out: the studies are in {storage}, a file of this machine that the workers "
                           "cannot share", "--storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
@@ -106,7 +107,7 @@ def dae_tune(
     if parent_run_id:
         # A fanned-out worker: trials only, one at a time, under the dispatcher's run.
         results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, 1, dataset, storage,
-                             parent_run_id, experiment_name, worker) for cell in chosen]
+                             parent_run_id, experiment_name, settings.worker_name, worker) for cell in chosen]
         return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=parent_run_id)
     if earlier := finished_tuning(names, storage, trials):
         get_run_logger().info("the studies already hold %d trials per cell: tuning %s ran them", trials, earlier)
@@ -129,7 +130,7 @@ def dae_tune(
                 results = read_studies(chosen, names, storage, objective, trials)
             else:
                 results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, parallel, dataset,
-                                     storage, parent, experiment_name) for cell in chosen]
+                                     storage, parent, experiment_name, settings.worker_name) for cell in chosen]
             report = report_tuning(results, storage, parent, work_dir)
         shutil.rmtree(record_dir, ignore_errors=True)
         return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,6 @@ class DatasetRef:
     name: str
     raw_dir: str
     digest: str
-
-
-def default_data_dir() -> Path:
-    """``DAE_DATA_DIR`` if set, else ``./data`` (torchvision's layout below it)."""
-    return Path(os.environ.get("DAE_DATA_DIR", "data")).resolve()
 
 
 def _files_identity(context: Any, arguments: dict[str, Any]) -> str | None:

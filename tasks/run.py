@@ -6,9 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +71,6 @@ def describe_run(config: ExperimentConfig, cell: str | None) -> str:
     ])
 
 
-def default_work_dir() -> str:
-    """``DAE_WORK_DIR`` if set, else ``./dae-work``: run outputs and resumable state."""
-    return str(Path(os.environ.get("DAE_WORK_DIR", "dae-work")).resolve())
-
-
 def state_key(config: ExperimentConfig, dataset: DatasetRef, store: str) -> str:
     """Same configuration (seed included) on the same data, tracked into the same store ->
     same key -> resume. The store is part of it: a rerun against another store starts
@@ -119,16 +112,12 @@ def check_tracking() -> str:
     return tracking.check_store()
 
 
-def worker_name() -> str:
-    """Which machine trains: DAE_WORKER_NAME where set (one per worker), else the host."""
-    return os.environ.get("DAE_WORKER_NAME") or socket.gethostname()
-
-
 @task(name="start-tracking")
-def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str,
+def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: str, work_dir: str, machine: str,
                    parent_run_id: str | None = None, run_label: str | None = None) -> RunContext:
-    """Create the MLflow run with params, dataset input and Prefect tags."""
-    tags = {**flow_run_tags(), ROLE: ROLE_EXPERIMENT, CELL: run_label or "", WORKER: worker_name()}
+    """Create the MLflow run with params, dataset input and Prefect tags (``machine``: the
+    worker that trains it)."""
+    tags = {**flow_run_tags(), ROLE: ROLE_EXPERIMENT, CELL: run_label or "", WORKER: machine}
     run_id = tracking.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
     description = describe_run(config, run_label)
     tracking.set_description(run_id, description)

@@ -35,7 +35,6 @@ from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.runtime import derive_seed
 from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
 from tasks.data import DatasetRef
-from tasks.run import worker_name
 
 # The parent run's tags with each cell's best parameters (JSON values), which
 # `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.
@@ -104,11 +103,12 @@ def _metric(objective: Objective) -> str:
 @task(name="tune-cell")
 def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objective: Objective,
               trials: int, parallel: int, dataset: DatasetRef, storage: str, parent_run_id: str,
-              experiment: str, worker: int = 0) -> CellTuning:
+              experiment: str, machine: str, worker: int = 0) -> CellTuning:
     """Run the cell's study until ``trials`` trials are complete or pruned (a rerun counts
     those already in the study), ``parallel`` at a time. Each trial is a child MLflow run
-    with its parameters, its per-epoch validation values and its state. ``worker`` > 0: one
-    of several deployment runs sharing the study, which its dispatcher created."""
+    with its parameters, its per-epoch validation values and its state, tagged with the
+    ``machine`` that trained it. ``worker`` > 0: one of several deployment runs sharing the
+    study, which its dispatcher created."""
     import optuna
 
     logger = get_run_logger()
@@ -116,7 +116,6 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
     # context (where the progress listener lives): they report through a copy, one at a time.
     context, reporting = contextvars.copy_context(), threading.Lock()
     prefect_flow_run = str(flow_run.id or "")  # read here: Optuna's threads do not see it
-    machine = worker_name()
 
     def trial_done(trial_number: int) -> None:
         with reporting:

@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -64,8 +65,10 @@ def test_wrong_shape_label_range_and_count_mismatch_are_refused(tmp_path):
 def test_limit_larger_than_the_split_names_the_field(tmp_path):
     _valid(tmp_path)
     assert len(load_split(tmp_path, train=True, limit=5)) == 5
-    with pytest.raises(DataError, match="data.train_limit = 21"):
+    with pytest.raises(DataError, match="data.train_limit = 21") as refused:
         load_split(tmp_path, train=True, limit=21)
+    # Task errors cross processes pickled: the copy says the same, fix included.
+    assert str(pickle.loads(pickle.dumps(refused.value))) == str(refused.value)
 
 
 def test_missing_files_without_download_are_reported(tmp_path):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from dae_cli.command import Command, Session, write_json
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", default=os.environ.get("DAE_DATA_DIR", "data"))
+    parser.add_argument("--data-dir", help="folder holding MNIST/raw/; env DAE_DATA_DIR; default ./data")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -21,7 +20,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _execute(args: argparse.Namespace, session: Session) -> int:
     from dae_core.bench import run_benchmark
 
-    result = run_benchmark(Path(args.data_dir), epochs=args.epochs, dtype=args.dtype, device=args.device)
+    result = run_benchmark(Path(args.data_dir or session.settings.data_dir), epochs=args.epochs, dtype=args.dtype,
+                           device=args.device)
     write_json(args.json, result)
     print(json.dumps(result, indent=2))
     return 0

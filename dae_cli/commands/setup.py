@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from dae_cli.command import Command, Session, SetupError
 from dae_core.config import ConfigError
@@ -13,7 +12,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--zombie-after", type=int, default=90, metavar="SECONDS",
                         help="mark a deployed run Crashed after this long without a heartbeat "
                              "(they come every 30 s; default 90, at least 45)")
-    parser.add_argument("--notify-webhook", default=os.environ.get("DAE_NOTIFY_WEBHOOK_URL"), metavar="URL",
+    parser.add_argument("--notify-webhook", metavar="URL",
                         help="post here when a retrain fails or crashes; env DAE_NOTIFY_WEBHOOK_URL")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
 
@@ -32,7 +31,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     from flows.automations import NOTIFY, RECONCILE_DEPLOYMENT, set_up_automations
 
     try:
-        names = set_up_automations(args.zombie_after, args.notify_webhook)
+        names = set_up_automations(args.zombie_after, args.notify_webhook or session.settings.notify_webhook_url)
     except httpx.HTTPStatusError as error:
         if error.response.status_code in (401, 403):
             raise  # main explains it: the auth string

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 from pathlib import Path
 
 from adapters.progress import Phase
@@ -37,7 +36,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
                         help="run the trials on the work pool in --parallel runs of this deployment, e.g. "
                              "dae-tune/optimizers (needs a Prefect server and a --storage every worker reaches)")
-    parser.add_argument("--storage", default=os.environ.get("DAE_TUNING_STORAGE"), metavar="URL",
+    parser.add_argument("--storage", metavar="URL",
                         help="the studies' database (env DAE_TUNING_STORAGE; default: optuna.db beside a local "
                              "tracking store, else in the work folder)")
     parser.add_argument("--summary-json", type=Path, help="write the best parameters per cell here")
