@@ -13,37 +13,31 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from dae_core import train as loops
 from dae_core.config import build_config
 from dae_core.data import load_split, locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
-from dae_core.train import (
-    ClassifierRun,
-    PretrainRun,
-    make_classifier_optimizer,
-    make_pretrain_optimizer,
-    pretrain,
-    train_classifier,
-)
 
 
 def pretrain_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
     pixels = load_split(raw, True).flat_pixels(dtype)
     config = build_config("lecture", {"pretrain": {"epochs": 1}}).pretrain
     model = DenoisingAutoencoder().to(dtype)
-    optimizer = make_pretrain_optimizer(model, config)
+    optimizer = loops.make_pretrain_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
-    run = PretrainRun(model, optimizer, pixels, generator, config, 1000)
-    return lambda: pretrain(run)
+    run = loops.PretrainRun(model, optimizer, pixels, generator, config, 1000)
+    return lambda: loops.pretrain(run)
 
 
 def classifier_epoch(raw: Path, dtype: torch.dtype) -> Callable[[], object]:
     train, test = load_split(raw, True), load_split(raw, False)
     pixels, test_pixels = train.flat_pixels(dtype), test.flat_pixels(dtype)
     model = encoder_surgery(DenoisingAutoencoder()).to(dtype)
-    optimizer = make_classifier_optimizer(model, 0.1)
+    optimizer = loops.make_classifier_optimizer(model, 0.1)
     generator = torch.Generator().manual_seed(0)
-    run = ClassifierRun(model, optimizer, pixels, train.labels, 1, 1000, generator, test=(test_pixels, test.labels))
-    return lambda: train_classifier(run)
+    run = loops.ClassifierRun(model, optimizer, pixels, train.labels, 1, 1000, generator,
+                              test=(test_pixels, test.labels))
+    return lambda: loops.train_classifier(run)
 
 
 def main() -> None:

@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dae_core import train
 from dae_core.config import ConfigError, build_config
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
 from dae_core.precision import MixedPrecision
 from dae_core.runtime import make_generator
-from dae_core.train import (
-    ClassifierRun,
-    PretrainRun,
-    make_classifier_optimizer,
-    make_pretrain_optimizer,
-    pretrain,
-    train_classifier,
-)
 from tests.conftest import synthetic_digits
 
 CPU = torch.device("cpu")
@@ -34,9 +27,10 @@ def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15, compile
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = DenoisingAutoencoder(64).to(device)
-    optimizer = make_pretrain_optimizer(model, config.pretrain)
-    history = pretrain(PretrainRun(model, optimizer, pixels.to(device), make_generator(0, "pretrain", device),
-                                   config.pretrain, 40, MixedPrecision(mode, device), compile_step=compile_step))
+    optimizer = train.make_pretrain_optimizer(model, config.pretrain)
+    run = train.PretrainRun(model, optimizer, pixels.to(device), make_generator(0, "pretrain", device),
+                            config.pretrain, 40, MixedPrecision(mode, device), compile_step=compile_step)
+    history = train.pretrain(run)
     return model, optimizer, history
 
 
@@ -77,8 +71,8 @@ def test_bfloat16_classifier_training_learns_and_is_scored_in_float32():
     results = {}
     for mode in ("none", "bfloat16"):
         classifier = encoder_surgery(model)
-        history = train_classifier(ClassifierRun(
-            classifier, make_classifier_optimizer(classifier, 0.5), train_x, train_y, epochs=5, batch_size=40,
+        history = train.train_classifier(train.ClassifierRun(
+            classifier, train.make_classifier_optimizer(classifier, 0.5), train_x, train_y, epochs=5, batch_size=40,
             generator=make_generator(0, "classifier", CPU), precision=MixedPrecision(mode, CPU),
             test=(test_x, test_y)))
         results[mode] = history.test_accuracy[-1]

@@ -7,21 +7,12 @@ import functools
 from pathlib import Path
 
 from adapters.progress import Phase
-from dae_cli.command import (
-    Command,
-    CountBar,
-    Session,
-    add_flow_options,
-    check_fan_out,
-    config_from,
-    run_flow,
-    write_json,
-)
+from dae_cli import command
 from dae_core.comparison import CELLS
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    add_flow_options(parser)
+    command.add_flow_options(parser)
     parser.add_argument("--cells", nargs="+", choices=list(CELLS),
                         help="the cells to tune (default: adam-noise sgd-noise)")
     parser.add_argument("--trials", type=int, default=12, help="trials per cell, complete or pruned (default 12)")
@@ -48,20 +39,20 @@ def _load():
     return dae_tune
 
 
-def _execute(args: argparse.Namespace, session: Session) -> int:
+def _execute(args: argparse.Namespace, session: command.Session) -> int:
     from dae_core.tuning import DEFAULT_TUNED_CELLS, markdown_table, parse_dimension
 
-    config = config_from(args)
-    check_fan_out(args.fan_out)
+    config = command.config_from(args)
+    command.check_fan_out(args.fan_out)
     for text in args.space:
         parse_dimension(text)  # refused here, before any server or import, naming the entry
-    trials = functools.partial(CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials", "trial",
-                               lambda event: event.phase == Phase.TRIAL)
-    report = run_flow(session, _load, trials, tuning=True, base=config, cells=args.cells, trials=args.trials,
+    trials = functools.partial(command.CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials",
+                               "trial", lambda event: event.phase == Phase.TRIAL)
+    report = command.run_flow(session, _load, trials, tuning=True, base=config, cells=args.cells, trials=args.trials,
                       objective=args.objective, space=args.space or None, parallel=args.parallel,
                       data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
                       work_dir=args.work_dir, storage=args.storage, fan_out_deployment=args.fan_out)
-    write_json(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value",
+    command.write_json(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value",
                                                                                    "trials", "pruned"}},
                                                              "mlflow_run_id": True, "reused": True}))
     if report.reused:
@@ -72,4 +63,5 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     return 0
 
 
-COMMAND = Command("tune", "tune each cell's training choices on a validation split (dae-tune)", _arguments, _execute)
+COMMAND = command.Command("tune", "tune each cell's training choices on a validation split (dae-tune)", _arguments,
+                          _execute)
