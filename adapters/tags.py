@@ -19,6 +19,27 @@ RESUMED_FROM_MISSING = "dae.resumed_from_missing"
 RESUMED_AT = "dae.resumed_at"
 FAILURE = "dae.failure"
 FAILURE_DETAIL = "dae.failure_detail"
+# Comparisons and tuning: a grid's identity; a tuning's; a trial's study and number.
+COMPARISON_KEY = "dae.comparison_key"
+TUNING_KEY = "dae.tuning_key"
+STUDY = "dae.study"
+TRIAL = "dae.trial"
+# A trial's MLflow run: FINISHED when complete or pruned, FAILED when it diverged or died.
+TRIAL_STATE = "dae.trial_state"
+# "false" on a trial run that finished past its cell's budget (workers sharing a study stop
+# together): recorded, not scored.
+SCORED = "dae.scored"
+# A tuning's parent run holds each cell's best parameters (JSON values), which
+# `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>; the comparison
+# names the tuning it used and the parameters it applied the same way.
+TUNED = "dae.tuned"
+TUNED_FROM = "dae.tuned_from"
+# The registry: the first version's crowning, a retrain's decision (dae.retrain.<field>),
+# and the model a scoring run used.
+CHAMPION_NOTE = "dae.champion"
+RETRAIN = "dae.retrain"
+MODEL_URI = "dae.model_uri"
+MODEL_VERSION = "dae.model_version"
 # The Prefect flow run (and deployment) that made the MLflow run.
 FLOW_RUN_ID = "prefect.flow_run_id"
 FLOW_RUN_NAME = "prefect.flow_run_name"

@@ -21,7 +21,7 @@ from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 
 from adapters.state_folders import exclusive_file_lock
@@ -338,7 +338,7 @@ def load_registered(version: str):
     return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}")
 
 
-def _stored_run(run_id: str) -> Any | None:
+def _stored_run(run_id: str) -> Run | None:
     """The run ``run_id``, or None when the store does not know it."""
     try:
         return client().get_run(run_id)
@@ -357,18 +357,19 @@ def reopen_run(run_id: str, tags: dict[str, Any]) -> bool:
     return True
 
 
-def finished_run(run_id: str) -> Any | None:
+def finished_run(run_id: str) -> Run | None:
     """The run ``run_id`` if the store holds it FINISHED and not deleted, else None."""
     run = _stored_run(run_id)
     finished = run is not None and run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
     return run if finished else None
 
 
-def child_runs(parent_run_id: str, status: str | None = None) -> list[Any]:
+def child_runs(parent_run_id: str, status: str | None = None) -> list[Run]:
     """A parent's child runs (those in ``status``, e.g. RUNNING, if given)."""
     parent = client().get_run(parent_run_id)
     in_status = f" and attributes.status = '{status}'" if status else ""
-    return client().search_runs([parent.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_run_id}'{in_status}")
+    return list(client().search_runs([parent.info.experiment_id],
+                                     f"tags.`{PARENT_TAG}` = '{parent_run_id}'{in_status}"))
 
 
 def finished_children(parent_run_id: str) -> dict[tuple[str, int], str]:
@@ -386,7 +387,7 @@ def fail_running_children(parent_run_id: str, tags: dict[str, Any]) -> list[str]
     return ended
 
 
-def running_runs_of_flow_runs() -> list[Any]:
+def running_runs_of_flow_runs() -> list[Run]:
     """Every RUNNING run, in every experiment, that a Prefect flow run created."""
     tracker = client()
     experiments = [experiment.experiment_id for experiment in tracker.search_experiments()]
@@ -401,7 +402,7 @@ def run_of_flow_run(flow_run_id: str, experiment: str) -> str | None:
     found = client().get_experiment_by_name(experiment)
     if found is None:
         return None
-    runs = client().search_runs([found.experiment_id], f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+    runs = client().search_runs([found.experiment_id], f"tags.`{FLOW_RUN_ID}` = '{flow_run_id}'")
     return runs[0].info.run_id if runs else None
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from dae_core.config import ExperimentConfig, deep_merge
 from dae_core.summary import RunSummary
@@ -74,10 +74,52 @@ class CellRunRef(BaseModel):
     mlflow_run_id: str
 
 
+# NaN marks what was not measured (one seed: no interval); JSON keeps it as NaN, not null.
+_NAN_AS_NAN = ConfigDict(ser_json_inf_nan="constants")
+
+
+class Interval(BaseModel):
+    """Mean, sample std and two-sided 95% Student-t interval over ``n`` values; NaN where
+    fewer than two."""
+
+    model_config = _NAN_AS_NAN
+
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+class ComparisonRow(BaseModel):
+    """One cell and metric over seeds, and its paired difference against ``reference`` (the
+    fields flat, as the summary JSON and comparison.csv have always had them)."""
+
+    model_config = _NAN_AS_NAN
+
+    cell: str
+    metric: str
+    reference: str  # the cell it is paired with by seed
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+    diff_mean: float
+    diff_std: float
+    diff_ci_low: float
+    diff_ci_high: float
+
+    @classmethod
+    def of(cls, cell: str, metric: str, reference: str, values: Interval, difference: Interval) -> ComparisonRow:
+        return cls(cell=cell, metric=metric, reference=reference, **values.model_dump(),
+                   **{f"diff_{key}": value for key, value in difference.model_dump(exclude={"n"}).items()})
+
+
 class ComparisonReport(BaseModel):
     """The JSON of ``dae compare --summary-json`` and the dae-compare flow's return value."""
 
-    rows: list[dict[str, Any]]  # comparison_table's rows
+    rows: list[ComparisonRow]
     table_markdown: str
     findings_markdown: str
     mlflow_run_id: str  # the parent run
@@ -109,21 +151,19 @@ def cell_config(base: ExperimentConfig, cell: str, seed: int, sgd_lr: float = SG
     return ExperimentConfig.model_validate(deep_merge(merged, tuned or {}))
 
 
-def interval(values: list[float]) -> dict[str, float]:
-    """Mean, sample std and 95% t-interval; NaN where fewer than two finite values."""
+def interval(values: list[float]) -> Interval:
+    """Mean, sample std and 95% t-interval of the finite ``values``."""
     data = np.array([v for v in values if not math.isnan(v)], dtype=float)
-    if data.size == 0:
-        return {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
-    mean = float(data.mean())
+    mean = float(data.mean()) if data.size else math.nan
     if data.size < 2:
-        return {"mean": mean, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 1}
+        return Interval(mean=mean, std=math.nan, ci_low=math.nan, ci_high=math.nan, n=int(data.size))
     # Imported here: `dae run` imports this module for the CLI's choices, and scipy.stats
     # alone would add 0.4 s to every run's start.
     from scipy import stats
 
     std = float(data.std(ddof=1))
     half = float(stats.t.ppf(0.975, data.size - 1)) * std / math.sqrt(data.size)
-    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half, "n": int(data.size)}
+    return Interval(mean=mean, std=std, ci_low=mean - half, ci_high=mean + half, n=int(data.size))
 
 
 def _by_cell(records: list[CellRun]) -> dict[str, dict[int, RunSummary]]:
@@ -133,7 +173,7 @@ def _by_cell(records: list[CellRun]) -> dict[str, dict[int, RunSummary]]:
     return grouped
 
 
-def comparison_table(records: list[CellRun]) -> list[dict[str, Any]]:
+def comparison_table(records: list[CellRun]) -> list[ComparisonRow]:
     """One row per cell and metric: mean, std, 95% CI, and the paired difference against
     the cell's reference (``REFERENCES``, else the lecture's cell) with its own 95% CI."""
     grouped = _by_cell(records)
@@ -142,12 +182,9 @@ def comparison_table(records: list[CellRun]) -> list[dict[str, Any]]:
         reference_cell = REFERENCES.get(cell, LECTURE_CELL)
         reference = grouped.get(reference_cell, {})
         for metric, read in METRICS.items():
-            row = {"cell": cell, "metric": metric, "reference": reference_cell,
-                   **interval([read(s) for s in by_seed.values()])}
             paired = [read(by_seed[seed]) - read(reference[seed]) for seed in by_seed if seed in reference]
-            difference = interval(paired) if cell != LECTURE_CELL else interval([])
-            row.update({f"diff_{key}": value for key, value in difference.items() if key != "n"})
-            rows.append(row)
+            rows.append(ComparisonRow.of(cell, metric, reference_cell, interval([read(s) for s in by_seed.values()]),
+                                         interval(paired) if cell != LECTURE_CELL else interval([])))
     return rows
 
 
@@ -169,31 +206,31 @@ CLAIMS = [
 ]
 
 
-def findings(rows: list[dict[str, Any]]) -> list[str]:
+def findings(rows: list[ComparisonRow]) -> list[str]:
     """A verdict per claim from the paired 95% interval: supported when it excludes zero in
     the claimed direction, contradicted when it excludes zero the other way, otherwise
     not shown by this data."""
-    lookup = {(row["cell"], row["metric"]): row for row in rows}
+    lookup = {(row.cell, row.metric): row for row in rows}
     verdicts = []
     for claim, cell, metric, sign in CLAIMS:
         row = lookup.get((cell, metric))
-        if row is None or math.isnan(row["diff_ci_low"]):
+        if row is None or math.isnan(row.diff_ci_low):
             verdicts.append(f"- {claim}: not testable here (needs the {cell} and "
                             f"{REFERENCES.get(cell, LECTURE_CELL)} cells and two or more seeds)")
             continue
-        low, high = row["diff_ci_low"], row["diff_ci_high"]
+        low, high = row.diff_ci_low, row.diff_ci_high
         if (sign > 0 and low > 0) or (sign < 0 and high < 0):
             verdict = "supported"
         elif (sign > 0 and high < 0) or (sign < 0 and low > 0):
             verdict = "contradicted"
         else:
             verdict = "not shown (the interval includes zero)"
-        verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {row['reference']} = "
-                        f"{row['diff_mean']:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row['n']})")
+        verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {row.reference} = "
+                        f"{row.diff_mean:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row.n})")
     sgd = lookup.get(("sgd-noise", "final_mse"))
-    if sgd is not None and not math.isnan(sgd["mean"]):
+    if sgd is not None and not math.isnan(sgd.mean):
         verdicts.append(f"- Vanilla SGD pretraining's MSE stays near or above 0.01: final MSE "
-                        f"{sgd['mean']:.4f} (95% CI {sgd['ci_low']:.4f} to {sgd['ci_high']:.4f})")
+                        f"{sgd.mean:.4f} (95% CI {sgd.ci_low:.4f} to {sgd.ci_high:.4f})")
     return verdicts
 
 
@@ -210,7 +247,7 @@ def curve_bands(records: list[CellRun], read: Callable[[RunSummary], list[float]
     return bands
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def markdown_table(rows: list[ComparisonRow]) -> str:
     header = ("| cell | metric | mean | std | 95% CI | paired diff vs its reference (95% CI) |\n"
               "|---|---|---|---|---|---|")
 
@@ -219,9 +256,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
     lines = [header]
     for row in rows:
-        diff = ("-" if math.isnan(row["diff_mean"]) else
-                f"{row['diff_mean']:+.4g} ({number(row['diff_ci_low'])} to {number(row['diff_ci_high'])}) "
-                f"vs {row['reference']}")
-        lines.append(f"| {row['cell']} | {row['metric']} | {number(row['mean'])} | {number(row['std'])} | "
-                     f"{number(row['ci_low'])} to {number(row['ci_high'])} | {diff} |")
+        diff = ("-" if math.isnan(row.diff_mean) else
+                f"{row.diff_mean:+.4g} ({number(row.diff_ci_low)} to {number(row.diff_ci_high)}) vs {row.reference}")
+        lines.append(f"| {row.cell} | {row.metric} | {number(row.mean)} | {number(row.std)} | "
+                     f"{number(row.ci_low)} to {number(row.ci_high)} | {diff} |")
     return "\n".join(lines)

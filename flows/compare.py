@@ -14,6 +14,7 @@ from pydantic import Field
 
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
+from adapters.tags import TUNED, TUNED_FROM
 from adapters.tracking import ends_run
 from dae_core.comparison import (
     DEFAULT_CELLS,
@@ -77,8 +78,8 @@ def dae_compare(
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads,
                                nested_fields(tuned[cell]) if cell in tuned else None))
             for cell in chosen for seed in seed_list]
-    tuned_tags = {"dae.tuned_from": tuned_run_id or "",
-                  **{f"dae.tuned.{cell}.{key}": value for cell in chosen if cell in tuned
+    tuned_tags = {TUNED_FROM: tuned_run_id or "",
+                  **{f"{TUNED}.{cell}.{key}": value for cell in chosen if cell in tuned
                      for key, value in tuned[cell].items()}}
     settings = Settings.from_env()
     data_dir = data_dir or str(settings.data_dir)

@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from adapters import progress, tracking
-from adapters.tags import KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
+from adapters.tags import COMPARISON_KEY, KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
 from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
@@ -44,7 +44,7 @@ def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str],
     tags = {
         **{name: str(value) for name, value in extra_tags.items()},
         ROLE: ROLE_COMPARISON,
-        "dae.comparison_key": key,
+        COMPARISON_KEY: key,
         **flow_run_tags(),
     }
     run_id = tracking.start_run(experiment, flow_run.name or "compare", tags)
@@ -91,7 +91,7 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str,
     verdicts = comparison.findings(rows)
     table_markdown = comparison.markdown_table(rows)
     out = Path(work_dir).resolve() / "comparisons" / parent_run_id
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame([row.model_dump() for row in rows])
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "comparison.csv"
     frame.to_csv(csv_path, index=False)
@@ -112,11 +112,11 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str,
 
     tracking.log_table(parent_run_id, frame, "tables/comparison.json")
     tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")
-    finals = {f"compare/{row['cell']}/{row['metric']}_mean": row["mean"] for row in rows
-              if not math.isnan(row["mean"])}
+    finals = {f"compare/{row.cell}/{row.metric}_mean": row.mean for row in rows if not math.isnan(row.mean)}
     tracking.log_metrics(parent_run_id, finals)
-    create_table_artifact([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                           for row in rows], key="dae-comparison", description="Cells x metrics over seeds")
+    create_table_artifact([{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                            for k, v in row.model_dump().items()} for row in rows],
+                          key="dae-comparison", description="Cells x metrics over seeds")
     cells, seeds = list(dict.fromkeys(r.cell for r in records)), sorted({r.seed for r in records})
     tracking.set_description(parent_run_id, f"{_grid_line(cells, seeds)}\n\n{table_markdown}\n\n{findings_markdown}")
     create_markdown_artifact(f"# DAE comparison\n\n{table_markdown}\n\n{findings_markdown}\n\n"

@@ -11,6 +11,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from adapters import tracking
+from adapters.tags import CHAMPION_NOTE, RETRAIN
 from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
 from dae_core.evaluate import accuracy_percent, predict
@@ -44,7 +45,7 @@ def crown_first_version(version: str, run_id: str) -> bool:
     if tracking.alias_version(CHAMPION) is not None:
         return False
     tracking.set_alias(CHAMPION, version)
-    tracking.set_tags(run_id, {"dae.champion": f"version {version}: the first registered version"})
+    tracking.set_tags(run_id, {CHAMPION_NOTE: f"version {version}: the first registered version"})
     return True
 
 
@@ -80,7 +81,7 @@ def decide(new_version: str, new_accuracy: float, champion_version: str | None,
 def apply_decision(decision: Decision, run_id: str) -> Decision:
     alias = CHALLENGER if decision.action is Action.CHALLENGER else CHAMPION
     tracking.set_alias(alias, decision.new_version)
-    tags = {f"dae.retrain.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
+    tags = {f"{RETRAIN}.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
     tracking.set_tags(run_id, tags)
     champion = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"
                 if decision.champion_version else "none")

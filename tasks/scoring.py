@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from adapters import tracking
-from adapters.tags import ROLE, ROLE_SCORING, flow_run_tags
+from adapters.tags import MODEL_URI, MODEL_VERSION, ROLE, ROLE_SCORING, flow_run_tags
 from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
 from dae_core.shapes import NUM_CLASSES
 from tasks.run import prefect_flow_run_link
@@ -60,7 +60,7 @@ def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list
 @task(name="report-scoring", cache_policy=NO_CACHE)
 def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, experiment: str,
                    work_dir: str) -> ScoringSummary:
-    tags = {ROLE: ROLE_SCORING, "dae.model_uri": scored.model_uri, "dae.model_version": scored.model_version or "",
+    tags = {ROLE: ROLE_SCORING, MODEL_URI: scored.model_uri, MODEL_VERSION: scored.model_version or "",
             **flow_run_tags()}
     run_id = tracking.start_run(experiment, flow_run.name or "score", tags)
     with tracking.ends_run(run_id):

@@ -24,6 +24,12 @@ from adapters.tags import (
     ROLE,
     ROLE_TRIAL,
     ROLE_TUNING,
+    SCORED,
+    STUDY,
+    TRIAL,
+    TRIAL_STATE,
+    TUNED,
+    TUNING_KEY,
     WORKER,
     flow_run_tags,
     resumed_tags,
@@ -36,14 +42,6 @@ from dae_core.runtime import derive_seed
 from dae_core.tuning import CellTuning, Dimension, Objective, TrialDiverged, TuningReport
 from tasks.data import DatasetRef
 
-# The parent run's tags with each cell's best parameters (JSON values), which
-# `dae compare --tuned RUN_ID` reads: dae.tuned.<cell>.<config field>.
-TUNED_TAG = "dae.tuned"
-# A trial's MLflow run: FINISHED when complete or pruned, FAILED when it diverged or died.
-TRIAL_STATE_TAG = "dae.trial_state"
-# "false" on a trial run that finished past its cell's budget (workers sharing a study stop
-# together): recorded, not scored.
-SCORED_TAG = "dae.scored"
 # A study's user attribute: the id of the parent MLflow run its trials are filed under.
 PARENT_ATTR = "dae.mlflow_run_id"
 
@@ -73,7 +71,7 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
                 fail_killed_trials(previous)
             get_run_logger().info("continuing the interrupted tuning %s", previous)
             return previous
-    tags = {ROLE: ROLE_TUNING, "dae.tuning_key": key, **flow_run_tags()}
+    tags = {ROLE: ROLE_TUNING, TUNING_KEY: key, **flow_run_tags()}
     parent = tracking.start_run(experiment, flow_run.name or "tune", tags)
     tracking.log_config(parent, base, {"tune.cells": ",".join(cells), "tune.trials": trials,
                                        "tune.objective": objective})
@@ -88,7 +86,7 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
 def fail_killed_trials(parent_run_id: str) -> list[str]:
     """End FAILED the trial runs still RUNNING under a tuning whose trials have all stopped
     (their process was killed); returns their ids."""
-    return tracking.fail_running_children(parent_run_id, {KILLED: "true", TRIAL_STATE_TAG: "killed"})
+    return tracking.fail_running_children(parent_run_id, {KILLED: "true", TRIAL_STATE: "killed"})
 
 
 def _epochs(config: ExperimentConfig, objective: Objective) -> int:
@@ -130,7 +128,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         params = tuning.suggest(trial, space)
         trial_config = tuning.with_params(config, params)
         run_id = tracking.start_run(experiment, f"{cell}-trial{trial.number}", {
-            ROLE: ROLE_TRIAL, CELL: cell, "dae.study": name, "dae.trial": str(trial.number),
+            ROLE: ROLE_TRIAL, CELL: cell, STUDY: name, TRIAL: str(trial.number),
             WORKER: machine, FLOW_RUN_ID: prefect_flow_run},
             parent_run_id=parent_run_id)
         tracking.log_config(run_id, trial_config)
@@ -145,13 +143,13 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
             value = tuning.train_trial(trial_config, Path(dataset.raw_dir), objective, report)
         except optuna.TrialPruned:
             # FINISHED: stopping a trial that fell behind is the search working, not a failure.
-            tracking.set_tags(run_id, {TRIAL_STATE_TAG: "pruned"})
+            tracking.set_tags(run_id, {TRIAL_STATE: "pruned"})
             tracking.end_run(run_id, succeeded=True)
             trial_done(trial.number)
             raise
         except TrialDiverged as error:
             # Pruned for the sampler (a region to avoid), FAILED in MLflow with the reason.
-            tracking.set_tags(run_id, {TRIAL_STATE_TAG: "diverged", FAILURE_DETAIL: str(error)[:500]})
+            tracking.set_tags(run_id, {TRIAL_STATE: "diverged", FAILURE_DETAIL: str(error)[:500]})
             tracking.end_run(run_id, succeeded=False)
             trial_done(trial.number)
             raise optuna.TrialPruned(f"diverged: {error}") from None
@@ -159,7 +157,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
             tracking.end_run(run_id, succeeded=False)
             raise
         tracking.log_metrics(run_id, {"tune/value": value})
-        tracking.set_tags(run_id, {TRIAL_STATE_TAG: "complete"})
+        tracking.set_tags(run_id, {TRIAL_STATE: "complete"})
         tracking.end_run(run_id, succeeded=True)
         trial_done(trial.number)
         return value
@@ -321,9 +319,9 @@ def _mark_unscored(parent_run_id: str, result: CellTuning, study) -> int:
     returns how many."""
     beyond = {str(trial.number) for trial in _counted_in_order(study)[result.trials:]}
     runs = [run for run in tracking.child_runs(parent_run_id)
-            if run.data.tags.get("dae.study") == result.study and run.data.tags.get("dae.trial") in beyond]
+            if run.data.tags.get(STUDY) == result.study and run.data.tags.get(TRIAL) in beyond]
     for run in runs:
-        tracking.set_tags(run.info.run_id, {SCORED_TAG: "false"})
+        tracking.set_tags(run.info.run_id, {SCORED: "false"})
     return len(runs)
 
 
@@ -367,14 +365,14 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
     tracking.log_files(parent_run_id, pictures, "figures/tuning")
     tags: dict[str, Any] = {}
     for result in cells:
-        tags.update({f"{TUNED_TAG}.{result.cell}.{key}": json.dumps(value)
+        tags.update({f"{TUNED}.{result.cell}.{key}": json.dumps(value)
                      for key, value in result.best_params.items()})
         if math.isfinite(result.best_value):
             tracking.log_metrics(parent_run_id, {f"tune/{result.cell}/best_value": result.best_value})
     tracking.set_tags(parent_run_id, tags)
     table = tuning.markdown_table(report)
     beyond = (f"\n\n{unscored} trial runs finished past their cell's budget (workers sharing a study stop "
-              f"together): tagged `{SCORED_TAG}=false`, not scored." if unscored else "")
+              f"together): tagged `{SCORED}=false`, not scored." if unscored else "")
     tracking.set_description(parent_run_id, f"**Tuning**: each trial is a child run `<cell>-trial<N>`; "
                                             f"`dae compare --tuned {parent_run_id}` uses these.\n\n{table}{beyond}")
     create_markdown_artifact(f"# DAE tuning\n\n{table}\n\nMLflow parent run: `{parent_run_id}`",
@@ -394,7 +392,7 @@ def read_tuning(run_id: str) -> dict[str, dict[str, Any]]:
                           "pass the MLflow run id that `dae tune` printed at its end")
     tuned: dict[str, dict[str, Any]] = {}
     for name, value in run.data.tags.items():
-        if name.startswith(f"{TUNED_TAG}."):
-            cell, key = name.removeprefix(f"{TUNED_TAG}.").split(".", 1)
+        if name.startswith(f"{TUNED}."):
+            cell, key = name.removeprefix(f"{TUNED}.").split(".", 1)
             tuned.setdefault(cell, {})[key] = json.loads(value)
     return tuned

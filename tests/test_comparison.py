@@ -18,11 +18,12 @@ from dae_core.summary import ClassifierCurves, EvaluationScores, PretrainCurves,
 
 def test_interval_is_a_student_t_interval():
     result = interval([1.0, 2.0, 3.0])
-    assert result["mean"] == 2.0 and result["std"] == 1.0 and result["n"] == 3
+    assert result.mean == 2.0 and result.std == 1.0 and result.n == 3
     # t(0.975, 2) = 4.3027; half width = 4.3027 * 1 / sqrt(3)
-    assert result["ci_high"] - 2.0 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
-    single = interval([5.0])
-    assert single["mean"] == 5.0 and math.isnan(single["ci_low"])
+    assert result.ci_high - 2.0 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    single = interval([5.0, math.nan])
+    assert single.mean == 5.0 and single.n == 1 and math.isnan(single.ci_low)
+    assert interval([]).n == 0 and math.isnan(interval([]).mean)
 
 
 def test_cells_change_only_what_they_name():
@@ -51,12 +52,12 @@ def test_paired_differences_and_verdicts():
         records.append(CellRun("adam-noise", seed, _summary(92 + shift, 87 + shift, 88, [0.07, 0.007])))
         records.append(CellRun("no-pretraining", seed, _summary(90 + shift, 80 + shift, 85, [])))
         records.append(CellRun("adam-clean", seed, _summary(92.05 + shift * 0.5, 87, 85 + 0.1 * seed, [0.06, 0.006])))
-    rows = {(r["cell"], r["metric"]): r for r in comparison_table(records)}
+    rows = {(r.cell, r.metric): r for r in comparison_table(records)}
     baseline = rows[("no-pretraining", "final_accuracy")]
     # Paired by seed, the seed shifts cancel: every difference is exactly -2.
-    assert baseline["diff_mean"] == pytest.approx(-2.0) and baseline["diff_std"] == pytest.approx(0.0, abs=1e-12)
-    assert math.isnan(rows[("no-pretraining", "final_mse")]["mean"])
-    assert math.isnan(rows[("adam-noise", "final_accuracy")]["diff_mean"])
+    assert baseline.diff_mean == pytest.approx(-2.0) and baseline.diff_std == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(rows[("no-pretraining", "final_mse")].mean)
+    assert math.isnan(rows[("adam-noise", "final_accuracy")].diff_mean)
     verdicts = "\n".join(findings(list(rows.values())))
     assert "random encoder after 10 epochs: **supported**" in verdicts
     assert "raises accuracy on noisy test digits: **supported**" in verdicts
@@ -79,10 +80,10 @@ def test_the_robustness_cells_are_paired_with_their_noisy_twin():
         records.append(CellRun("adam-noise", seed, _summary(92, 87, 86, [0.007])))
         records.append(CellRun("adam-noise-frozen", seed, _summary(85 + seed, 80, 70 + seed, [0.007])))
         records.append(CellRun("adam-clean-frozen", seed, _summary(84 + seed, 80, 72 + seed, [0.003])))
-    rows = {(r["cell"], r["metric"]): r for r in comparison_table(records)}
+    rows = {(r.cell, r.metric): r for r in comparison_table(records)}
     noisy = rows[("adam-clean-frozen", "noisy_accuracy")]
-    assert noisy["reference"] == "adam-noise-frozen" and noisy["diff_mean"] == pytest.approx(2.0)
-    assert rows[("adam-noise-frozen", "noisy_accuracy")]["reference"] == LECTURE_CELL
+    assert noisy.reference == "adam-noise-frozen" and noisy.diff_mean == pytest.approx(2.0)
+    assert rows[("adam-noise-frozen", "noisy_accuracy")].reference == LECTURE_CELL
     verdicts = "\n".join(findings(list(rows.values())))
     assert ("Under a frozen encoder (a linear probe), noise during pretraining raises accuracy on noisy test digits: "
             "**contradicted**; adam-clean-frozen minus adam-noise-frozen = +2") in verdicts

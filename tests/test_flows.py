@@ -182,8 +182,8 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
     assert {c.data.params["pretrain.epochs"] for c in children} == {str(TINY["pretrain"]["epochs"]), "0"}
     artifacts = {f.path for f in MlflowClient().list_artifacts(parent.info.run_id, "comparison")}
     assert "comparison/comparison.csv" in artifacts and "comparison/test_accuracy_by_cell.png" in artifacts
-    rows = {(r["cell"], r["metric"]): r for r in result.rows}
-    assert rows[("adam-noise", "final_accuracy")]["n"] == 2
+    rows = {(r.cell, r.metric): r for r in result.rows}
+    assert rows[("adam-noise", "final_accuracy")].n == 2
     assert "| no-pretraining | final_accuracy |" in result.table_markdown
 
 
