@@ -113,7 +113,7 @@ def test_summary_contract(experiment_run):
         assert 0 < dumped["timing"][f"{phase}_loop_s"] < dumped["timing"][f"{phase}_s"]
 
 
-def test_an_invalid_parameter_is_refused_before_any_taskruns_of(data_root, tmp_path):
+def test_an_invalid_parameter_is_refused_before_any_task_runs(data_root, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
     from flows.experiment import dae_experiment

@@ -1,6 +1,8 @@
-"""Runs at the same time, state that outlives its store, and long grids, with real processes:
-temporary Prefect servers booting together on a fresh home, two identical runs at once,
-a killed run's state met by another store, and a SIGKILLed comparison run again."""
+"""Faults of whole processes, with real processes: a SIGKILLed run resumed to the
+uninterrupted numbers, a killed run's state met by another store, a SIGKILLed comparison
+run again, eight runs at once on one fresh store, temporary Prefect servers booting
+together, two identical runs at once. (A SIGKILLed tuning: tests/test_tuning.py; a killed
+worker container: tests/test_compose_stack.py.)"""
 
 from __future__ import annotations
 
@@ -13,16 +15,105 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow import MlflowClient
 
-from tests.conftest import make_dataset
-from tests.test_reliability import BIN, _dae_run, _epochs_saved
+from dae_core.config import build_config
+from tests.conftest import TINY, make_dataset
 
 pytestmark = pytest.mark.slow  # processes started, killed and raced; minutes
 
 REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
 SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=10",
         "classifier.epochs=2", "runtime.threads=1", "seed=3"]
+
+def _dae_run(env, data_root, work_dir, experiment, summary, overrides):
+    command = [str(BIN / "dae"), "run", "--preset", "smoke", "--data-dir", str(data_root), "--no-download",
+               "--work-dir", str(work_dir), "--experiment", experiment, "--summary-json", str(summary)]
+    for item in overrides:
+        command += ["--set", item]
+    return subprocess.Popen(command, env=env, cwd=work_dir.parent, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _epochs_saved(work_dir: Path) -> int:
+    states = list(work_dir.glob("state/*/pretrain.state.pt"))
+    if not states:
+        return 0
+    try:
+        return len(torch.load(states[0], weights_only=True)["history"]["mse"])
+    except Exception:  # being replaced right now: the rename is atomic, the read may race the open
+        return 0
+
+
+def test_a_sigkilled_run_resumes_to_exactly_the_uninterrupted_numbers(
+        tmp_path, prefect_api_url, mlflow_store):
+    data_root = tmp_path / "data"
+    make_dataset(data_root, train=3000, test=200)
+    overrides = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=12",
+                 "classifier.epochs=2", "runtime.threads=1", "seed=7"]
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": mlflow_store}
+    experiment = f"kill-{time.time_ns()}"
+    killed_dir = tmp_path / "killed"
+    killed_dir.mkdir()
+    victim = _dae_run(env, data_root, killed_dir, experiment, tmp_path / "unused.json", overrides)
+    deadline = time.monotonic() + 240
+    while _epochs_saved(killed_dir) < 3:
+        assert victim.poll() is None, victim.stdout.read()
+        assert time.monotonic() < deadline, "training never reached epoch 3"
+        time.sleep(0.05)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait()
+    saved = _epochs_saved(killed_dir)
+    assert 3 <= saved < 12
+
+    resumed = _dae_run(env, data_root, killed_dir, experiment, tmp_path / "resumed.json", overrides)
+    reference_dir = tmp_path / "reference"
+    reference_dir.mkdir()
+    assert resumed.wait(timeout=400) == 0, resumed.stdout.read()
+    reference = _dae_run(env, data_root, reference_dir, f"{experiment}-ref", tmp_path / "reference.json", overrides)
+    assert reference.wait(timeout=400) == 0, reference.stdout.read()
+
+    after, before = (json.loads((tmp_path / name).read_text()) for name in ("resumed.json", "reference.json"))
+    for section in ("pretrain", "classifier", "test"):
+        assert after[section] == before[section], section
+    client = MlflowClient()
+    runs = {r.info.run_id: r for r in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])}
+    resumed_run = runs[after["mlflow_run_id"]]
+    killed_run = runs[resumed_run.data.tags["dae.resumed_from"]]
+    assert killed_run.info.status == "FAILED" and killed_run.data.tags["dae.killed"] == "true"
+    history = client.get_metric_history(resumed_run.info.run_id, "pretrain/mse")
+    assert sorted(m.step for m in history) == list(range(1, 13))
+    assert not list(killed_dir.glob("dae-work/state/*")) and not list(killed_dir.glob("state/*")), \
+        "a finished run leaves no resumable state behind"
+
+
+def test_eight_runs_at_once_on_one_fresh_sqlite_store(tmp_path, data_root, prefect_api_url):
+    uri = f"sqlite:///{tmp_path / 'fresh' / 'mlflow.db'}"
+    env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "MLFLOW_TRACKING_URI": uri}
+    config = build_config("smoke", {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 2, "hidden_units": 16},
+                                    "classifier": {**TINY["classifier"], "epochs": 1}})
+    script = (
+        "import json, sys\n"
+        "from dae_core.config import ExperimentConfig\n"
+        "from flows.experiment import dae_experiment\n"
+        "config = ExperimentConfig.model_validate_json(sys.argv[1]).model_copy(update={'seed': int(sys.argv[2])})\n"
+        f"dae_experiment(config=config, data_dir={str(data_root)!r}, download=False, experiment_name='eight',\n"
+        f"               work_dir={str(tmp_path / 'work')!r}, register_model=False)\n"
+    )
+    runs = [subprocess.Popen([sys.executable, "-c", script, config.model_dump_json(), str(seed)], env=env,
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for seed in range(8)]
+    outputs = [(run.wait(timeout=600), run.stdout.read()) for run in runs]
+    assert [code for code, _ in outputs] == [0] * 8, "\n".join(out[-2000:] for code, out in outputs if code)
+    client = MlflowClient(tracking_uri=uri)
+    finished = client.search_runs([client.get_experiment_by_name("eight").experiment_id])
+    assert len(finished) == 8 and {r.info.status for r in finished} == {"FINISHED"}
+    for run in finished:
+        assert len(client.get_metric_history(run.info.run_id, "pretrain/mse")) == 2
+        assert "test/accuracy" in run.data.metrics
+
 
 BOOT = """
 from adapters.prefect_server import server_settings, start_temporary_server
