@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow, task
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
@@ -28,8 +28,8 @@ from dae_core.comparison import (
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, nested_fields
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
-from flows.dispatch import dispatch, wait_for_runs
-from flows.experiment import cell_parameters, dae_experiment
+from flows.dispatch import dispatch, run_cell, wait_for_cell
+from flows.experiment import cell_parameters
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import fetch_dataset
 from tasks.run import check_tracking
@@ -111,15 +111,6 @@ def _in_grid_order(grid: Grid, records: list[CellRun]) -> list[CellRun]:
     return [by_cell[(cell, config.seed)] for cell, config in grid]
 
 
-@task(name="run-cell")
-def run_cell(config: ExperimentConfig, cell: str, data_dir: str, download: bool, experiment: str,
-             work_dir: str, parent_run_id: str) -> CellRun:
-    """One grid cell at one seed, as a child flow run and a child MLflow run."""
-    summary = dae_experiment(**cell_parameters(config, cell, parent_run_id, download, experiment),
-                             data_dir=data_dir, work_dir=work_dir)
-    return CellRun(cell, config.seed, summary)
-
-
 def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, experiment: str, work_dir: str,
                     parent: str) -> list[CellRun]:
     with ThreadPoolTaskRunner(max_workers=parallel) as runner:
@@ -130,17 +121,6 @@ def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, ex
             for cell, config in grid
         ]
         return [future.result() for future in futures]
-
-
-@task(name="wait-for-cell", task_run_name="wait for {cell} seed {seed}")
-def wait_for_cell(flow_run_id: str, cell: str, seed: int, timeout_s: int) -> None:
-    """Return once a dispatched cell's flow run has completed; raise if it ended otherwise."""
-    try:
-        state = wait_for_runs([flow_run_id], timeout_s)[flow_run_id]
-    except TimeoutError:
-        raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s") from None
-    if not state.is_completed():
-        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
 
 
 def _run_on_work_pool(grid: Grid, deployment_name: str, download: bool, experiment: str, parent: str,

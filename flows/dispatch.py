@@ -1,5 +1,8 @@
-"""Deployment runs sent to the work pool and awaited: how ``dae compare --fan-out`` and
-``dae tune --fan-out`` spread their work over the pool's workers."""
+"""The Prefect tasks that start flow runs or wait for them: deployment runs sent to the work
+pool and awaited (how ``dae compare --fan-out`` and ``dae tune --fan-out`` spread their work
+over the pool's workers), and a grid cell run as a subflow. They are tasks so that the UI
+shows each dispatch and wait as a step of its flow, and they live in ``flows/`` because
+flows are the only layer that starts or waits for flow runs."""
 
 from __future__ import annotations
 
@@ -8,12 +11,16 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from prefect import get_client, task
+from prefect import get_client, get_run_logger, task
 from prefect.client.schemas.objects import State
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from dae_core.config import ConfigError
+from adapters import progress
+from dae_core.comparison import CellRun
+from dae_core.config import ConfigError, ExperimentConfig
+from flows.experiment import cell_parameters, dae_experiment
+from tasks.tuning import StudyProgress
 
 POLL_S = 2.0
 
@@ -51,3 +58,44 @@ def wait_for_runs(flow_run_ids: list[str], timeout_s: int,
                 waiting = [i for i in flow_run_ids if i not in final]
                 raise TimeoutError(f"flow runs {', '.join(waiting)} not done after {timeout_s} s")
             time.sleep(POLL_S)
+
+
+@task(name="run-cell")
+def run_cell(config: ExperimentConfig, cell: str, data_dir: str, download: bool, experiment: str,
+             work_dir: str, parent_run_id: str) -> CellRun:
+    """One grid cell at one seed, as a child flow run and a child MLflow run."""
+    summary = dae_experiment(**cell_parameters(config, cell, parent_run_id, download, experiment),
+                             data_dir=data_dir, work_dir=work_dir)
+    return CellRun(cell, config.seed, summary)
+
+
+@task(name="wait-for-cell", task_run_name="wait for {cell} seed {seed}")
+def wait_for_cell(flow_run_id: str, cell: str, seed: int, timeout_s: int) -> None:
+    """Return once a dispatched cell's flow run has completed; raise if it ended otherwise."""
+    try:
+        state = wait_for_runs([flow_run_id], timeout_s)[flow_run_id]
+    except TimeoutError:
+        raise TimeoutError(f"cell {cell} seed {seed}: flow run {flow_run_id} not done after {timeout_s} s") from None
+    if not state.is_completed():
+        raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} ended {state.type.value}")
+
+
+@task(name="await-workers")
+def await_workers(workers: dict[str, int], names: list[str], storage: str, trials: int, timeout_s: int) -> None:
+    """Wait until every worker's run has ended, reporting each trial the studies count as it
+    comes. A worker that failed or died is named in the log; its share of trials was taken by
+    the others (whether the budget was met is for ``read_studies`` to say)."""
+    logger = get_run_logger()
+    studies = StudyProgress(names, storage, trials)
+    reported = studies.counted()
+
+    def report_new_trials() -> None:
+        nonlocal reported
+        counted = studies.counted()
+        for number in range(reported, counted):
+            progress.notify(progress.ProgressEvent(progress.Phase.TRIAL, number + 1, trials * len(names)))
+        reported = max(reported, counted)
+
+    for flow_run_id, state in wait_for_runs(list(workers), timeout_s, report_new_trials).items():
+        if not state.is_completed():
+            logger.warning("worker %d (flow run %s) ended %s", workers[flow_run_id], flow_run_id, state.type.value)

@@ -10,11 +10,10 @@ import shutil
 from pathlib import Path
 from typing import Annotated
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from adapters import progress
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
@@ -23,11 +22,10 @@ from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, close
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from dae_core.tuning import DEFAULT_TUNED_CELLS, Objective, TuningReport, parse_dimension, search_space, study_name
-from flows.dispatch import dispatch, wait_for_runs
+from flows.dispatch import await_workers, dispatch
 from tasks.data import fetch_dataset
 from tasks.run import check_tracking
 from tasks.tuning import (
-    StudyProgress,
     create_studies,
     fail_killed_trials,
     finished_tuning,
@@ -134,24 +132,3 @@ def dae_tune(
             report = report_tuning(results, storage, parent, work_dir)
         shutil.rmtree(record_dir, ignore_errors=True)
         return report
-
-
-@task(name="await-workers")
-def await_workers(workers: dict[str, int], names: list[str], storage: str, trials: int, timeout_s: int) -> None:
-    """Wait until every worker's run has ended, reporting each trial the studies count as it
-    comes. A worker that failed or died is named in the log; its share of trials was taken by
-    the others (whether the budget was met is for ``read_studies`` to say)."""
-    logger = get_run_logger()
-    studies = StudyProgress(names, storage, trials)
-    reported = studies.counted()
-
-    def report_new_trials() -> None:
-        nonlocal reported
-        counted = studies.counted()
-        for number in range(reported, counted):
-            progress.notify(progress.ProgressEvent(progress.Phase.TRIAL, number + 1, trials * len(names)))
-        reported = max(reported, counted)
-
-    for flow_run_id, state in wait_for_runs(list(workers), timeout_s, report_new_trials).items():
-        if not state.is_completed():
-            logger.warning("worker %d (flow run %s) ended %s", workers[flow_run_id], flow_run_id, state.type.value)
