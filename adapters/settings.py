@@ -4,6 +4,7 @@ science read none of them themselves."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import socket
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ class Settings(BaseModel):
     tuning_storage: str | None  # DAE_TUNING_STORAGE: the studies' database, shared by workers
     worker_name: str  # DAE_WORKER_NAME (one per worker), default the host's name: which machine trains
     notify_webhook_url: str | None  # DAE_NOTIFY_WEBHOOK_URL: where `dae setup` has failed retrains posted
+    user: str  # MLFLOW_TRACKING_USERNAME (the MLflow identity in use), else the login name: who acts by hand
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -28,4 +30,5 @@ class Settings(BaseModel):
                    work_dir=Path(env.get("DAE_WORK_DIR") or "dae-work").resolve(),
                    tuning_storage=env.get("DAE_TUNING_STORAGE") or None,
                    worker_name=env.get("DAE_WORKER_NAME") or socket.gethostname(),
-                   notify_webhook_url=env.get("DAE_NOTIFY_WEBHOOK_URL") or None)
+                   notify_webhook_url=env.get("DAE_NOTIFY_WEBHOOK_URL") or None,
+                   user=env.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser())

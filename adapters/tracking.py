@@ -28,7 +28,14 @@ from adapters.state_folders import exclusive_file_lock
 from adapters.tags import CELL, DESCRIPTION, FLOW_RUN_ID, GIT_COMMIT
 from dae_core.config import ExperimentConfig
 from dae_core.errors import EXIT_SERVER, DaeError
-from dae_core.summary import CURVE_KEYS, REGISTERED_MODEL, RunSummary, epoch_metrics, summary_from_metrics
+from dae_core.summary import (
+    CURVE_KEYS,
+    REGISTERED_MODEL,
+    SCORING_EXPERIMENT,
+    RunSummary,
+    epoch_metrics,
+    summary_from_metrics,
+)
 from dae_core.train import History
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -128,20 +135,37 @@ def run_link(server: str, experiment: str, run_id: str, page: str = "") -> str:
     return f"{server.rstrip('/')}/#/experiments/{experiment}/{path}?{_UI_WORKFLOW}"
 
 
+def experiment_description(name: str) -> str:
+    """What the experiment page says of an experiment dae creates."""
+    if name == SCORING_EXPERIMENT:
+        return (f"**{name}**: batch scoring by the `dae-score` flow. Each run scored one batch with one registered "
+                f"version of `{REGISTERED_MODEL}` (tags `dae.model_uri`, `dae.model_version`): its predictions CSV, "
+                "and its accuracy where the batch had labels.")
+    return (f"**{name}**: training runs of `dae` (`dae run`, `dae compare`, `dae tune`, the `dae-experiment` and "
+            "`dae-retrain` deployments): the denoising autoencoder pretrained on MNIST, then the classifier on its "
+            "encoder. Each run's description says what ran (preset, changed fields, its Prefect flow run); a "
+            "comparison or a tuning is a parent run over its cells or trials: **Group by** `dae.cell` in the runs "
+            "table draws one mean curve per cell. Registered versions: the model registry's "
+            f"`{REGISTERED_MODEL}`.")
+
+
 def experiment_id(name: str) -> str:
     """The experiment's id, created (or, made by someone else, adopted) as a model-training
-    experiment."""
+    experiment with a description."""
     tracker = client()
     experiment = tracker.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return tracker.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
+            return tracker.create_experiment(name, tags=dict([EXPERIMENT_KIND,
+                                                              (DESCRIPTION, experiment_description(name))]))
         except mlflow.exceptions.MlflowException:
             # Another process created it between our lookup and create.
             experiment = tracker.get_experiment_by_name(name)
     key, kind = EXPERIMENT_KIND
     if experiment.tags.get(key) != kind:
         tracker.set_experiment_tag(experiment.experiment_id, key, kind)
+    if DESCRIPTION not in experiment.tags:  # made before dae described its experiments
+        tracker.set_experiment_tag(experiment.experiment_id, DESCRIPTION, experiment_description(name))
     return experiment.experiment_id
 
 
@@ -318,12 +342,12 @@ def resolve_model_version(model_uri: str) -> str | None:
 def model_version_of_run(run_id: str) -> str | None:
     """The registered version that a run logged, if any."""
     versions = client().search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{run_id}'")
-    return versions[0].version if versions else None
+    return str(versions[0].version) if versions else None
 
 
 def alias_version(alias: str) -> str | None:
     try:
-        return client().get_model_version_by_alias(REGISTERED_MODEL, alias).version
+        return str(client().get_model_version_by_alias(REGISTERED_MODEL, alias).version)
     except mlflow.exceptions.MlflowException:
         return None
 

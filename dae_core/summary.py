@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from dae_core.train import ClassifierHistory, PretrainHistory
 
 DEFAULT_EXPERIMENT = "dae-mnist"
+SCORING_EXPERIMENT = "dae-scoring"  # the runs of dae-score
 REGISTERED_MODEL = "dae-mnist-classifier"
 # The model people use: the registered version that holds the alias ``champion``.
 CHAMPION_URI = f"models:/{REGISTERED_MODEL}@champion"

@@ -10,11 +10,9 @@ from prefect.runtime import flow_run
 
 from adapters.settings import Settings
 from dae_core.scoring import ScoringSummary
-from dae_core.summary import CHAMPION_URI
+from dae_core.summary import CHAMPION_URI, SCORING_EXPERIMENT
 from tasks.run import check_tracking
 from tasks.scoring import report_scoring, score_batch
-
-SCORING_EXPERIMENT = "dae-scoring"
 
 
 def _flow_run_name() -> str:

@@ -10,14 +10,16 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from adapters import tracking
+from adapters import registry, tracking
+from adapters.registry import CHAMPION
 from adapters.tags import CHAMPION_NOTE, RETRAIN
 from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
 from dae_core.evaluate import accuracy_percent, predict
 from tasks.data import DatasetRef
+from tasks.run import flow_run_identity
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHALLENGER = "challenger"
 
 
 class Action(StrEnum):
@@ -44,7 +46,9 @@ def crown_first_version(version: str, run_id: str) -> bool:
     ``decide``), so that a model can be used after the very first run. True if it did."""
     if tracking.alias_version(CHAMPION) is not None:
         return False
-    tracking.set_alias(CHAMPION, version)
+    reason = "no champion yet: the first registered version becomes champion"
+    registry.move_champion(version, reason, flow_run_identity())
+    registry.record_decision(version, Action.FIRST_CHAMPION, f"**{Action.FIRST_CHAMPION}**: {reason}")
     tracking.set_tags(run_id, {CHAMPION_NOTE: f"version {version}: the first registered version"})
     return True
 
@@ -80,7 +84,15 @@ def decide(new_version: str, new_accuracy: float, champion_version: str | None,
 @task(name="apply-decision")
 def apply_decision(decision: Decision, run_id: str) -> Decision:
     alias = CHALLENGER if decision.action is Action.CHALLENGER else CHAMPION
-    tracking.set_alias(alias, decision.new_version)
+    if alias == CHAMPION:
+        registry.move_champion(decision.new_version, decision.reason, flow_run_identity())
+    else:
+        tracking.set_alias(alias, decision.new_version)
+    against = (f"champion version {decision.champion_version} at {decision.champion_accuracy:.2f}%"
+               if decision.champion_version else "no champion")
+    registry.record_decision(decision.new_version, decision.action,
+                             f"**{decision.action}** by retrain: {decision.new_accuracy:.2f}% against {against}, "
+                             f"margin {decision.margin:.2f} points; {decision.reason}")
     tags = {f"{RETRAIN}.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
     tracking.set_tags(run_id, tags)
     champion = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"

@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from adapters import tracking
+from adapters import registry, tracking
 from dae_core import stages
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
@@ -19,7 +19,7 @@ from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
 from dae_core.train import ClassifierHistory, PretrainHistory
 from tasks.data import DatasetRef
 from tasks.registry import crown_first_version
-from tasks.run import RunContext
+from tasks.run import RunContext, changed_fields, prefect_flow_run_link
 
 
 def _run_link(run_id: str) -> str:
@@ -65,6 +65,12 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.Sta
     classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
     logged = tracking.log_classifier(run_id, classifier, register=register_model)
     if logged.version is not None:
+        preset, changes = changed_fields(config)
+        registry.describe_model()
+        registry.describe_version(registry.VersionCard(
+            version=logged.version, run_id=run_id, flow_run=prefect_flow_run_link(), dataset=dataset.name,
+            dataset_digest=dataset.digest, preset=preset, changes=changes, test_accuracy=evaluation.accuracy,
+            noisy_accuracy=evaluation.noisy_accuracy))
         crown_first_version(logged.version, run_id)
 
     timing = Timing(pretrain_s=pretrained.seconds, classifier_s=classified.seconds,

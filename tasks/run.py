@@ -60,10 +60,20 @@ def prefect_flow_run_link() -> str:
     return f"[{name}]({ui.rstrip('/')}/runs/flow-run/{run_id})" if ui else f"`{name}` (`{run_id}`)"
 
 
+def flow_run_identity() -> str:
+    """Who acts when a flow run moves an alias: the flow run, by name and id."""
+    return f"flow run {flow_run.name} ({flow_run.id})"
+
+
+def changed_fields(config: ExperimentConfig) -> tuple[str, str]:
+    """The preset ``config`` is closest to, and the fields it changes, in words."""
+    preset, changed = closest_preset(config)
+    return preset, ", ".join(f"`{key}` = {value!r}" for key, value in changed.items()) or "none"
+
+
 def describe_run(config: ExperimentConfig, cell: str | None) -> str:
     """The first lines of a run's MLflow description: what was run and where it ran."""
-    preset, changed = closest_preset(config)
-    changes = ", ".join(f"`{key}` = {value!r}" for key, value in changed.items()) or "none"
+    preset, changes = changed_fields(config)
     return "\n".join([
         f"**{run_name(config, cell)}**: " + (f"cell `{cell}` of a comparison" if cell else f"preset `{preset}`"),
         f"- preset `{preset}`, seed {config.seed}; changed fields: {changes}",

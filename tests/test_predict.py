@@ -3,6 +3,7 @@ have, loading where MLflow would pick CUDA, and batch scoring with its own MLflo
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import torch
 from mlflow import MlflowClient
 from PIL import Image
 
-from dae_core.config import build_config
+from dae_core.config import build_config, closest_preset
 from dae_core.summary import CHAMPION_URI, REGISTERED_MODEL
 from tests.conftest import TINY, write_idx
 
@@ -142,6 +143,7 @@ def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champi
                        work_dir=str(tmp_path))
     run = client.get_run(scored.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["dae.model_version"] == str(champion.version)
+    assert "batch scoring" in client.get_experiment(run.info.experiment_id).tags["mlflow.note.content"]
     # The same model on the same test images: the evaluation's accuracy, exactly.
     assert scored.accuracy == run.data.metrics["score/accuracy"] == \
         client.get_run(champion.run_id).data.metrics["test/accuracy"]
@@ -159,3 +161,65 @@ def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champi
     by_folder = dae_score(source=str(folder), work_dir=str(tmp_path))
     assert by_folder.images == 20 and len(by_folder.skipped) == 1 and "corrupt.png" in by_folder.skipped[0]
     assert by_folder.accuracy is not None and by_folder.accuracy >= 80
+
+
+def test_the_registry_card_says_what_each_version_scored_and_why_it_is_champion(champion_store):
+    from adapters.registry import MODEL_DESCRIPTION, champion_history
+
+    client, first = champion_store["client"], champion_store["first"]
+    model = client.get_registered_model(REGISTERED_MODEL)
+    assert model.description == MODEL_DESCRIPTION and "(N, 784)" in model.description
+    version = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
+    assert version.run_id == first.mlflow_run_id
+    assert version.tags["test_accuracy"] == f"{first.test.accuracy:.2f}"
+    assert version.tags["noisy_accuracy"] == f"{first.test.noisy_accuracy:.2f}"
+    assert version.tags["preset"] == closest_preset(build_config("smoke", TINY))[0]
+    assert len(version.tags["dataset_digest"]) == 64
+    assert version.tags["champion_decision"] == "first-champion"
+    assert version.description.startswith(f"Version {version.version}: test accuracy {first.test.accuracy:.2f}%")
+    assert first.mlflow_run_id in version.description and "first-champion" in version.description
+    assert "training runs of `dae`" in client.get_experiment_by_name("served").tags["mlflow.note.content"]
+    (move,) = [m for m in champion_history() if m.version == str(version.version)]
+    assert move.previous is None and move.by.startswith("flow run ") and "first registered version" in move.reason
+
+
+def test_dae_champion_rolls_back_with_a_reason_and_predict_follows(champion_store, tmp_path, capsys):
+    from dae_cli.main import main as dae_main
+    from flows.experiment import dae_experiment
+
+    client, root = champion_store["client"], champion_store["root"]
+    crowned = str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version)
+    other = dae_experiment(config=build_config("smoke", {**TINY, "seed": 5}), data_dir=str(root / "data"),
+                           download=False, experiment_name="served", work_dir=str(root / "work"))
+    version = str(client.search_model_versions(f"name='{REGISTERED_MODEL}' and run_id='{other.mlflow_run_id}'")[0]
+                  .version)
+    images, _ = framed_digits(10, seed=3)
+    write_idx(tmp_path / "digits.idx", images)
+
+    def predicted(*model: str) -> list[list[float]]:
+        assert dae_main(["predict", "--json", str(tmp_path / "digits.idx"), *model]) == 0
+        return [row["probabilities"] for row in json.loads(capsys.readouterr().out)]
+
+    assert dae_main(["champion", "--set", version, "--reason", "rollforward for the test"]) == 0
+    said = capsys.readouterr().out
+    assert f"version {crowned} -> version {version}" in said and "rollforward for the test" in said
+    moved = client.get_model_version(REGISTERED_MODEL, version)
+    assert moved.tags["champion_decision"] == "manual" and "rollforward for the test" in moved.description
+    assert predicted() == predicted("--model", f"models:/{REGISTERED_MODEL}/{version}")
+    assert predicted() != predicted("--model", f"models:/{REGISTERED_MODEL}/{crowned}")
+
+    assert dae_main(["champion", "--set", crowned, "--reason", "rollback"]) == 0
+    capsys.readouterr()
+    assert dae_main(["champion"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith(f"@champion: version {crowned} (test accuracy ")
+    me = os.environ.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser()
+    assert listed[-2].endswith(f"{crowned} -> {version:<3}  by {me}: rollforward for the test")
+    assert listed[-1].split("  by ")[-1].endswith(": rollback")
+
+    for refused, says in ((["--set", "999", "--reason", "x"], f"{REGISTERED_MODEL} has no version '999'"),
+                          (["--set", version], "--set needs --reason TEXT")):
+        assert dae_main(["champion", *refused]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 2 and says in lines[0] and lines[1].startswith("  fix: "), lines
+    assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == crowned

@@ -490,6 +490,31 @@ def test_each_identity_changes_the_registry_only_as_its_role_allows(real_stack):
     assert client.get_model_version_by_alias(model, "champion").version == version
 
 
+def test_dae_champion_moves_it_only_for_an_identity_that_may(real_stack):
+    """`dae champion --set`: refused in two lines to the model server's read-only identity,
+    done and recorded for the worker's."""
+    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-champion"}
+    assert real_stack.wait(real_stack.create_run("dae-experiment/lecture", parameters))["state_type"] == "COMPLETED"
+    client = real_stack.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("stack-champion").experiment_id])
+    version = str(client.search_model_versions(f"run_id='{run.info.run_id}'")[0].version)
+    command = [str(BIN / "dae"), "champion", "--set", version, "--reason", "manual promotion on the stack"]
+    credentials = real_stack.credentials
+    refused = subprocess.run(command, env={**real_stack.env, **credentials.client_env(credentials.serving)},
+                             cwd=real_stack.root, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 4, refused.stderr[-2000:]
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 2 and "refused to move @champion" in lines[0] and "EDIT" in lines[1], refused.stderr
+    moved = subprocess.run(command, env={**real_stack.env, **credentials.client_env(credentials.worker)},
+                           cwd=real_stack.root, capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    assert str(client.get_model_version_by_alias("dae-mnist-classifier", "champion").version) == version
+    listed = subprocess.run([str(BIN / "dae"), "champion"], env=real_stack.env, cwd=real_stack.root,
+                            capture_output=True, text=True, timeout=120)
+    assert listed.stdout.splitlines()[-1].endswith(
+        f"-> {version:<3}  by {credentials.worker[0]}: manual promotion on the stack"), listed.stdout
+
+
 def test_a_password_rotated_with_dae_users_replaces_the_old_one(real_stack):
     credentials = real_stack.credentials
     rotated = dataclasses.replace(credentials, serving=(credentials.serving[0], "a-brand-new-serving-password"))

@@ -1,0 +1,62 @@
+"""``dae champion``: the served model and the history of its moves; ``--set`` moves it by hand
+(a rollback, or a manual promotion), recorded like the retrain's moves."""
+
+from __future__ import annotations
+
+import argparse
+
+from dae_cli.command import Command, Session
+from dae_core.config import ConfigError
+from dae_core.summary import REGISTERED_MODEL
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", dest="version", metavar="VERSION",
+                        help=f"point @champion at this version of {REGISTERED_MODEL} (needs --reason, and EDIT on "
+                             "the registered model where MLflow checks permissions)")
+    parser.add_argument("--reason", metavar="TEXT", help="why, recorded with the move")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _execute(args: argparse.Namespace, session: Session) -> int:
+    if args.version is not None and not (args.reason or "").strip():
+        raise ConfigError("--set needs --reason TEXT: every move of @champion says why",
+                          f'dae champion --set {args.version} --reason "rollback: version 7 misreads sevens"')
+    from adapters import registry, tracking
+    from dae_cli.terminal import mlflow_warnings_only
+
+    with mlflow_warnings_only(session.verbose):
+        tracking.check_store()
+        if args.version is not None:
+            registry.checked_version(args.version)
+            move = registry.move_champion(args.version, args.reason.strip(), session.settings.user)
+            registry.record_decision(move.version, "manual", f"**manual** by {move.by}: {move.reason}")
+            print(f"@champion: version {move.previous or '(none)'} -> version {move.version}, by {move.by}: "
+                  f"{move.reason}")
+            print("dae predict and dae-score use it from now on; the stack's model server loads @champion when "
+                  "it starts: `docker compose restart model-server` serves it")
+            return 0
+        _print_champion(registry, tracking)
+    return 0
+
+
+def _print_champion(registry, tracking) -> None:
+    version = tracking.alias_version(registry.CHAMPION)
+    if version is None:
+        print(f"{REGISTERED_MODEL} has no champion yet: `dae run` registers and crowns the first version")
+        return
+    found = tracking.client().get_model_version(REGISTERED_MODEL, version)
+    scores = ", ".join(f"{name.replace('_', ' ')} {found.tags[name]}%"
+                       for name in (registry.TEST_ACCURACY, registry.NOISY_ACCURACY) if name in found.tags)
+    print(f"@champion: version {version}" + (f" ({scores})" if scores else "") + f", from run {found.run_id}")
+    moves = registry.champion_history()
+    if not moves:
+        print("no recorded moves (it was set before dae recorded them)")
+        return
+    print("moves, oldest first:")
+    for move in moves:
+        print(f"  {move.at}  {move.previous or '-':>3} -> {move.version:<3}  by {move.by}: {move.reason}")
+
+
+COMMAND = Command("champion", "the served model (@champion) and who moved it when and why; --set moves it",
+                  _arguments, _execute)
