@@ -40,6 +40,8 @@ CHAMPION_NOTE = "dae.champion"
 RETRAIN = "dae.retrain"
 MODEL_URI = "dae.model_uri"
 MODEL_VERSION = "dae.model_version"
+# A scoring run's monitoring verdict: ok or drift (dae_core/monitoring.py).
+MONITOR_VERDICT = "dae.monitor.verdict"
 # The Prefect flow run (and deployment) that made the MLflow run.
 FLOW_RUN_ID = "prefect.flow_run_id"
 FLOW_RUN_NAME = "prefect.flow_run_name"

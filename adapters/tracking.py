@@ -345,6 +345,19 @@ def model_version_of_run(run_id: str) -> str | None:
     return str(versions[0].version) if versions else None
 
 
+def run_of_version(version: str) -> str:
+    """The training run that logged a registered version."""
+    return client().get_model_version(REGISTERED_MODEL, version).run_id
+
+
+def load_text(run_id: str, artifact_file: str) -> str | None:
+    """A run's text artifact, or None where the run has none by that name."""
+    try:
+        return mlflow.artifacts.load_text(f"runs:/{run_id}/{artifact_file}")
+    except (mlflow.exceptions.MlflowException, OSError):
+        return None
+
+
 def alias_version(alias: str) -> str | None:
     try:
         return str(client().get_model_version_by_alias(REGISTERED_MODEL, alias).version)

@@ -163,3 +163,23 @@ def overlay_bands(bands: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, y
     axes.grid(True, alpha=0.3)
     axes.legend()
     return _save(figure, path)
+
+
+def drift_panels(batch_brightness: np.ndarray, trained_brightness: Sequence[float], batch_classes: Sequence[float],
+                 test_classes: Sequence[float], verdict: str, path: Path) -> Path:
+    """A scored batch against its model's reference: per-image brightness (histograms, as
+    densities) and the predicted class distribution beside the test set's."""
+    figure, (inputs, classes) = _canvas(WIDE_INCHES, 1, 2)
+    bins = np.linspace(0, max(0.5, float(np.max(batch_brightness, initial=0)), max(trained_brightness, default=0)),
+                       31)
+    inputs.hist(trained_brightness, bins=bins, density=True, alpha=0.5, label="training images (sample)")
+    inputs.hist(batch_brightness, bins=bins, density=True, alpha=0.5, label="this batch")
+    inputs.set(xlabel="mean pixel value per image", ylabel="density", title="Inputs")
+    inputs.legend(loc="upper center")
+    digits = np.arange(len(test_classes))
+    classes.bar(digits - 0.2, test_classes, width=0.4, label="test set")
+    classes.bar(digits + 0.2, batch_classes, width=0.4, label="this batch")
+    classes.set(xticks=digits, xlabel="predicted digit", ylabel="fraction of images", title="Predictions")
+    classes.legend(loc="upper center")
+    figure.suptitle(f"Batch against the model's reference: {verdict}")
+    return _save(figure, path)

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from dae_core.data import DataError, read_idx
 from dae_core.evaluate import accuracy_percent, confusion_matrix, per_class_accuracy
 from dae_core.images import Digits, ImageUnreadable, read_digits
+from dae_core.monitoring import MonitorReport
 from dae_core.shapes import NUM_CLASSES
 
 
@@ -116,3 +117,6 @@ class ScoringSummary(BaseModel):
     accuracy: float | None  # percent, when labels were known
     per_class_accuracy: list[float] | None
     predictions_csv: str  # the run's artifact path
+    # The batch against the model's reference (dae_core.monitoring); None for a model
+    # registered before references were logged.
+    monitor: MonitorReport | None = None

@@ -28,6 +28,7 @@ from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
 from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
+from dae_core.monitoring import Reference, build_reference
 from dae_core.noise import corrupt
 from dae_core.runtime import Placement, make_generator, set_thread_count
 from dae_core.setup import TrainingSetup, fresh_classifier
@@ -218,3 +219,18 @@ def figures_stage(
         figures.per_class_bars(evaluation.per_class_accuracy, out_dir / "per_class_accuracy.png"),
         figures.confusion_heatmap(np.array(evaluation.confusion), out_dir / "confusion_matrix.png"),
     ]
+
+
+def reference_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Path,
+                    test_accuracy: float) -> Reference:
+    """What this model's scored batches will be compared with (dae_core.monitoring): a seeded
+    sample of its training images and its answers on the test images."""
+    set_thread_count(config.runtime)
+    place = Placement.of(config.runtime)
+    model = load_classifier(config, classifier_path, place)
+    train = load_split(raw_dir, True, config.data.train_limit)
+    test = load_split(raw_dir, False, config.data.test_limit).to(place.device)
+    with torch.no_grad():
+        probabilities = torch.cat([model(chunk).exp() for chunk in test.flat_pixels(place.dtype).split(10_000)])
+    return build_reference(train.flat_pixels(torch.float32), probabilities.double().cpu().numpy(), test_accuracy,
+                           make_generator(config.seed, "monitoring-reference", torch.device("cpu")))

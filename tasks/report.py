@@ -13,6 +13,7 @@ from dae_core import stages
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
 from dae_core.evaluate import Evaluation
+from dae_core.monitoring import REFERENCE_ARTIFACT
 from dae_core.runtime import Placement
 from dae_core.shapes import NUM_CLASSES
 from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
@@ -72,6 +73,9 @@ def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.Sta
             dataset_digest=dataset.digest, preset=preset, changes=changes, test_accuracy=evaluation.accuracy,
             noisy_accuracy=evaluation.noisy_accuracy))
         crown_first_version(logged.version, run_id)
+
+    reference = stages.reference_stage(config, Path(dataset.raw_dir), classified.path, evaluation.accuracy)
+    tracking.log_text(run_id, reference.model_dump_json(), REFERENCE_ARTIFACT)
 
     timing = Timing(pretrain_s=pretrained.seconds, classifier_s=classified.seconds,
                     pretrain_loop_s=pretrained.loop_seconds, classifier_loop_s=classified.loop_seconds)

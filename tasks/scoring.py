@@ -13,12 +13,24 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.runtime import flow_run
 
 from adapters import tracking
-from adapters.tags import MODEL_URI, MODEL_VERSION, ROLE, ROLE_SCORING, flow_run_tags
+from adapters.tags import MODEL_URI, MODEL_VERSION, MONITOR_VERDICT, ROLE, ROLE_SCORING, flow_run_tags
+from dae_core import figures
+from dae_core.monitoring import (
+    REFERENCE_ARTIFACT,
+    MonitorReport,
+    Reference,
+    Thresholds,
+    image_statistics,
+    monitor,
+    predicted_distribution,
+)
 from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
 from dae_core.shapes import NUM_CLASSES
+from dae_core.summary import REGISTERED_MODEL
 from tasks.run import prefect_flow_run_link
 
 PREDICTIONS_ARTIFACT = "predictions/predictions.csv"
@@ -57,9 +69,43 @@ def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list
             for digit in range(NUM_CLASSES)]
 
 
+# The event a drifting batch emits; `dae setup`'s automation answers it with a retrain.
+DRIFT_EVENT = "dae.monitor.drift"
+
+
+def _monitor(scored: ScoredBatch, accuracy: float | None, thresholds: Thresholds, run_id: str,
+             out: Path) -> MonitorReport | None:
+    """The batch against its model's reference, logged to the scoring run: ``monitor/*``
+    metrics, the thresholds as params, a figure, the verdict tag; a drift emits an event."""
+    logger = get_run_logger()
+    stored = tracking.load_text(tracking.run_of_version(scored.model_version), REFERENCE_ARTIFACT) \
+        if scored.model_version else None
+    if stored is None:
+        logger.warning("no monitoring reference for %s: batch not monitored", scored.model_uri)
+        return None
+    reference = Reference.model_validate_json(stored)
+    pixels = scored.batch.digits.pixels.reshape(len(scored.batch.digits.names), -1).astype(np.float32)
+    report = monitor(pixels, scored.probabilities, accuracy, reference, thresholds)
+    tracking.log_metrics(run_id, report.metrics())
+    tracking.log_params(run_id, {f"monitor.{key}": value for key, value in thresholds.model_dump().items()})
+    figure = figures.drift_panels(image_statistics(pixels)[0], reference.brightness,
+                                  predicted_distribution(scored.probabilities).tolist(),
+                                  reference.predicted_distribution, report.verdict, out / "drift.png")
+    tracking.log_files(run_id, [figure], "monitoring")
+    tracking.set_tags(run_id, {MONITOR_VERDICT: report.verdict})
+    if report.verdict == "drift":
+        over = [check.name for check in report.checks if check.drift]
+        logger.warning("batch drifts from the model's reference: %s", ", ".join(over))
+        emit_event(event=DRIFT_EVENT,
+                   resource={"prefect.resource.id": f"mlflow.registered-model.{REGISTERED_MODEL}",
+                             "prefect.resource.name": REGISTERED_MODEL},
+                   payload={"mlflow_run_id": run_id, "model_version": scored.model_version or "", "checks": over})
+    return report
+
+
 @task(name="report-scoring", cache_policy=NO_CACHE)
 def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, experiment: str,
-                   work_dir: str) -> ScoringSummary:
+                   work_dir: str, thresholds: Thresholds) -> ScoringSummary:
     tags = {ROLE: ROLE_SCORING, MODEL_URI: scored.model_uri, MODEL_VERSION: scored.model_version or "",
             **flow_run_tags()}
     run_id = tracking.start_run(experiment, flow_run.name or "score", tags)
@@ -76,13 +122,16 @@ def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, ex
         tracking.log_metrics(run_id, metrics)
         csv = Path(work_dir).resolve() / "scoring" / run_id / Path(PREDICTIONS_ARTIFACT).name
         csv.parent.mkdir(parents=True, exist_ok=True)
+        monitored = _monitor(scored, measured.accuracy if measured else None, thresholds, run_id, csv.parent)
         pd.DataFrame(prediction_rows(scored.batch, scored.probabilities)).to_csv(csv, index=False)
         tracking.log_files(run_id, [csv], str(Path(PREDICTIONS_ARTIFACT).parent))
         if scored.batch.skipped:
             tracking.log_text(run_id, "\n".join(scored.batch.skipped) + "\n", "predictions/skipped.txt")
         accuracy = f"{measured.accuracy:.2f}%" if measured else "no labels"
+        verdict = monitored.verdict if monitored else "not monitored (no reference)"
         headline = (f"**Scored {images} images** from `{source}` with `{scored.model_uri}` (version "
-                    f"{scored.model_version}): accuracy {accuracy}; {len(scored.batch.skipped)} files skipped.\n"
+                    f"{scored.model_version}): accuracy {accuracy}; {len(scored.batch.skipped)} files skipped; "
+                    f"monitoring: **{verdict}**.\n"
                     f"- Prefect flow run: {prefect_flow_run_link()}")
         tracking.set_description(run_id, headline)
         create_table_artifact(_per_digit_table(scored, measured.per_class_accuracy if measured else None),
@@ -93,4 +142,4 @@ def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, ex
                           images=images, skipped=scored.batch.skipped,
                           accuracy=measured.accuracy if measured else None,
                           per_class_accuracy=measured.per_class_accuracy if measured else None,
-                          predictions_csv=PREDICTIONS_ARTIFACT)
+                          predictions_csv=PREDICTIONS_ARTIFACT, monitor=monitored)

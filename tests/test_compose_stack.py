@@ -152,8 +152,8 @@ def test_every_service_is_up_and_printed_links_open_from_the_host(team_stack):
     # `prefect deploy` in the worker prints links a person opens on the host, not container names.
     assert f"http://127.0.0.1:{team_stack.settings['PREFECT_PORT']}/deployments" in team_stack.setup_output
     assert "prefect-server:4200" not in team_stack.setup_output
-    # `dae setup`: the lost-machine automations (no webhook in .env: no failure notices).
-    assert team_stack.setup_output.count("automation ready") == 2, team_stack.setup_output[-3000:]
+    # `dae setup`: the lost-machine automations and retraining on drift (no webhook in .env: no failure notices).
+    assert team_stack.setup_output.count("automation ready") == 3, team_stack.setup_output[-3000:]
 
 
 def test_nobody_gets_in_without_credentials(team_stack):

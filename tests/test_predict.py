@@ -147,6 +147,11 @@ def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champi
     # The same model on the same test images: the evaluation's accuracy, exactly.
     assert scored.accuracy == run.data.metrics["score/accuracy"] == \
         client.get_run(champion.run_id).data.metrics["test/accuracy"]
+    # The champion's own test images: nothing drifts; the verdict, checks and figure are recorded.
+    assert scored.monitor.verdict == "ok" and run.data.tags["dae.monitor.verdict"] == "ok"
+    assert run.data.metrics["monitor/accuracy_drop"] == 0 and run.data.metrics["monitor/class_tvd"] == 0
+    assert run.data.params["monitor.input_ks"] == "0.25"
+    assert "monitoring/drift.png" in {f.path for f in client.list_artifacts(run.info.run_id, "monitoring")}
     table = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=scored.predictions_csv,
                                                 dst_path=str(tmp_path / "out"))
     lines = Path(table).read_text().splitlines()
@@ -223,3 +228,16 @@ def test_dae_champion_rolls_back_with_a_reason_and_predict_follows(champion_stor
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 2 and says in lines[0] and lines[1].startswith("  fix: "), lines
     assert str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version) == crowned
+
+
+def test_a_batch_of_inverted_digits_is_flagged_as_drift(champion_store, tmp_path):
+    from flows.score import dae_score
+
+    raw = champion_store["raw"]
+    images = np.fromfile(raw / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    write_idx(tmp_path / "inverted-idx3-ubyte", 255 - images)
+    scored = dae_score(source=str(tmp_path / "inverted-idx3-ubyte"), work_dir=str(tmp_path))
+    drifted = {check.name for check in scored.monitor.checks if check.drift}
+    assert scored.monitor.verdict == "drift" and {"input_ks_brightness", "input_ks_ink"} <= drifted
+    run = champion_store["client"].get_run(scored.mlflow_run_id)
+    assert run.data.tags["dae.monitor.verdict"] == "drift" and run.data.metrics["monitor/input_ks_brightness"] > 0.9

@@ -32,7 +32,7 @@ import torch
 from mlflow import MlflowClient
 
 from tests import stack
-from tests.conftest import TINY, make_dataset
+from tests.conftest import TINY, make_dataset, write_idx
 
 pytestmark = pytest.mark.realstack
 REPO = Path(__file__).resolve().parents[1]
@@ -393,6 +393,43 @@ def _kill_machine(worker_name: str) -> int:
     return len(doomed)
 
 
+def _retrain_runs(real_stack: Stack) -> list[dict]:
+    found = httpx.post(f"{real_stack.api}/flow_runs/filter", headers=real_stack.headers,
+                       json={"flows": {"name": {"any_": ["dae-retrain"]}}})
+    return found.raise_for_status().json()
+
+
+def test_a_drifting_batch_is_flagged_and_starts_a_retrain_a_clean_one_does_not(real_stack, tmp_path):
+    setup = subprocess.run([str(BIN / "dae"), "setup"], env=real_stack.env, cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+    assert setup.returncode == 0 and "automation ready: dae: retrain when a scored batch drifts" in setup.stdout, \
+        setup.stdout + setup.stderr
+    retrain = {"config": CONFIG, "download": False, "experiment_name": "stack-drift"}
+    assert real_stack.wait(real_stack.create_run("dae-retrain/nightly", retrain))["state_type"] == "COMPLETED"
+    raw = Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw"
+    images = np.fromfile(raw / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    write_idx(tmp_path / "inverted-idx3-ubyte", 255 - images)
+    client = real_stack.mlflow()
+
+    def scored(source: Path, labels: Path | None) -> str:
+        parameters = {"source": str(source), "labels_file": str(labels) if labels else None}
+        flow_run_id = real_stack.create_run("dae-score/batch", parameters)
+        assert real_stack.wait(flow_run_id)["state_type"] == "COMPLETED"
+        (run,) = client.search_runs([client.get_experiment_by_name("dae-scoring").experiment_id],
+                                    f"tags.`prefect.flow_run_id` = '{flow_run_id}'")
+        return run.data.tags["dae.monitor.verdict"]
+
+    before = {run["id"] for run in _retrain_runs(real_stack)}
+    assert scored(raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte") == "ok"
+    time.sleep(10)
+    assert {run["id"] for run in _retrain_runs(real_stack)} == before, "a clean batch starts nothing"
+    assert scored(tmp_path / "inverted-idx3-ubyte", None) == "drift"
+    started = _wait_until(lambda: [r for r in _retrain_runs(real_stack) if r["id"] not in before] or None, 120,
+                          "the automation to start dae-retrain")
+    # Ended here, so that the module's later retrains do not queue behind it.
+    assert real_stack.wait(started[0]["id"], timeout=400)["state_type"] == "COMPLETED"
+
+
 def test_a_lost_machine_ends_crashed_and_failed_notifies_and_the_next_retrain_completes(real_stack):
     """Runs last: it kills one of the module's workers (a fresh one takes its place)."""
     client = real_stack.mlflow()
@@ -400,7 +437,7 @@ def test_a_lost_machine_ends_crashed_and_failed_notifies_and_the_next_retrain_co
         setup = subprocess.run([str(BIN / "dae"), "setup", "--zombie-after", "60", "--notify-webhook", url],
                                env=real_stack.env, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert setup.returncode == 0, setup.stdout + setup.stderr
-        assert setup.stdout.count("automation ready") == 3
+        assert setup.stdout.count("automation ready") == 4
 
         # A retrain that fails (no data where it looks) is reported to the webhook.
         broken = {"config": CONFIG, "download": False, "experiment_name": "stack-lost", "data_dir": "/nonexistent"}

@@ -14,6 +14,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "(they come every 30 s; default 90, at least 45)")
     parser.add_argument("--notify-webhook", metavar="URL",
                         help="post here when a retrain fails or crashes; env DAE_NOTIFY_WEBHOOK_URL")
+    parser.add_argument("--no-retrain-on-drift", dest="retrain_on_drift", action="store_false",
+                        help="remove the automation that starts dae-retrain/nightly when a dae-score batch drifts "
+                             "from its model's reference (on by default)")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
@@ -31,7 +34,8 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     from flows.automations import NOTIFY, RECONCILE_DEPLOYMENT, set_up_automations
 
     try:
-        names = set_up_automations(args.zombie_after, args.notify_webhook or session.settings.notify_webhook_url)
+        names = set_up_automations(args.zombie_after, args.notify_webhook or session.settings.notify_webhook_url,
+                                   args.retrain_on_drift)
     except httpx.HTTPStatusError as error:
         if error.response.status_code in (401, 403):
             raise  # main explains it: the auth string
@@ -45,6 +49,8 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
                          "run `prefect --no-prompt deploy --all` from the project folder first") from None
     for name in names:
         print(f"automation ready: {name}")
+    if not args.retrain_on_drift:
+        print("no retraining on drift: drifting batches are recorded (tag dae.monitor.verdict) and start nothing")
     if NOTIFY not in names:
         print("no notifications: set DAE_NOTIFY_WEBHOOK_URL (or --notify-webhook) to be told of failed retrains")
     return 0
