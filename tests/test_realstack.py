@@ -407,7 +407,8 @@ def test_a_drifting_batch_is_flagged_and_starts_a_retrain_a_clean_one_does_not(r
     retrain = {"config": CONFIG, "download": False, "experiment_name": "stack-drift"}
     assert real_stack.wait(real_stack.create_run("dae-retrain/nightly", retrain))["state_type"] == "COMPLETED"
     raw = Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw"
-    images = np.fromfile(raw / "t10k-images-idx3-ubyte", dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    # The training images: enough of them (240) for the distribution checks.
+    images = np.fromfile(raw / "train-images-idx3-ubyte", dtype=np.uint8, offset=16).reshape(-1, 28, 28)
     write_idx(tmp_path / "inverted-idx3-ubyte", 255 - images)
     client = real_stack.mlflow()
 
@@ -420,7 +421,7 @@ def test_a_drifting_batch_is_flagged_and_starts_a_retrain_a_clean_one_does_not(r
         return run.data.tags["dae.monitor.verdict"]
 
     before = {run["id"] for run in _retrain_runs(real_stack)}
-    assert scored(raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte") == "ok"
+    assert scored(raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte") == "ok"
     time.sleep(10)
     assert {run["id"] for run in _retrain_runs(real_stack)} == before, "a clean batch starts nothing"
     assert scored(tmp_path / "inverted-idx3-ubyte", None) == "drift"
