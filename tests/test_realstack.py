@@ -531,11 +531,16 @@ def test_each_identity_changes_the_registry_only_as_its_role_allows(real_stack):
 def test_dae_champion_moves_it_only_for_an_identity_that_may(real_stack):
     """`dae champion --set`: refused in two lines to the model server's read-only identity,
     done and recorded for the worker's."""
-    parameters = {"config": CONFIG, "download": False, "experiment_name": "stack-champion"}
-    assert real_stack.wait(real_stack.create_run("dae-experiment/lecture", parameters))["state_type"] == "COMPLETED"
+    # Two more seeds, models that answer differently: the second is registered after a champion
+    # exists (the first, on a fresh stack), so it is not champion before the move.
+    for seed in (11, 12):
+        parameters = {"config": {**CONFIG, "seed": seed}, "download": False, "experiment_name": f"stack-champion{seed}"}
+        assert real_stack.wait(real_stack.create_run("dae-experiment/lecture", parameters))["state_type"] == \
+            "COMPLETED"
     client = real_stack.mlflow()
-    (run,) = client.search_runs([client.get_experiment_by_name("stack-champion").experiment_id])
+    (run,) = client.search_runs([client.get_experiment_by_name("stack-champion12").experiment_id])
     version = str(client.search_model_versions(f"run_id='{run.info.run_id}'")[0].version)
+    before = str(client.get_model_version_by_alias("dae-mnist-classifier", "champion").version)
     command = [str(BIN / "dae"), "champion", "--set", version, "--reason", "manual promotion on the stack"]
     credentials = real_stack.credentials
     refused = subprocess.run(command, env={**real_stack.env, **credentials.client_env(credentials.serving)},
@@ -551,6 +556,19 @@ def test_dae_champion_moves_it_only_for_an_identity_that_may(real_stack):
                             capture_output=True, text=True, timeout=120)
     assert listed.stdout.splitlines()[-1].endswith(
         f"-> {version:<3}  by {credentials.worker[0]}: manual promotion on the stack"), listed.stdout
+
+    # The next `dae predict` (the model server's read-only identity suffices) uses the version named.
+    images = str(Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    reader = {**real_stack.env, **credentials.client_env(credentials.serving)}
+
+    def predicted(*model: str) -> list:
+        done = subprocess.run([str(BIN / "dae"), "predict", "--json", images, *model], env=reader,
+                              cwd=real_stack.root, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [row["probabilities"] for row in json.loads(done.stdout)]
+
+    assert predicted() == predicted("--model", f"models:/dae-mnist-classifier/{version}")
+    assert predicted() != predicted("--model", f"models:/dae-mnist-classifier/{before}")
 
 
 def test_a_password_rotated_with_dae_users_replaces_the_old_one(real_stack):
