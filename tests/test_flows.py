@@ -204,8 +204,8 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     common = {"config": config, "data_dir": str(data_root), "download": False,
               "experiment_name": unique_experiment(), "work_dir": str(tmp_path / "work")}
 
-    def alias(name):
-        return fresh_registry.get_model_version_by_alias("dae-mnist-classifier", name).version
+    def alias(name: str) -> str:  # MLflow answers an int here; versions are strings in dae
+        return str(fresh_registry.get_model_version_by_alias("dae-mnist-classifier", name).version)
 
     first = dae_retrain(margin=0.1, **common).decision
     assert first.action == "first-champion" and alias("champion") == first.new_version
