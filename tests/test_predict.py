@@ -188,6 +188,7 @@ def test_the_registry_card_says_what_each_version_scored_and_why_it_is_champion(
     assert move.previous is None and move.by.startswith("flow run ") and "first registered version" in move.reason
 
 
+@pytest.mark.slow  # trains one more model
 def test_dae_champion_rolls_back_with_a_reason_and_predict_follows(champion_store, tmp_path, capsys):
     from dae_cli.main import main as dae_main
     from flows.experiment import dae_experiment
