@@ -137,9 +137,13 @@ def record_decision(version: str, action: str, text: str) -> None:
     client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
 
 
-def move_champion(version: str, reason: str, by: str) -> ChampionMove:
-    """Point ``@champion`` at ``version`` and record the move."""
-    move = ChampionMove(version=version, previous=tracking.alias_version(CHAMPION),
+def move_champion(version: str, reason: str, by: str) -> ChampionMove | None:
+    """Point ``@champion`` at ``version`` and record the move; None, and nothing recorded,
+    where it already points there (a retrain deciding on the version its own run crowned)."""
+    previous = tracking.alias_version(CHAMPION)
+    if previous == version:
+        return None
+    move = ChampionMove(version=version, previous=previous,
                         at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by=by, reason=reason)
     client = tracking.client()
     try:

@@ -215,6 +215,11 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     assert alias("champion") == first.new_version and alias("challenger") == second.new_version
     third = dae_retrain(margin=0.0, **common).decision
     assert third.action == "promoted" and alias("champion") == third.new_version
+    # One recorded move each time @champion moved: crowned, then promoted.
+    from adapters.registry import champion_history
+
+    assert [(m.previous, m.version) for m in champion_history()] == [(None, first.new_version),
+                                                                     (first.new_version, third.new_version)]
     run_id = fresh_registry.get_model_version("dae-mnist-classifier", second.new_version).run_id
     tags = fresh_registry.get_run(run_id).data.tags
     assert tags["dae.retrain.action"] == "challenger" and "margin" in tags["dae.retrain.reason"]

@@ -216,6 +216,8 @@ def test_dae_champion_rolls_back_with_a_reason_and_predict_follows(champion_stor
 
     assert dae_main(["champion", "--set", crowned, "--reason", "rollback"]) == 0
     capsys.readouterr()
+    assert dae_main(["champion", "--set", crowned, "--reason", "rollback again"]) == 0
+    assert capsys.readouterr().out == f"@champion is already version {crowned}: nothing moved\n"
     assert dae_main(["champion"]) == 0
     listed = capsys.readouterr().out.splitlines()
     assert listed[0].startswith(f"@champion: version {crowned} (test accuracy ")

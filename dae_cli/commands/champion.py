@@ -30,6 +30,9 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
         if args.version is not None:
             registry.checked_version(args.version)
             move = registry.move_champion(args.version, args.reason.strip(), session.settings.user)
+            if move is None:
+                print(f"@champion is already version {args.version}: nothing moved")
+                return 0
             registry.record_decision(move.version, "manual", f"**manual** by {move.by}: {move.reason}")
             print(f"@champion: version {move.previous or '(none)'} -> version {move.version}, by {move.by}: "
                   f"{move.reason}")
