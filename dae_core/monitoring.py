@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from dae_core.data import Split
 from dae_core.shapes import NUM_CLASSES
 
 Verdict = Literal["ok", "drift"]
@@ -86,12 +87,14 @@ def predicted_distribution(probabilities: np.ndarray) -> np.ndarray:
     return np.bincount(probabilities.argmax(axis=1), minlength=NUM_CLASSES) / max(len(probabilities), 1)
 
 
-def build_reference(train_pixels: torch.Tensor, test_probabilities: np.ndarray, test_accuracy: float,
+def build_reference(train: Split, test_probabilities: np.ndarray, test_accuracy: float,
                     generator: torch.Generator) -> Reference:
-    """``train_pixels``: (N, 784) training images (a seeded sample of them is kept);
-    ``test_probabilities``: the model's (M, 10) answers on its test images."""
-    chosen = torch.randperm(len(train_pixels), generator=generator)[:REFERENCE_SAMPLE]
-    brightness, ink = image_statistics(train_pixels[chosen].numpy())
+    """``train``: the training images, of which a seeded sample is kept (drawn before any
+    conversion: only the sample becomes floats); ``test_probabilities``: the model's (M, 10)
+    answers on its test images."""
+    chosen = torch.randperm(len(train), generator=generator)[:REFERENCE_SAMPLE]
+    sample = Split(train.images[chosen], train.labels[chosen])
+    brightness, ink = image_statistics(sample.flat_pixels(torch.float32).numpy())
     return Reference(brightness=brightness.tolist(), ink=ink.tolist(),
                      predicted_distribution=predicted_distribution(test_probabilities).tolist(),
                      mean_confidence=float(test_probabilities.max(axis=1).mean()), test_accuracy=test_accuracy)

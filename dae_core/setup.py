@@ -10,6 +10,7 @@ config trains (tests/test_tuning.py compares their numbers).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -38,6 +39,11 @@ def fresh_classifier(config: ExperimentConfig, autoencoder: DenoisingAutoencoder
     return classifier.to(weights.device, weights.dtype)
 
 
+def test_split(config: ExperimentConfig, raw_dir: Path, place: Placement) -> Split:
+    """The test images (``data.test_limit`` of them), on the device."""
+    return load_split(raw_dir, False, config.data.test_limit).to(place.device)
+
+
 @dataclass(frozen=True)
 class TrainingSetup:
     """What the config decides about how training runs, built once per stage or trial."""
@@ -63,10 +69,19 @@ class TrainingSetup:
                    kept.to(place.device), held.to(place.device) if held is not None else None)
 
     def test_split(self) -> Split:
-        return load_split(self.raw_dir, False, self.config.data.test_limit).to(self.place.device)
+        return test_split(self.config, self.raw_dir, self.place)
 
     def pixels(self, split: Split) -> torch.Tensor:
         return split.flat_pixels(self.place.dtype)
+
+    # Converted once per setup: a trial pretrains and then fine-tunes on the same images.
+    @cached_property
+    def train_pixels(self) -> torch.Tensor:
+        return self.pixels(self.train)
+
+    @cached_property
+    def validation_pixels(self) -> torch.Tensor | None:
+        return self.pixels(self.validation) if self.validation is not None else None
 
     def pretraining(self, model: DenoisingAutoencoder | None = None) -> PretrainRun:
         """Pretraining of ``model`` (default: a fresh seeded autoencoder) on the training
@@ -75,13 +90,12 @@ class TrainingSetup:
         config = self.config
         model = model if model is not None else fresh_autoencoder(config, self.place)
         validation = None
-        if self.validation is not None:
-            clean = self.pixels(self.validation)
+        if (clean := self.validation_pixels) is not None:
             noisy = corrupt(clean, config.pretrain.noise,
                             make_generator(config.seed, "validation-noise", self.place.device))
             validation = (noisy, clean)
         return PretrainRun(
-            model=model, optimizer=make_pretrain_optimizer(model, config.pretrain), pixels=self.pixels(self.train),
+            model=model, optimizer=make_pretrain_optimizer(model, config.pretrain), pixels=self.train_pixels,
             generator=make_generator(config.seed, "pretrain", self.place.device), config=config.pretrain,
             batch_size=config.data.batch_size, precision=self.precision,
             gradients=config.runtime.pretrain_gradients, compile_step=config.runtime.compile_step,
@@ -96,10 +110,10 @@ class TrainingSetup:
         return ClassifierRun(
             model=model,
             optimizer=make_classifier_optimizer(model, config.classifier.lr, config.classifier.freeze_encoder),
-            pixels=self.pixels(self.train), labels=self.train.labels, epochs=config.classifier.epochs,
+            pixels=self.train_pixels, labels=self.train.labels, epochs=config.classifier.epochs,
             batch_size=config.data.batch_size,
             generator=make_generator(config.seed, "classifier", self.place.device), precision=self.precision,
             test=(self.pixels(test), test.labels) if test is not None else None,
-            validation=(self.pixels(self.validation), self.validation.labels) if self.validation is not None else None,
+            validation=(self.validation_pixels, self.validation.labels) if self.validation is not None else None,
             train_noise=(noise, make_generator(config.seed, "classifier-noise", self.place.device))
             if noise.enabled else None)

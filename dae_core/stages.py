@@ -31,7 +31,7 @@ from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surg
 from dae_core.monitoring import Reference, build_reference
 from dae_core.noise import corrupt
 from dae_core.runtime import Placement, make_generator, set_thread_count
-from dae_core.setup import TrainingSetup, fresh_classifier
+from dae_core.setup import TrainingSetup, fresh_classifier, test_split
 from dae_core.train import (
     ClassifierHistory,
     ClassifierRun,
@@ -169,7 +169,7 @@ def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pat
                    output: Path) -> Evaluation:
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
-    test = load_split(raw_dir, False, config.data.test_limit).to(place.device)
+    test = test_split(config, raw_dir, place)
     result = evaluate(
         load_classifier(config, classifier_path, place), test.flat_pixels(place.dtype), test.labels,
         config.evaluation.test_noise, make_generator(config.seed, "noisy-test", place.device),
@@ -192,7 +192,7 @@ def figures_stage(
     autoencoder, stored = load_autoencoder(config, autoencoder_path, place)
     classifier_history = ClassifierHistory.from_dict(load_checkpoint(classifier_path)["history"])
     samples = config.evaluation.figure_samples
-    clean = load_split(raw_dir, False, config.data.test_limit).to(place.device).flat_pixels(place.dtype)[:samples]
+    clean = test_split(config, raw_dir, place).flat_pixels(place.dtype)[:samples]
     noisy = corrupt(clean, config.evaluation.test_noise, make_generator(config.seed, "figures", place.device))
     with torch.no_grad():
         reconstructed, _ = autoencoder(noisy)
@@ -228,9 +228,8 @@ def reference_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pa
     set_thread_count(config.runtime)
     place = Placement.of(config.runtime)
     model = load_classifier(config, classifier_path, place)
-    train = load_split(raw_dir, True, config.data.train_limit)
-    test = load_split(raw_dir, False, config.data.test_limit).to(place.device)
     with torch.no_grad():
-        probabilities = torch.cat([model(chunk).exp() for chunk in test.flat_pixels(place.dtype).split(10_000)])
-    return build_reference(train.flat_pixels(torch.float32), probabilities.double().cpu().numpy(), test_accuracy,
-                           make_generator(config.seed, "monitoring-reference", torch.device("cpu")))
+        probabilities = torch.cat([model(chunk).exp() for chunk in
+                                   test_split(config, raw_dir, place).flat_pixels(place.dtype).split(10_000)])
+    return build_reference(load_split(raw_dir, True, config.data.train_limit), probabilities.double().cpu().numpy(),
+                           test_accuracy, make_generator(config.seed, "monitoring-reference", torch.device("cpu")))

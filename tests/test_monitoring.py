@@ -5,6 +5,7 @@ and a handful of pictures is judged on its accuracy alone."""
 import numpy as np
 import torch
 
+from dae_core.data import Split
 from dae_core.monitoring import Thresholds, build_reference, monitor
 from tests.conftest import synthetic_digits
 
@@ -24,9 +25,10 @@ def _answers(labels: np.ndarray, confidence: float = 0.9) -> np.ndarray:
 
 
 def _reference():
-    train, _ = _pixels(1000, seed=1)
+    images, labels = synthetic_digits(1000, seed=1)
+    train = Split(torch.from_numpy(images), torch.from_numpy(labels).long())
     _, test_labels = _pixels(300, seed=2)
-    return build_reference(torch.from_numpy(train), _answers(test_labels), 95.0, torch.Generator().manual_seed(0))
+    return build_reference(train, _answers(test_labels), 95.0, torch.Generator().manual_seed(0))
 
 
 def _checks(report) -> dict[str, bool]:
