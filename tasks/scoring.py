@@ -21,12 +21,11 @@ from adapters.tags import MODEL_URI, MODEL_VERSION, MONITOR_VERDICT, ROLE, ROLE_
 from dae_core import figures
 from dae_core.monitoring import (
     REFERENCE_ARTIFACT,
+    BatchProfile,
     MonitorReport,
     Reference,
     Thresholds,
-    image_statistics,
     monitor,
-    predicted_distribution,
 )
 from dae_core.scoring import Batch, ScoringSummary, prediction_rows, read_batch, scores
 from dae_core.shapes import NUM_CLASSES
@@ -85,11 +84,11 @@ def _monitor(scored: ScoredBatch, accuracy: float | None, thresholds: Thresholds
         return None
     reference = Reference.model_validate_json(stored)
     pixels = scored.batch.digits.pixels.reshape(len(scored.batch.digits.names), -1).astype(np.float32)
-    report = monitor(pixels, scored.probabilities, accuracy, reference, thresholds)
+    batch = BatchProfile.of(pixels, scored.probabilities)
+    report = monitor(batch, accuracy, reference, thresholds)
     tracking.log_metrics(run_id, report.metrics())
     tracking.log_params(run_id, {f"monitor.{key}": value for key, value in thresholds.model_dump().items()})
-    figure = figures.drift_panels(image_statistics(pixels)[0], reference.brightness,
-                                  predicted_distribution(scored.probabilities).tolist(),
+    figure = figures.drift_panels(batch.brightness, reference.brightness, batch.predicted_distribution.tolist(),
                                   reference.predicted_distribution, report.verdict, out / "drift.png")
     tracking.log_files(run_id, [figure], "monitoring")
     tracking.set_tags(run_id, {MONITOR_VERDICT: report.verdict})

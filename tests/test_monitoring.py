@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from dae_core.data import Split
-from dae_core.monitoring import Thresholds, build_reference, monitor
+from dae_core.monitoring import BatchProfile, Thresholds, build_reference, monitor
 from tests.conftest import synthetic_digits
 
 THRESHOLDS = Thresholds()
@@ -37,7 +37,7 @@ def _checks(report) -> dict[str, bool]:
 
 def test_a_batch_like_the_training_images_passes_every_check():
     pixels, labels = _pixels(300, seed=3)
-    report = monitor(pixels, _answers(labels), 94.0, _reference(), THRESHOLDS)
+    report = monitor(BatchProfile.of(pixels, _answers(labels)), 94.0, _reference(), THRESHOLDS)
     assert report.verdict == "ok" and report.images == 300
     assert set(_checks(report)) == {"input_ks_brightness", "input_ks_ink", "class_tvd", "confidence_drop",
                                     "accuracy_drop"} and not any(_checks(report).values())
@@ -45,7 +45,7 @@ def test_a_batch_like_the_training_images_passes_every_check():
 
 def test_inverted_pictures_are_flagged_as_input_drift():
     pixels, labels = _pixels(300, seed=3)
-    report = monitor(1 - pixels, _answers(labels), None, _reference(), THRESHOLDS)
+    report = monitor(BatchProfile.of(1 - pixels, _answers(labels)), None, _reference(), THRESHOLDS)
     assert report.verdict == "drift" and _checks(report)["input_ks_brightness"] and _checks(report)["input_ks_ink"]
     assert "accuracy_drop" not in _checks(report), "no labels, no accuracy check"
 
@@ -53,16 +53,16 @@ def test_inverted_pictures_are_flagged_as_input_drift():
 def test_a_shifted_class_mix_unsure_answers_and_lost_accuracy_are_each_flagged():
     pixels, labels = _pixels(300, seed=3)
     sevens = _answers(np.full(300, 7))
-    assert _checks(monitor(pixels, sevens, None, _reference(), THRESHOLDS))["class_tvd"]
+    assert _checks(monitor(BatchProfile.of(pixels, sevens), None, _reference(), THRESHOLDS))["class_tvd"]
     unsure = _answers(labels, confidence=0.6)
-    assert _checks(monitor(pixels, unsure, None, _reference(), THRESHOLDS)) == {
+    assert _checks(monitor(BatchProfile.of(pixels, unsure), None, _reference(), THRESHOLDS)) == {
         "input_ks_brightness": False, "input_ks_ink": False, "class_tvd": False, "confidence_drop": True}
-    lost = monitor(pixels, _answers(labels), 85.0, _reference(), THRESHOLDS)
+    lost = monitor(BatchProfile.of(pixels, _answers(labels)), 85.0, _reference(), THRESHOLDS)
     assert lost.verdict == "drift" and _checks(lost)["accuracy_drop"]
     assert lost.metrics()["monitor/accuracy_drop"] == 10.0
 
 
 def test_a_handful_of_pictures_is_judged_on_its_accuracy_alone():
     pixels, labels = _pixels(10, seed=3)
-    report = monitor(1 - pixels, _answers(labels), 95.0, _reference(), THRESHOLDS)
+    report = monitor(BatchProfile.of(1 - pixels, _answers(labels)), 95.0, _reference(), THRESHOLDS)
     assert report.verdict == "ok" and list(_checks(report)) == ["accuracy_drop"]
