@@ -85,6 +85,16 @@ def check_fan_out(deployment: str | None) -> None:
                           "`prefect deploy --all` ran and workers listen on its pool")
 
 
+def check_data(args: argparse.Namespace, session: Session, config: ExperimentConfig) -> None:
+    """Refuse data that is missing and cannot be downloaded before any server starts. With
+    ``--fan-out`` the workers read their own data folders: nothing to check here."""
+    from dae_core.data import check_obtainable
+
+    if not getattr(args, "fan_out", None):
+        check_obtainable(Path(args.data_dir) if args.data_dir else session.settings.data_dir,
+                         config.data.dataset, allow_download=not args.no_download)
+
+
 def write_json(path: Path | None, payload: dict[str, Any]) -> None:
     if path is not None:
         from dae_core.checkpoint import write_json as write

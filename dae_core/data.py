@@ -11,54 +11,31 @@ import gzip
 import hashlib
 import logging
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlparse
 
 import numpy as np
 import torch
 
-from dae_core.errors import EXIT_DATA, DaeError
+from dae_core.raw_files import (
+    RAW_FILES,
+    SPLIT_FILES,
+    TORCHVISION_FOLDER,
+    DataError,
+    DatasetName,
+    DownloadFailed,
+    check_obtainable,
+    has_raw_files,
+    raw_dir,
+)
 from dae_core.shapes import IMAGE_SIDE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-DatasetName = Literal["mnist", "fashion_mnist"]
-
-# torchvision's folder name for each dataset: <root>/<folder>/raw/<files>.
-_TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
-_FILES = {
-    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-RAW_FILES = (*_FILES[True], *_FILES[False])
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte) and the number of dimensions.
 _UBYTE = 0x08
-
-
-class DataError(DaeError, RuntimeError):
-    """A dataset file is missing, malformed or could not be downloaded."""
-
-    exit_code = EXIT_DATA
-    fix = "delete the damaged file to download it again, or pass --data-dir with a good copy"
-
-
-class DataMissing(DataError):
-    """The raw files are not there and cannot be fetched here: downloading is disabled, or
-    there is plainly no network (no mirror's host name resolves)."""
-
-    fix = ("pass --data-dir DIR (or set DAE_DATA_DIR) where DIR/MNIST/raw/ holds the four MNIST IDX files, "
-           "e.g. --data-dir ../shared/data")
-
-
-class DownloadFailed(DataError):
-    """Every mirror failed while the network answers: a later try may succeed."""
-
-    fix = "run the command again later, or pass --data-dir with a local copy of the files"
 
 
 class SplitTooSmall(DataError):
@@ -91,10 +68,6 @@ class Split:
         return self.images.reshape(len(self), -1).to(dtype).div_(255.0)
 
 
-def raw_dir(root: Path, dataset: DatasetName) -> Path:
-    return Path(root) / _TORCHVISION_CLASS[dataset] / "raw"
-
-
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """Parse an uncompressed unsigned-byte IDX file, refusing anything malformed."""
     path = Path(path)
@@ -121,7 +94,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 
 def load_split(directory: Path, train: bool, limit: int | None = None) -> Split:
     """Read one split from a raw folder, checking shapes, label range and counts."""
-    image_file, label_file = (Path(directory) / name for name in _FILES[train])
+    image_file, label_file = (Path(directory) / name for name in SPLIT_FILES[train])
     images = read_idx(image_file, ndim=3)
     labels = read_idx(label_file, ndim=1)
     if images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
@@ -167,12 +140,9 @@ def file_digest(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def has_raw_files(directory: Path) -> bool:
-    return all((Path(directory) / name).is_file() for name in RAW_FILES)
-
-
 def download(root: Path, dataset: DatasetName) -> Path:
-    """Fetch the raw files through torchvision's mirrors and md5 checksums.
+    """Fetch the raw files through torchvision's mirrors and md5 checksums (``locate``
+    has checked that a mirror resolves).
 
     Archives are downloaded and unpacked in a temporary folder beside the target and
     each file is moved into place with an atomic rename, so an interrupted download
@@ -181,13 +151,7 @@ def download(root: Path, dataset: DatasetName) -> Path:
     from torchvision import datasets
 
     target = raw_dir(root, dataset)
-    if has_raw_files(target):
-        return target
-    source = getattr(datasets, _TORCHVISION_CLASS[dataset])
-    hosts = sorted({urlparse(mirror).hostname or mirror for mirror in source.mirrors})
-    if not network_reachable(hosts):
-        raise DataMissing(f"{target}: {dataset} is not there and there is no network to download it "
-                          f"({', '.join(hosts)} do not resolve)")
+    source = getattr(datasets, TORCHVISION_FOLDER[dataset])
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target, prefix=".download-") as scratch:
         for archive, md5 in source.resources:
@@ -198,18 +162,6 @@ def download(root: Path, dataset: DatasetName) -> Path:
             unpacked.replace(target / unpacked.name)
     log.info("downloaded %s into %s", dataset, target)
     return target
-
-
-def network_reachable(hosts: list[str]) -> bool:
-    """Whether any of ``hosts`` resolves: offline, a download gives up at once instead of
-    trying every mirror, twice over, with retries."""
-    for host in hosts:
-        try:
-            socket.getaddrinfo(host, 443)
-            return True
-        except OSError:
-            continue
-    return False
 
 
 def _fetch_verified(mirrors: list[str], archive: str, md5: str, scratch: Path) -> None:
@@ -235,9 +187,7 @@ def locate(root: Path, dataset: DatasetName, allow_download: bool = True) -> Pat
     target = raw_dir(root, dataset)
     if has_raw_files(target):
         return target
-    if not allow_download:
-        missing = [name for name in RAW_FILES if not (target / name).is_file()]
-        raise DataMissing(f"{target}: missing {', '.join(missing)} and downloading is disabled")
+    check_obtainable(root, dataset, allow_download)
     return download(root, dataset)
 
 

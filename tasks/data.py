@@ -9,7 +9,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from dae_core.data import RAW_FILES, DatasetName, DownloadFailed, check_raw_files, file_digest, locate, raw_dir
+from dae_core.data import check_raw_files, file_digest, locate
+from dae_core.raw_files import RAW_FILES, DatasetName, DownloadFailed, raw_dir
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dae_core import data
+from dae_core import raw_files
 from dae_core.data import DataError, batch_indices, check_raw_files, file_digest, load_split, locate, read_idx
 from tests.conftest import make_dataset, synthetic_digits, write_idx
 
@@ -96,7 +96,7 @@ def mirror(tmp_path, monkeypatch):
 
     source = make_dataset(tmp_path / "served")
     archives = {}
-    for name in data.RAW_FILES:
+    for name in raw_files.RAW_FILES:
         archives[f"{name}.gz"] = gzip.compress((source / name).read_bytes(), mtime=0)
     resources = [(archive, hashlib.md5(blob).hexdigest()) for archive, blob in archives.items()]
     monkeypatch.setattr(datasets.MNIST, "resources", resources)
@@ -112,7 +112,7 @@ def mirror(tmp_path, monkeypatch):
             raise OSError("mirror down")
         Path(path).write_bytes(archives[archive] if mode == "ok" else b"corrupted" + archives[archive][9:])
 
-    monkeypatch.setattr(data, "network_reachable", lambda hosts: True)  # the .invalid mirrors do not resolve
+    monkeypatch.setattr(raw_files, "network_reachable", lambda hosts: True)  # the .invalid mirrors do not resolve
     monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
     monkeypatch.setattr(utils, "_urlretrieve", retrieve)
     return {"source": source, "requested": requested, "behaviour": behaviour}
@@ -122,7 +122,7 @@ def test_download_goes_through_torchvision_mirrors_with_checksums(tmp_path, mirr
     folder = locate(tmp_path / "root", "mnist", allow_download=True)
     assert folder == tmp_path / "root" / "MNIST" / "raw"
     assert file_digest(folder) == file_digest(mirror["source"])
-    assert sorted(p.name for p in folder.iterdir()) == sorted(data.RAW_FILES)  # no scratch left behind
+    assert sorted(p.name for p in folder.iterdir()) == sorted(raw_files.RAW_FILES)  # no scratch left behind
     assert any("two.invalid" in url for url in mirror["requested"])
 
 
@@ -165,8 +165,8 @@ def test_fashion_mnist_uses_torchvisions_folder(tmp_path):
 
 
 def test_without_network_the_download_gives_up_at_once(tmp_path, mirror, monkeypatch):
-    monkeypatch.setattr(data, "network_reachable", lambda hosts: False)
-    with pytest.raises(data.DataMissing, match="no network"):
+    monkeypatch.setattr(raw_files, "network_reachable", lambda hosts: False)
+    with pytest.raises(raw_files.DataMissing, match="no network"):
         locate(tmp_path, "mnist")
     assert mirror["requested"] == []
 

@@ -12,6 +12,7 @@ from dae_cli.command import (
     CountBar,
     Session,
     add_flow_options,
+    check_data,
     check_fan_out,
     config_from,
     run_flow,
@@ -51,6 +52,7 @@ def _load():
 def _execute(args: argparse.Namespace, session: Session) -> int:
     config = config_from(args)
     check_fan_out(args.fan_out)
+    check_data(args, session, config)
     cells = functools.partial(CountBar, len(args.cells or DEFAULT_CELLS) * args.seeds, "cells", "run",
                               _cell_finished)
     report = run_flow(session, _load, cells, base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dae_cli.command import Command, PhaseBars, Session, add_flow_options, config_from, run_flow, write_json
+from dae_cli.command import (
+    Command,
+    PhaseBars,
+    Session,
+    add_flow_options,
+    check_data,
+    config_from,
+    run_flow,
+    write_json,
+)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +31,9 @@ def _load():
 
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
-    summary = run_flow(session, _load, PhaseBars, config=config_from(args), data_dir=args.data_dir,
+    config = config_from(args)
+    check_data(args, session, config)
+    summary = run_flow(session, _load, PhaseBars, config=config, data_dir=args.data_dir,
                        download=not args.no_download, experiment_name=args.experiment, work_dir=args.work_dir,
                        name=args.name)
     write_json(args.summary_json, summary.model_dump())

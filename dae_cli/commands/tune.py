@@ -44,6 +44,7 @@ def _execute(args: argparse.Namespace, session: command.Session) -> int:
 
     config = command.config_from(args)
     command.check_fan_out(args.fan_out)
+    command.check_data(args, session, config)
     for text in args.space:
         parse_dimension(text)  # refused here, before any server or import, naming the entry
     trials = functools.partial(command.CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials",
