@@ -88,7 +88,7 @@ def check_fan_out(deployment: str | None) -> None:
 def check_data(args: argparse.Namespace, session: Session, config: ExperimentConfig) -> None:
     """Refuse data that is missing and cannot be downloaded before any server starts. With
     ``--fan-out`` the workers read their own data folders: nothing to check here."""
-    from dae_core.data import check_obtainable
+    from dae_core.raw_files import check_obtainable
 
     if not getattr(args, "fan_out", None):
         check_obtainable(Path(args.data_dir) if args.data_dir else session.settings.data_dir,

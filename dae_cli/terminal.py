@@ -16,6 +16,8 @@ from types import TracebackType
 
 # Prefect's run engines: a failure there is reported by ``dae`` itself.
 _ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.task_runs")
+# dae's own module loggers, at INFO with ``--verbose`` (Python's default is WARNING).
+_DAE_LOGGERS = ("adapters", "dae_core")
 
 
 class _WarningsOutsideRunEngines(logging.Filter):
@@ -24,18 +26,23 @@ class _WarningsOutsideRunEngines(logging.Filter):
 
 
 @contextlib.contextmanager
-def _library_logger_at(library: str, level: int, verbose: bool) -> Iterator[None]:
-    """``library``'s logger at ``level`` for the block unless ``verbose``. Imports the
-    library first: it sets its logger up (and its level) when imported."""
-    importlib.import_module(library)
-    logger = logging.getLogger(library)
+def _logger_at(name: str, level: int) -> Iterator[None]:
+    logger = logging.getLogger(name)
     previous = logger.level
-    if not verbose:
-        logger.setLevel(level)
+    logger.setLevel(level)
     try:
         yield
     finally:
         logger.setLevel(previous)
+
+
+@contextlib.contextmanager
+def _library_logger_at(library: str, level: int, verbose: bool) -> Iterator[None]:
+    """``library``'s logger at ``level`` for the block unless ``verbose``. Imports the
+    library first: it sets its logger up (and its level) when imported."""
+    importlib.import_module(library)
+    with contextlib.nullcontext() if verbose else _logger_at(library, level):
+        yield
 
 
 def mlflow_warnings_only(verbose: bool) -> contextlib.AbstractContextManager[None]:
@@ -69,7 +76,10 @@ class QuietTerminal:
         from prefect.logging.handlers import PrefectConsoleHandler
 
         ensure_logging_setup()
-        if not self.verbose:
+        if self.verbose:  # dae's own INFO lines (e.g. the temporary server's start and stop)
+            for name in _DAE_LOGGERS:
+                self._libraries.enter_context(_logger_at(name, logging.INFO))
+        else:
             self._consoles = [handler for handler in logging.getLogger().handlers
                               if isinstance(handler, PrefectConsoleHandler)]
             for handler in self._consoles:

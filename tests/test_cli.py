@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -36,12 +37,16 @@ def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_pa
         cwd=tmp_path, env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    # The server started before the imports is the one the flow used: Prefect started no other.
+    # The server started before the imports is the one the flow used: Prefect started no other
+    # (nor imported its server code to do so), and the flow run's logs reached it.
     output = result.stdout + result.stderr
     servers = re.findall(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", output)
     assert len(servers) == 1, output[-3000:]
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", int(servers[0]))) != 0, "the temporary server outlived dae"
+    with sqlite3.connect(tmp_path / "prefect" / "prefect.db") as database:
+        messages = [row[0] for row in database.execute("SELECT message FROM log")]
+    assert any(message.startswith("MLflow run ") for message in messages), messages
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["test"]["accuracy"] > 0
@@ -49,13 +54,13 @@ def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_pa
 
 
 @pytest.mark.slow
-def test_without_prefects_private_server_api_dae_still_runs_and_stays_quiet(data_root, tmp_path):
-    """A Prefect release without the API of the early start: Prefect's own path runs the flow.
-    Without --verbose the terminal shows no INFO lines."""
+def test_without_prefects_server_app_where_dae_looks_dae_still_runs_and_stays_quiet(data_root, tmp_path):
+    """A Prefect release whose server app lies elsewhere: the early server exits, Prefect's
+    own path runs the flow. Without --verbose the terminal shows no INFO lines."""
     code = (
         "import sys\n"
         "import adapters.prefect_server as early\n"
-        "early.EARLY_START_API = ('prefect.server.api.server', 'NoSuchServerInThisRelease')\n"
+        "early.SERVER_APP = 'prefect.server.api.server:no_such_app_in_this_release'\n"
         "from dae_cli.main import main\n"
         "sys.exit(main(sys.argv[1:], restore_terminal=False))\n"
     )
