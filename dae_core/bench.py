@@ -128,10 +128,12 @@ _GEMM_TYPES = {"none": torch.float32, "bfloat16": torch.bfloat16, "float16": tor
 
 
 def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixels: torch.Tensor,
-                        test_labels: torch.Tensor, epochs: int, device: torch.device) -> dict[str, dict[str, float]]:
+                        test_labels: torch.Tensor, epochs: int, device: torch.device,
+                        gemm_size: int = 2048) -> dict[str, dict[str, float]]:
     """Per mode: a pretraining and a classifier epoch (best of ``epochs``, the modes timed in
     alternation so that a slow spell of the machine hits all), the GEMM peak of the mode's
-    type, and what fraction of it the pretraining epoch reaches."""
+    type (``gemm_size`` square products), and what fraction of it the pretraining epoch
+    reaches."""
     config = build_config("lecture", {"pretrain": {"epochs": 1}})
     generator = torch.Generator(device=device).manual_seed(0)
     runs = {}
@@ -156,7 +158,7 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
                 times[mode]["classifier"].append(seconds[1])
     results = {}
     for mode in runs:
-        peak = matmul_peak_gflops(device, dtype=_GEMM_TYPES[mode])
+        peak = matmul_peak_gflops(device, size=gemm_size, dtype=_GEMM_TYPES[mode])
         pretrain_s, classifier_s = min(times[mode]["pretrain"]), min(times[mode]["classifier"])
         gflops = PRETRAIN_FLOP_PER_SAMPLE * len(pixels) / pretrain_s / 1e9
         results[mode] = {"pretrain_epoch_s": pretrain_s, "classifier_epoch_s": classifier_s,

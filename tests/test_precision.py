@@ -155,9 +155,12 @@ def test_the_benchmark_times_each_precision_against_its_own_peak():
 
     train_x, train_y = _pixels(2000, 1)
     test_x, test_y = _pixels(200, 2)
-    results = precision_benchmark(train_x, train_y, test_x, test_y, epochs=1, device=CPU)
+    # Small products: a CPU without bfloat16 instructions multiplies 2048^2 bfloat16 matrices
+    # in ~15 s each, and the peak takes eleven.
+    results = precision_benchmark(train_x, train_y, test_x, test_y, epochs=1, device=CPU, gemm_size=256)
     assert set(results) == {"none", "bfloat16"}
     for mode, measured in results.items():
         assert measured["pretrain_epoch_s"] > 0 and measured["classifier_epoch_s"] > 0
-        assert measured["matmul_peak_gflops"] > 0 and 0 < measured["pretrain_fraction_of_peak"] < 2, mode
+        # (No upper bound on the fraction: a 256^2 product is far from a CPU's peak.)
+        assert measured["matmul_peak_gflops"] > 0 and measured["pretrain_fraction_of_peak"] > 0, mode
     assert results["none"]["pretrain_speedup_vs_float32"] == 1.0
