@@ -10,7 +10,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 
 class Settings(BaseModel):
@@ -22,6 +22,13 @@ class Settings(BaseModel):
     worker_name: str  # DAE_WORKER_NAME (one per worker), default the host's name: which machine trains
     notify_webhook_url: str | None  # DAE_NOTIFY_WEBHOOK_URL: where `dae setup` has failed retrains posted
     user: str  # MLFLOW_TRACKING_USERNAME (the MLflow identity in use), else the login name: who acts by hand
+    # What MLflow itself reads, read here too by `dae predict`, which resolves the champion
+    # without importing MLflow (adapters/served_model.py).
+    tracking_uri: str | None  # MLFLOW_TRACKING_URI (None: MLflow's default)
+    tracking_username: str | None  # MLFLOW_TRACKING_USERNAME
+    tracking_password: SecretStr | None  # MLFLOW_TRACKING_PASSWORD
+    tracking_token: SecretStr | None  # MLFLOW_TRACKING_TOKEN
+    model_cache_dir: Path  # DAE_MODEL_CACHE, default $XDG_CACHE_HOME/dae/models (~/.cache/dae/models)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -31,4 +38,13 @@ class Settings(BaseModel):
                    tuning_storage=env.get("DAE_TUNING_STORAGE") or None,
                    worker_name=env.get("DAE_WORKER_NAME") or socket.gethostname(),
                    notify_webhook_url=env.get("DAE_NOTIFY_WEBHOOK_URL") or None,
-                   user=env.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser())
+                   user=env.get("MLFLOW_TRACKING_USERNAME") or getpass.getuser(),
+                   tracking_uri=env.get("MLFLOW_TRACKING_URI") or None,
+                   tracking_username=env.get("MLFLOW_TRACKING_USERNAME") or None,
+                   tracking_password=env.get("MLFLOW_TRACKING_PASSWORD") or None,
+                   tracking_token=env.get("MLFLOW_TRACKING_TOKEN") or None,
+                   model_cache_dir=Path(env.get("DAE_MODEL_CACHE") or _user_cache(env) / "dae" / "models"))
+
+
+def _user_cache(env: Mapping[str, str]) -> Path:
+    return Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")

@@ -4,6 +4,7 @@ made from its encoder by surgery."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -65,3 +66,13 @@ class ClassProbabilities(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(pixels).exp()
+
+
+def probabilities_from_weights(weights: Mapping[str, torch.Tensor]) -> ClassProbabilities:
+    """The served module rebuilt from its weights (``ClassProbabilities.state_dict()``, the
+    names a torch.export program of it keeps): the hidden width is read off the encoder;
+    any other key or shape is refused by ``load_state_dict``."""
+    hidden_units = weights["classifier.encoder.0.weight"].shape[0]
+    served = ClassProbabilities(EncoderClassifier(nn.Sequential(nn.Linear(INPUT_DIM, hidden_units), nn.Tanh())))
+    served.load_state_dict(weights, strict=True)
+    return served.eval()

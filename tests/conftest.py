@@ -85,6 +85,16 @@ def tiny_config():
     return build_config("smoke", TINY)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """Where `dae predict` keeps registered versions' weights: the session's own, never the
+    home folder's."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DAE_MODEL_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory):
     """One temporary Prefect server for every flow test (starting one costs ~10 s)."""

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -74,8 +75,8 @@ def test_the_first_registered_version_becomes_champion_and_later_ones_do_not(cha
     assert "dae.champion" not in client.get_run(second.mlflow_run_id).data.tags
 
 
-def _dae_predict(store: str, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store}
+def _dae_predict(store: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, **(env or {})}
     return subprocess.run([str(BIN / "dae"), "predict", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -111,6 +112,56 @@ def test_dae_predict_reads_pictures_of_any_kind_like_the_idx_images(champion_sto
 
     plain = _dae_predict(champion_store["uri"], pictures[0])
     assert plain.returncode == 0 and plain.stdout.startswith(pictures[0]) and "%" in plain.stdout
+
+
+@pytest.mark.slow
+def test_dae_predict_keeps_a_versions_weights_and_answers_from_them_without_mlflow(champion_store, tmp_path):
+    images, _ = framed_digits(20, seed=4)
+    write_idx(tmp_path / "digits.idx", images)
+    cache = tmp_path / "cache"
+    no_mlflow = tmp_path / "no-mlflow"  # on PYTHONPATH: any import of MLflow fails
+    (no_mlflow / "mlflow").mkdir(parents=True)
+    (no_mlflow / "mlflow" / "__init__.py").write_text("raise ImportError('mlflow was imported')\n")
+
+    def predict(blocked: bool) -> list[list[float]]:
+        env = {"DAE_MODEL_CACHE": str(cache), **({"PYTHONPATH": str(no_mlflow)} if blocked else {})}
+        done = _dae_predict(champion_store["uri"], "--json", str(tmp_path / "digits.idx"), env=env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return [row["probabilities"] for row in json.loads(done.stdout)]
+
+    through_mlflow = predict(blocked=False)
+    crowned = str(champion_store["client"].get_model_version_by_alias(REGISTERED_MODEL, "champion").version)
+    [kept] = cache.iterdir()
+    assert kept.name.startswith(f"{REGISTERED_MODEL}-v{crowned}-")
+    assert predict(blocked=True) == through_mlflow, "the kept weights answer exactly as MLflow's model"
+
+    weights = kept / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-8] + bytes(8))  # damaged on disk
+    assert predict(blocked=False) == through_mlflow, "a damaged entry is loaded from the registry again"
+    assert predict(blocked=True) == through_mlflow, "... and kept again"
+
+
+# `dae predict` on one picture from kept weights, over `python -c "import torch"`, timed in
+# turns in one test so that the machine's speed cancels: 1.17-1.31 on the 2-core AMD EPYC
+# (docs/benchmarks.md, section 7). Issue 24's goal, import torch + 1.5 s, is 1.7 there.
+PREDICT_OVER_IMPORT_TORCH = 1.3
+
+
+@pytest.mark.slow
+def test_one_prediction_from_kept_weights_costs_little_more_than_importing_torch(champion_store, tmp_path):
+    images, _ = framed_digits(1, seed=5)
+    Image.fromarray(images[0]).save(tmp_path / "one.png")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": champion_store["uri"], "DAE_MODEL_CACHE": str(tmp_path / "cache")}
+
+    def seconds(command: list[str]) -> float:
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
+        return time.perf_counter() - started
+
+    predict = [str(BIN / "dae"), "predict", str(tmp_path / "one.png")]
+    seconds(predict)  # loads through MLflow once and keeps the weights
+    ratios = sorted(seconds(predict) / seconds([sys.executable, "-c", "import torch"]) for _ in range(3))
+    assert ratios[1] < PREDICT_OVER_IMPORT_TORCH * 1.35, ratios
 
 
 def test_dae_predict_without_a_champion_says_what_to_do(tmp_path):
@@ -206,13 +257,15 @@ def test_dae_champion_rolls_back_with_a_reason_and_predict_follows(champion_stor
         assert dae_main(["predict", "--json", str(tmp_path / "digits.idx"), *model]) == 0
         return [row["probabilities"] for row in json.loads(capsys.readouterr().out)]
 
+    before = predicted()  # the champion's weights are kept now: a move must not serve them
+
     assert dae_main(["champion", "--set", version, "--reason", "rollforward for the test"]) == 0
     said = capsys.readouterr().out
     assert f"version {crowned} -> version {version}" in said and "rollforward for the test" in said
     moved = client.get_model_version(REGISTERED_MODEL, version)
     assert moved.tags["champion_decision"] == "manual" and "rollforward for the test" in moved.description
-    assert predicted() == predicted("--model", f"models:/{REGISTERED_MODEL}/{version}")
-    assert predicted() != predicted("--model", f"models:/{REGISTERED_MODEL}/{crowned}")
+    assert predicted() == predicted("--model", f"models:/{REGISTERED_MODEL}/{version}") != before
+    assert before == predicted("--model", f"models:/{REGISTERED_MODEL}/{crowned}")
 
     assert dae_main(["champion", "--set", crowned, "--reason", "rollback"]) == 0
     capsys.readouterr()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adapters import served_model
+from adapters.settings import Settings
 from dae_cli.command import Command, Session
 from dae_core.errors import EXIT_DATA, EXIT_SERVER, DaeError
 from dae_core.summary import CHAMPION_URI
@@ -35,33 +37,64 @@ class Prediction:
     probabilities: list[float]
 
 
-def predict_files(files: list[Path], model_uri: str) -> tuple[list[Prediction], list[str]]:
+def predict_files(files: list[Path], model_uri: str, settings: Settings,
+                  verbose: bool = False) -> tuple[list[Prediction], list[str]]:
     """Predictions for every digit of every readable file, and one error line per file
-    that could not be read (the others are still scored)."""
+    that could not be read (the others are still scored). MLflow's INFO lines only if
+    ``verbose``."""
     from dae_core.scoring import joined, read_files, rounded
 
     read, errors = read_files(files)
     if not read:
         return [], errors
     digits = joined(read)
-    probabilities = rounded(_probabilities(model_uri, digits.pixels))
+    pixels = digits.pixels.reshape(len(digits.pixels), -1).astype(np.float32)
+    probabilities = rounded(_probabilities(model_uri, pixels, settings, verbose))
     return [Prediction(name, int(row.argmax()), float(row.max()), row.tolist())
             for name, row in zip(digits.names, probabilities, strict=True)], errors
 
 
-def _probabilities(model_uri: str, pixels: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) -> (N, 10) per-class probabilities from the model at ``model_uri``."""
+def _probabilities(model_uri: str, pixels: np.ndarray, settings: Settings, verbose: bool) -> np.ndarray:
+    """(N, 784) -> (N, 10) per-class probabilities from the model at ``model_uri``: the
+    registered version's kept weights where the registry can be asked without MLflow and
+    they are kept, else MLflow's own load (which keeps them for the next call)."""
+    from adapters import served_model
+
+    cache = served_model.WeightCache(settings.model_cache_dir)
+    store = served_model.tracking_store(settings, Path.cwd())
+    reference = served_model.RegistryReference.parse(model_uri)
+    if store is not None and reference is not None:
+        version = served_model.look_up(settings, store, reference)
+        served = cache.load(store, version) if version is not None else None
+        if served is not None:
+            import torch
+
+            with torch.no_grad():
+                return served(torch.from_numpy(pixels)).numpy()
+    from dae_cli.terminal import mlflow_warnings_only
+
+    with mlflow_warnings_only(verbose):
+        return _probabilities_through_mlflow(model_uri, pixels, reference, cache)
+
+
+def _probabilities_through_mlflow(model_uri: str, pixels: np.ndarray,
+                                  reference: served_model.RegistryReference | None,
+                                  cache: served_model.WeightCache) -> np.ndarray:
     import mlflow
 
     from adapters import tracking
 
     tracking.check_store()
     try:
-        model = tracking.load_serving_model(model_uri)
+        version = served_model.look_up_with_mlflow(reference) if reference is not None else None
+        # The version just resolved, not the alias again: what is kept is what answered.
+        model = tracking.load_serving_model(f"models:/{version.name}/{version.version}" if version else model_uri)
     except mlflow.exceptions.MlflowException as error:
         raise ModelUnavailable(f"no model at {model_uri} in {tracking.tracking_uri()} "
                                f"({str(error).splitlines()[0]})") from None
-    return np.asarray(model.predict(pixels.reshape(len(pixels), -1).astype(np.float32)))
+    if version is not None:
+        cache.save(tracking.store_identity(), version, model.get_raw_model().state_dict())
+    return np.asarray(model.predict(pixels))
 
 
 def print_predictions(predictions: list[Prediction], as_json: bool) -> None:
@@ -89,10 +122,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
-    from dae_cli.terminal import mlflow_warnings_only
-
-    with mlflow_warnings_only(session.verbose):
-        predictions, errors = predict_files(args.files, args.model)
+    predictions, errors = predict_files(args.files, args.model, session.settings, session.verbose)
     print_predictions(predictions, args.json)
     report_errors(errors)
     return EXIT_DATA if errors else 0
