@@ -1,11 +1,11 @@
-"""The ``dae`` command: ``run``, ``compare``, ``tune``, ``predict``, ``champion``, ``setup``, ``users``,
-``bench``, each a module of ``dae_cli/commands/``.
+"""The ``dae`` command: ``run``, ``compare``, ``tune``, ``predict``, ``serve``, ``champion``, ``setup``,
+``users``, ``bench``, each a module of ``dae_cli/commands/``.
 
 ``run``, ``compare`` and ``tune`` run the Prefect flows in this process: with no
 ``PREFECT_API_URL`` Prefect starts a temporary local server and MLflow writes to
 ``sqlite:///mlflow.db``; with both servers configured the same command reports to them.
-``predict`` loads a registered model without Prefect, ``champion`` shows or moves the served
-version; ``setup`` and ``users`` configure the
+``predict`` answers from a registered model without Prefect, ``serve`` serves it over HTTP,
+``champion`` shows or moves the served version; ``setup`` and ``users`` configure the
 team stack's servers; ``bench`` times the training. Every failure a person can act on is a
 ``DaeError``: one line of cause, one of fix, an exit code.
 """
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 
 from adapters.settings import Settings
 from dae_cli.command import Command, Session
-from dae_cli.commands import bench, champion, compare, predict, run, setup, tune, users
+from dae_cli.commands import bench, champion, compare, predict, run, serve, setup, tune, users
 from dae_core.errors import EXIT_SERVER, DaeError
 
-COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (run, compare, tune, predict, champion, setup,
-                                                                         users, bench))
+COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (run, compare, tune, predict, serve, champion,
+                                                                         setup, users, bench))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -128,3 +128,42 @@ def mlflow_store(tmp_path_factory) -> str:
         mlflow.MlflowClient().search_experiments()
         yield uri
     mlflow.set_tracking_uri(None)
+
+
+def framed_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ten blocky templates (a random 5x5 pattern in 4x4-pixel blocks) inside the 20x20 box
+    that MNIST digits fill: framed like MNIST, so a picture of one comes back the same."""
+    patterns = np.random.default_rng(99).random((10, 5, 5)) > 0.55
+    templates = np.zeros((10, 28, 28), bool)
+    templates[:, 4:24, 4:24] = patterns.repeat(4, axis=1).repeat(4, axis=2)
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % 10
+    rng.shuffle(labels)
+    images = templates[labels] * rng.uniform(200, 255, (count, 1, 1)) * (rng.random((count, 28, 28)) > 0.05)
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def champion_store(tmp_path_factory, prefect_server):
+    """A store of its own where one `dae-experiment` run registered (and crowned) a model."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from flows.experiment import dae_experiment
+
+    root = tmp_path_factory.mktemp("served")
+    raw = root / "data" / "MNIST" / "raw"
+    for prefix, count, seed in (("train", 300, 1), ("t10k", 100, 2)):
+        images, labels = framed_digits(count, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    uri, previous = f"sqlite:///{root / 'mlflow.db'}", mlflow.get_tracking_uri()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+        first = dae_experiment(config=build_config("smoke", TINY), data_dir=str(root / "data"), download=False,
+                               experiment_name="served", work_dir=str(root / "work"))
+        yield {"uri": uri, "root": root, "raw": raw, "first": first,
+               "client": MlflowClient(tracking_uri=uri, registry_uri=uri)}
+    # Restored, not reset: set_tracking_uri(None) means ./mlflow.db, whatever the environment says.
+    mlflow.set_tracking_uri(previous)

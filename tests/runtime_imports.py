@@ -18,7 +18,8 @@ PACKAGES = ("dae_core", "adapters", "tasks", "flows", "dae_cli")
 # Loaded inside functions, or by a library from a name in a URL or a command line.
 LOADED_INSIDE_FUNCTIONS = {
     "mlflow.server.auth.client": "dae users: MLflow's login client (its package needs Flask-WTF)",
-    "mlflow.pyfunc.scoring_server": "the model-server service: mlflow models serve",
+    "mlflow.pyfunc.scoring_server": "the model-server service: dae serve (MLflow's scoring app)",
+    "uvicorn": "dae serve execs it",
     "torch._dynamo": "dae run/compare/tune import it before the first optimizer",
     "optuna.visualization": "dae tune: the history and slice plots",
 }

@@ -28,7 +28,7 @@ MLFLOW_SERVER = ["mlflow", "server"]
 MLFLOW_SERVER_FLAGS = {"--host", "--port", "--backend-store-uri", "--serve-artifacts", "--artifacts-destination",
                        "--allowed-hosts", "--app-name"}
 WORKER = ["prefect", "worker", "start", "--pool", POOL, "--type", "process"]
-MODEL_SERVER = ["mlflow", "models", "serve"]
+MODEL_SERVER = ["dae", "serve"]
 CHAMPION = "models:/dae-mnist-classifier@champion"
 # The serving device is pinned: a CPU-exported pt2 program refuses to load on CUDA, which
 # MLflow would pick on a GPU host.
@@ -162,9 +162,8 @@ def mlflow_server_command(port: int, backend: str, destination: str, login: bool
 
 
 def model_server_command(port: int, host: str = "127.0.0.1") -> list[str]:
-    # --env-manager local: the image already has the model's requirements (no rebuild at start).
-    return [*MODEL_SERVER, "--model-uri", CHAMPION, "--env-manager", "local", "--host", host,
-            "--port", str(port), "--workers", "1"]
+    # Workers: one per core of the container (dae serve's default).
+    return [*MODEL_SERVER, "--model", CHAMPION, "--host", host, "--port", str(port)]
 
 
 def worker_command(name: str) -> list[str]:

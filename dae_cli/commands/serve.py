@@ -1,0 +1,74 @@
+"""``dae serve``: the registered model over HTTP, MLflow's scoring protocol, one process per core.
+
+``mlflow models serve`` (what the stack ran before) starts one uvicorn worker: on 2 cores,
+32 clients sending 100-image requests waited up to 2 s and timed out. Here the version is
+resolved and downloaded once, then this process becomes uvicorn (exec) with MLflow's
+scoring app in ``--workers`` processes (default: the cores this process may use) behind a
+request-size limit answered with 413 (adapters/model_server.py). An alias is read at start:
+after a promotion, restart the server to serve the new champion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from adapters import served_model
+from adapters.model_server import MAX_BODY_ENV, MODEL_DIR_ENV
+from dae_cli.command import Command, Session
+from dae_core.summary import CHAMPION_URI
+
+# 100 images are ~0.55 MB of JSON; 16 MiB holds about 3,000 images per request.
+DEFAULT_MAX_BODY_MB = 16
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=CHAMPION_URI, help=f"registered model URI (default {CHAMPION_URI})")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                        help="server processes (default: the cores this process may use)")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
+                        help=f"largest request body accepted, in MiB (default {DEFAULT_MAX_BODY_MB}); larger: 413")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks")
+
+
+def _execute(args: argparse.Namespace, session: Session) -> int:
+    from adapters import tracking
+    from dae_cli.commands.predict import ModelUnavailable
+    from dae_cli.terminal import mlflow_warnings_only
+
+    with mlflow_warnings_only(session.verbose):
+        import mlflow
+
+        tracking.check_store()
+        reference = served_model.RegistryReference.parse(args.model)
+        try:
+            version = served_model.look_up_with_mlflow(reference) if reference is not None else None
+            uri = f"models:/{version.name}/{version.version}" if version is not None else args.model
+            # A folder of the server's own (the image's working directory is not writable).
+            folder = tempfile.mkdtemp(prefix=f"dae-serve-v{version.version}-" if version else "dae-serve-")
+            # MLflow draws a progress bar per download on stderr; a few small files need none.
+            with contextlib.nullcontext() if session.verbose else contextlib.redirect_stderr(io.StringIO()):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
+        except mlflow.exceptions.MlflowException as error:
+            raise ModelUnavailable(f"no model at {args.model} in {tracking.tracking_uri()} "
+                                   f"({str(error).splitlines()[0]})") from None
+    what = f"version {version.version} of {version.name}" if version is not None else args.model
+    print(f"dae serve: {what} on http://{args.host}:{args.port}/invocations ({args.workers} workers, "
+          f"bodies up to {args.max_body_mb:g} MiB)", flush=True)
+    environment = {**os.environ, MODEL_DIR_ENV: str(Path(local).resolve()),
+                   MAX_BODY_ENV: str(int(args.max_body_mb * 2**20))}
+    os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "--factory", "adapters.model_server:create_app",
+                               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
+                               "--log-level", "info" if session.verbose else "warning"], environment)
+    return 0  # not reached: this process is uvicorn now
+
+
+COMMAND = Command("serve", "serve the registered model over HTTP (MLflow's protocol, one process per core)",
+                  _arguments, _execute)
