@@ -28,7 +28,7 @@ compare: $(BIN)/dae  ## Adam vs SGD x noise on/off, 3 seeds
 bench: $(BIN)/dae  ## the lecture's data path against ours, per epoch
 	$(BIN)/dae bench --data-dir $(DATA_DIR) --json dae-work/bench.json
 
-bench-all: $(BIN)/dae  ## every benchmark of docs/benchmarks.md (~10 min; PostgreSQL for the servers part)
+bench-all: $(BIN)/dae  ## every benchmark of docs/benchmarks.md (~20 min; PostgreSQL for the servers part, hey for the model server)
 	benchmarks/run_all.sh $(DATA_DIR) dae-work/bench
 
 test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every benchmark of docs/benchmarks.md in one go (about 10 minutes on 2 CPU cores; needs
-# PostgreSQL at 127.0.0.1:5432 for the servers part). Writes one file per benchmark into OUT.
+# Every benchmark of docs/benchmarks.md in one go (about 20 minutes on 2 CPU cores; needs
+# PostgreSQL at 127.0.0.1:5432 for the servers part, and hey for the model server's load).
+# Writes one file per benchmark into OUT.
 #   benchmarks/run_all.sh DATA_DIR [OUT]      (from the repo root, after `make install`)
 # On a GPU machine: DEVICE=cuda benchmarks/run_all.sh DATA_DIR gpu-bench   (epochs only)
 set -euo pipefail
@@ -26,3 +27,9 @@ run profile $py benchmarks/profile_epoch.py --data-dir "$data"
 run variants $py benchmarks/variants.py --data-dir "$data"
 run teardown $py benchmarks/teardown.py --data-dir "$data"
 run overhead $py benchmarks/overhead.py --data-dir "$data"
+run waits $py benchmarks/waits.py --data-dir "$data" --json "$out/waits.json"
+if command -v hey >/dev/null; then
+  run serving $py benchmarks/serving.py --data-dir "$data" --json "$out/serving.json"
+else
+  echo "== serving: skipped (needs hey, the load generator: apt-get install hey)"
+fi

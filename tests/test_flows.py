@@ -161,6 +161,7 @@ def test_a_second_run_reuses_the_cached_dataset(tmp_path, monkeypatch):
     assert len(calls) == 2
 
 
+@pytest.mark.slow  # a whole grid / three retrains: CI runs it, the quick loop does not
 def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_path):
     from flows.compare import dae_compare
 
@@ -197,6 +198,7 @@ def fresh_registry(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(previous)
 
 
+@pytest.mark.slow  # a whole grid / three retrains: CI runs it, the quick loop does not
 def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_path, fresh_registry):
     from flows.retrain import dae_retrain
 
