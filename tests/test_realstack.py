@@ -170,7 +170,7 @@ def test_retrain_sets_champion_then_decides_by_the_margin(real_stack):
 
 
 def test_the_served_champion_answers_like_its_evaluation_on_a_gpu_host(real_stack, tmp_path):
-    """`mlflow models serve` on the champion, as the compose service runs it, on a host where
+    """`dae serve` on the champion, as the compose service runs it, on a host where
     torch reports CUDA (faked here): the answers' confusion matrix on the test images is the
     one the champion's run logged."""
     from dae_core.data import load_split
@@ -187,12 +187,15 @@ def test_the_served_champion_answers_like_its_evaluation_on_a_gpu_host(real_stac
                                 if key != "MLFLOW_TRACKING_URI"}, "PYTHONPATH": str(fake_gpu),
            **real_stack.credentials.client_env(real_stack.credentials.serving)}
     test = load_split(Path(real_stack.env["DAE_DATA_DIR"]) / "MNIST" / "raw", train=False)
+    pixels = test.flat_pixels(torch.float32).numpy()
     with stack.background(stack.model_server_command(port), env, tmp_path / "model-server.log",
                           ready_url=f"http://127.0.0.1:{port}/ping", timeout=240):
-        answered = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
-                              json={"inputs": test.flat_pixels(torch.float32).tolist()})
-    assert answered.status_code == 200, answered.text
-    probabilities = np.asarray(answered.json()["predictions"])
+        # 1,000 images a request: all 10,000 in one would be ~80 MB, over the 16 MiB limit.
+        answers = [httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=60,
+                              json={"inputs": pixels[start:start + 1000].tolist()})
+                   for start in range(0, len(pixels), 1000)]
+    assert all(answered.status_code == 200 for answered in answers), answers[0].text
+    probabilities = np.concatenate([np.asarray(answered.json()["predictions"]) for answered in answers])
     assert probabilities.shape == (len(test), 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
     served = np.zeros((10, 10), int)
     np.add.at(served, (test.labels.numpy(), probabilities.argmax(axis=1)), 1)
