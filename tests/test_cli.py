@@ -34,11 +34,14 @@ def test_dae_run_boots_one_temporary_server_early_and_stops_it(data_root, tmp_pa
     result = subprocess.run(
         [str(BIN / "dae"), *TINY_RUN, "--data-dir", str(data_root),
          "--summary-json", str(tmp_path / "summary.json"), "--verbose"],
-        cwd=tmp_path, env=_embedded_env(tmp_path), capture_output=True, text=True, timeout=300)
+        cwd=tmp_path, env={**_embedded_env(tmp_path), "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True,
+        text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     # The server started before the imports is the one the flow used: Prefect started no other
-    # (nor imported its server code to do so), and the flow run's logs reached it.
+    # (nor imported its server code to do so: 2-3.5 s), and the flow run's logs reached it.
+    imported = re.findall(r"^import time:.*\|\s+(\S+)$", result.stderr, re.MULTILINE)
+    assert "torch" in imported and "prefect.server.api.server" not in imported
     output = result.stdout + result.stderr
     servers = re.findall(r"Starting temporary server on http://127\.0\.0\.1:(\d+)", output)
     assert len(servers) == 1, output[-3000:]
