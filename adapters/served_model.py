@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -78,9 +79,16 @@ def tracking_store(settings: Settings, cwd: Path) -> str | None:
         if any((entry / "meta.yaml").exists() for entry in (cwd / "mlruns").glob("[0-9]*")):
             return None
         uri = "sqlite:///mlflow.db"
+    return store_identity_of(uri, cwd) if uri.startswith(("sqlite:///", "http://", "https://")) else None
+
+
+def store_identity_of(uri: str, cwd: Path) -> str:
+    """A tracking store as one string: the URI, with a SQLite file's path made absolute
+    (``sqlite:///mlflow.db`` means a different file in each working directory). The weights
+    kept by MLflow's path and looked up without it meet under this name."""
     if uri.startswith("sqlite:///"):
         return f"sqlite:///{(cwd / uri.removeprefix('sqlite:///')).resolve()}"
-    return uri if uri.startswith(("http://", "https://")) else None
+    return uri
 
 
 def look_up(settings: Settings, store: str, reference: RegistryReference) -> ModelVersion | None:
@@ -95,14 +103,20 @@ def look_up(settings: Settings, store: str, reference: RegistryReference) -> Mod
         return None
 
 
-def look_up_with_mlflow(reference: RegistryReference) -> ModelVersion:
-    """The version ``reference`` names now, asked through MLflow's client (its errors raised)."""
+def pinned_with_mlflow(model_uri: str) -> tuple[ModelVersion | None, str]:
+    """The version a registry URI names now, asked through MLflow's client (its errors
+    raised), and the URI of exactly that version (an alias may move before it is loaded);
+    any other URI as it is, with no version."""
     from adapters import tracking
 
+    reference = RegistryReference.parse(model_uri)
+    if reference is None:
+        return None, model_uri
     client = tracking.client()
     found = (client.get_model_version_by_alias(reference.name, reference.alias) if reference.alias is not None
              else client.get_model_version(reference.name, str(reference.version)))
-    return ModelVersion(reference.name, str(found.version), found.source, found.run_id or "")
+    version = ModelVersion(reference.name, str(found.version), found.source, found.run_id or "")
+    return version, f"models:/{version.name}/{version.version}"
 
 
 def _from_sqlite(database: Path, reference: RegistryReference) -> ModelVersion | None:
@@ -176,7 +190,8 @@ class WeightCache:
             log.warning("%s: weights changed on disk; loading version %s from the registry again", folder,
                         version.version)
             return None
-        weights = torch.load(folder / _WEIGHTS, map_location="cpu", weights_only=True)
+        # The bytes just checked, not the file again: what loads is what was verified.
+        weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         return probabilities_from_weights(weights)
 
     def save(self, store: str, version: ModelVersion, weights: dict[str, torch.Tensor]) -> None:

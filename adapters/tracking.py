@@ -50,10 +50,9 @@ def store_identity() -> str:
     """The tracking store this process writes to, as one string: the URI, with a SQLite
     file's path made absolute (``sqlite:///mlflow.db`` means a different file in each
     working directory)."""
-    uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
-    return uri
+    from adapters.served_model import store_identity_of
+
+    return store_identity_of(tracking_uri(), Path.cwd())
 
 
 def client() -> MlflowClient:

@@ -28,6 +28,10 @@ class ModelUnavailable(DaeError):
     fix = ("run `dae run` first (its first registered model becomes champion), point MLFLOW_TRACKING_URI at the "
            "store that has it, or pass --model")
 
+    @classmethod
+    def from_mlflow(cls, model_uri: str, tracking_uri: str, error: Exception) -> ModelUnavailable:
+        return cls(f"no model at {model_uri} in {tracking_uri} ({str(error).splitlines()[0]})")
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -58,8 +62,6 @@ def _probabilities(model_uri: str, pixels: np.ndarray, settings: Settings, verbo
     """(N, 784) -> (N, 10) per-class probabilities from the model at ``model_uri``: the
     registered version's kept weights where the registry can be asked without MLflow and
     they are kept, else MLflow's own load (which keeps them for the next call)."""
-    from adapters import served_model
-
     cache = served_model.WeightCache(settings.model_cache_dir)
     store = served_model.tracking_store(settings, Path.cwd())
     reference = served_model.RegistryReference.parse(model_uri)
@@ -74,24 +76,21 @@ def _probabilities(model_uri: str, pixels: np.ndarray, settings: Settings, verbo
     from dae_cli.terminal import mlflow_warnings_only
 
     with mlflow_warnings_only(verbose):
-        return _probabilities_through_mlflow(model_uri, pixels, reference, cache)
+        return _probabilities_through_mlflow(model_uri, pixels, cache)
 
 
-def _probabilities_through_mlflow(model_uri: str, pixels: np.ndarray,
-                                  reference: served_model.RegistryReference | None,
-                                  cache: served_model.WeightCache) -> np.ndarray:
+def _probabilities_through_mlflow(model_uri: str, pixels: np.ndarray, cache: served_model.WeightCache) -> np.ndarray:
     import mlflow
 
     from adapters import tracking
 
     tracking.check_store()
     try:
-        version = served_model.look_up_with_mlflow(reference) if reference is not None else None
         # The version just resolved, not the alias again: what is kept is what answered.
-        model = tracking.load_serving_model(f"models:/{version.name}/{version.version}" if version else model_uri)
+        version, pinned_uri = served_model.pinned_with_mlflow(model_uri)
+        model = tracking.load_serving_model(pinned_uri)
     except mlflow.exceptions.MlflowException as error:
-        raise ModelUnavailable(f"no model at {model_uri} in {tracking.tracking_uri()} "
-                               f"({str(error).splitlines()[0]})") from None
+        raise ModelUnavailable.from_mlflow(model_uri, tracking.tracking_uri(), error) from None
     if version is not None:
         cache.save(tracking.store_identity(), version, model.get_raw_model().state_dict())
     return np.asarray(model.predict(pixels))

@@ -47,18 +47,15 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
         import mlflow
 
         tracking.check_store()
-        reference = served_model.RegistryReference.parse(args.model)
         try:
-            version = served_model.look_up_with_mlflow(reference) if reference is not None else None
-            uri = f"models:/{version.name}/{version.version}" if version is not None else args.model
+            version, uri = served_model.pinned_with_mlflow(args.model)
             # A folder of the server's own (the image's working directory is not writable).
             folder = tempfile.mkdtemp(prefix=f"dae-serve-v{version.version}-" if version else "dae-serve-")
             # MLflow draws a progress bar per download on stderr; a few small files need none.
             with contextlib.nullcontext() if session.verbose else contextlib.redirect_stderr(io.StringIO()):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
         except mlflow.exceptions.MlflowException as error:
-            raise ModelUnavailable(f"no model at {args.model} in {tracking.tracking_uri()} "
-                                   f"({str(error).splitlines()[0]})") from None
+            raise ModelUnavailable.from_mlflow(args.model, tracking.tracking_uri(), error) from None
     what = f"version {version.version} of {version.name}" if version is not None else args.model
     print(f"dae serve: {what} on http://{args.host}:{args.port}/invocations ({args.workers} workers, "
           f"bodies up to {args.max_body_mb:g} MiB)", flush=True)
