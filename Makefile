@@ -31,8 +31,8 @@ bench: $(BIN)/dae  ## the lecture's data path against ours, per epoch
 bench-all: $(BIN)/dae  ## every benchmark of docs/benchmarks.md (~20 min; PostgreSQL for the servers part, hey for the model server)
 	benchmarks/run_all.sh $(DATA_DIR) dae-work/bench
 
-test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network)
-	$(BIN)/python -m pytest -q
+test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network): the compose test beside the rest, the timing guards last
+	$(BIN)/python tests/suite.py
 
 test-fast: $(BIN)/dae  ## the loop after every change: all but the slow, real-stack, browser, compose and gpu tests
 	$(BIN)/python -m pytest -q -m "not slow and not realstack and not browser and not compose and not gpu"

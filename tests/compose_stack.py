@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -133,6 +135,24 @@ def fixture_images(say: Progress) -> dict[str, str]:
         base_arg, base = ("BASE_IMAGE", DEBIAN_IMAGE) if name == "postgres" else ("PYTHON_IMAGE", python)
         images[setting] = build_fixture(name, base_arg, base, say)
     return images
+
+
+def published_ports(count: int) -> list[int]:
+    """Free ports below the kernel's ephemeral range. The rest of the suite runs beside this
+    test (tests/suite.py) and binds port 0 for its servers: the kernel never hands it one
+    that the stack is about to publish."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = []
+    for port in random.sample(range(10000, max(lowest_ephemeral, 10100)), 100):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"not {count} free ports below the ephemeral range")
 
 
 def compose_command() -> list[str]:

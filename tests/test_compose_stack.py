@@ -37,6 +37,7 @@ LONG = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": LONG_EPOCHS, "hid
         "classifier": {**CONFIG["classifier"], "epochs": 1, "lr": 0.1}, "runtime": {"device": "cpu", "threads": 1}}
 SERVICES_WITH_HEALTH = ("postgres", "prefect-server", "s3", "mlflow")
 ONE_SHOT = ("create-bucket", "mlflow-users")
+PUBLISHED = ("PREFECT_PORT", "MLFLOW_PORT", "S3_PORT", "MODEL_PORT")
 
 
 def _missing_tools() -> list[str]:
@@ -54,7 +55,7 @@ def _settings(images: dict[str, str]) -> dict[str, str]:
     return {"POSTGRES_PASSWORD": secret(), "S3_ACCESS_KEY": secret(), "S3_SECRET_KEY": secret(),
             "MLFLOW_ADMIN_PASSWORD": secret(), "MLFLOW_SECRET_KEY": secret(), "DAE_WORKER_PASSWORD": secret(),
             "DAE_SERVING_PASSWORD": secret(), "PREFECT_API_AUTH_STRING": secret(), "TUNING_DB_PASSWORD": secret(),
-            **{port: str(stack.free_port()) for port in ("PREFECT_PORT", "MLFLOW_PORT", "S3_PORT", "MODEL_PORT")},
+            **dict(zip(PUBLISHED, map(str, compose_stack.published_ports(len(PUBLISHED))), strict=True)),
             **images}
 
 

@@ -111,6 +111,7 @@ PREDICT_OVER_IMPORT_TORCH = 1.3
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_one_prediction_from_kept_weights_costs_little_more_than_importing_torch(champion_store, tmp_path):
     images, _ = framed_digits(1, seed=5)
     Image.fromarray(images[0]).save(tmp_path / "one.png")

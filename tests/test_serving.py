@@ -137,6 +137,7 @@ SHORT_ROAD_SPEEDUP = 12.0
 
 
 @pytest.mark.slow
+@pytest.mark.timing
 def test_the_short_road_parses_and_answers_a_100_image_request_several_times_faster(champion_store):
     import mlflow
     from mlflow.pyfunc import scoring_server

@@ -9,7 +9,7 @@ import pytest
 from dae_core import train
 from dae_core.bench import speed_ratio
 
-pytestmark = pytest.mark.slow  # timed side by side: best on a quiet machine, minutes
+pytestmark = [pytest.mark.slow, pytest.mark.timing]  # timed side by side: on a quiet machine, minutes
 
 # docs/benchmarks.md ("Speed guard"): the median ratio on the 2-core AMD EPYC, 1.03-1.06
 # over three runs while another test suite ran beside it.
