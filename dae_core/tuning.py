@@ -26,7 +26,8 @@ Objective = Literal["mse", "accuracy"]
 DEFAULT_TUNED_CELLS: list[CellName] = ["adam-noise", "sgd-noise"]
 # Which way each objective improves (Optuna's study direction).
 DIRECTIONS: dict[str, str] = {"mse": "minimize", "accuracy": "maximize"}
-DimensionKind = Literal["log", "float", "int", "choice"]
+# "default": the range that suits each cell's optimizer (DEFAULT_SPACES), resolved per cell.
+DimensionKind = Literal["log", "float", "int", "choice", "default"]
 
 # Called after each epoch with (epoch, validation value); it may stop the trial by raising.
 EpochReport = Callable[[int, float], None]
@@ -49,18 +50,26 @@ class Dimension:
 
     def spec(self) -> str:
         """The ``KEY=SPEC`` text this dimension parses from."""
+        if self.kind == "default":
+            return f"{self.key}=default"
         if self.kind == "choice":
             return f"{self.key}=choice:{','.join(map(str, self.choices))}"
         return f"{self.key}={self.kind}:{self.low:g}:{self.high:g}"
 
 
 def parse_dimension(text: str) -> Dimension:
-    """``pretrain.lr=log:1e-4:0.1``, ``classifier.lr=float:0.01:1``, ``pretrain.hidden_units=int:100:800``
-    or ``pretrain.noise.enabled=choice:true,false``; the field must exist in the config."""
+    """``pretrain.lr=log:1e-4:0.1``, ``classifier.lr=float:0.01:1``, ``pretrain.hidden_units=int:100:800``,
+    ``pretrain.noise.enabled=choice:true,false`` or ``pretrain.lr=default`` (each cell's optimizer's
+    own range, so one search covers Adam and SGD cells); the field must exist in the config."""
     key, sep, spec = text.partition("=")
+    if sep and spec == "default":
+        if key not in DEFAULT_RANGES:
+            raise ConfigError(f"--space {text!r}: only {', '.join(DEFAULT_RANGES)} has a default range")
+        return Dimension(key, "default")
     kind, _, bounds = spec.partition(":")
     if not sep or kind not in ("log", "float", "int", "choice") or not bounds:
-        raise ConfigError(f"--space {text!r}: expected KEY=log|float|int:LOW:HIGH or KEY=choice:A,B,...")
+        raise ConfigError(f"--space {text!r}: expected KEY=log|float|int:LOW:HIGH, KEY=choice:A,B,... "
+                          "or pretrain.lr=default")
     _check_field(key)
     if kind == "choice":
         return Dimension(key, "choice", choices=tuple(parse_value(item) for item in bounds.split(",")))
@@ -88,11 +97,18 @@ DEFAULT_SPACES: dict[str, tuple[Dimension, ...]] = {
     "adam": (Dimension("pretrain.lr", "log", 1e-4, 1e-1),),
     "sgd": (Dimension("pretrain.lr", "log", 1e-1, 1e3),),
 }
+# The fields ``KEY=default`` may name: by optimizer, the range DEFAULT_SPACES gives it.
+DEFAULT_RANGES: dict[str, dict[str, Dimension]] = {
+    "pretrain.lr": {optimizer: space[0] for optimizer, space in DEFAULT_SPACES.items()},
+}
+NO_PRETRAINING_SPACE = (Dimension("classifier.lr", "log", 1e-2, 1.0),)
 
 
 def search_space(config: ExperimentConfig, given: list[Dimension], objective: Objective = "mse"
                  ) -> tuple[Dimension, ...]:
-    """The dimensions searched for a cell: ``given`` if any, else its optimizer's default.
+    """The dimensions searched for a cell: ``given`` if any (``default`` ones resolved to the
+    cell's optimizer's range), else its optimizer's default. A cell without pretraining
+    searches only what is not pretraining's: those dimensions would change nothing it trains.
     Vanilla SGD stays vanilla: its momentum is never searched."""
     if config.pretrain.epochs == 0 and objective == "mse":
         raise ConfigError("a cell without pretraining has no reconstruction MSE to tune: use --objective accuracy "
@@ -100,9 +116,10 @@ def search_space(config: ExperimentConfig, given: list[Dimension], objective: Ob
     if config.pretrain.optimizer == "sgd" and any(d.key == "pretrain.momentum" for d in given):
         raise ConfigError("--space pretrain.momentum: the SGD cells are vanilla SGD (momentum 0); "
                           "search momentum in a cell of its own with --set pretrain.momentum")
-    if config.pretrain.epochs == 0 and not given:
-        return (Dimension("classifier.lr", "log", 1e-2, 1.0),)  # no pretraining: nothing else to tune
-    return tuple(given) or DEFAULT_SPACES[config.pretrain.optimizer]
+    if config.pretrain.epochs == 0:
+        return tuple(d for d in given if not d.key.startswith("pretrain.")) or NO_PRETRAINING_SPACE
+    resolved = tuple(DEFAULT_RANGES[d.key][config.pretrain.optimizer] if d.kind == "default" else d for d in given)
+    return resolved or DEFAULT_SPACES[config.pretrain.optimizer]
 
 
 def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:

@@ -68,8 +68,8 @@ def dae_tune(
     parent_run_id: str | None = None,
     worker: Annotated[int, Field(ge=0, le=64)] = 0,
 ) -> TuningReport:
-    """``space``: ``KEY=SPEC`` entries (``pretrain.lr=log:0.1:1000``; default: each cell's
-    pretraining rate over a range that suits its optimizer). ``objective``: the validation
+    """``space``: ``KEY=SPEC`` entries (``pretrain.lr=log:0.1:1000``; ``pretrain.lr=default``: the
+    range that suits each cell's optimizer; default: that pretraining rate alone). ``objective``: the validation
     MSE of pretraining or the validation accuracy of the classifier. ``storage``: the
     studies' database URL (default: ``DAE_TUNING_STORAGE``, else SQLite beside a local
     tracking store, else in the work folder). Run again with the same arguments, it

@@ -216,6 +216,22 @@ def test_a_cell_without_pretraining_is_tuned_on_accuracy_only():
         search_space(baseline, [], "mse")
 
 
+def test_one_search_over_every_cell_gives_each_its_optimizers_pretraining_range_and_the_classifiers_rate():
+    """Issue 26's search: `--space pretrain.lr=default --space classifier.lr=log:0.01:3` over Adam,
+    SGD and no-pretraining cells."""
+    given = [parse_dimension("pretrain.lr=default"), parse_dimension("classifier.lr=log:0.01:3")]
+    classifier_rate = Dimension("classifier.lr", "log", 0.01, 3.0)
+    base = build_config("smoke")
+    spaces = {cell: search_space(cell_config(base, cell, 0), given, "accuracy")
+              for cell in ("adam-clean-frozen", "sgd-noise", "no-pretraining")}
+    assert spaces == {"adam-clean-frozen": (Dimension("pretrain.lr", "log", 1e-4, 0.1), classifier_rate),
+                      "sgd-noise": (Dimension("pretrain.lr", "log", 0.1, 1000.0), classifier_rate),
+                      "no-pretraining": (classifier_rate,)}, "a rate no cell trains with is not searched"
+    assert given[0].spec() == "pretrain.lr=default"
+    with pytest.raises(ConfigError, match="only pretrain.lr has a default range"):
+        parse_dimension("classifier.lr=default")
+
+
 def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join_studies(tmp_path):
     """Workers sharing a study may finish a trial or two past the budget: the result counts
     the first ``trials`` complete or pruned ones, so every cell gets the same budget. A

@@ -20,8 +20,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="validation MSE of pretraining (default) or validation accuracy of the classifier")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
                         help="a searched field, e.g. pretrain.lr=log:0.1:1000, classifier.lr=float:0.01:1, "
-                             "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false; "
-                             "repeatable (default: the pretraining rate over a range that suits each optimizer)")
+                             "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false, "
+                             "pretrain.lr=default (the range that suits each cell's optimizer); repeatable "
+                             "(default: the pretraining rate over that range)")
     parser.add_argument("--parallel", type=int, default=1,
                         help="trials at once (default 1); with --fan-out, the deployment runs sharing the trials")
     parser.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
