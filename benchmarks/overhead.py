@@ -12,6 +12,9 @@ Overhead = wall time - the bare training time, which the run's own summary repor
   databases at 127.0.0.1:5432 (started and dropped here), plus the latency of one
   per-epoch ``log_batch`` and MLflow's share of a lecture run's training.
 - ``compare``: ``dae compare`` with 2 cells x 2 seeds at ``--parallel`` 1 and 2.
+- ``cells``: a grid's overhead per cell after the first: ``dae compare`` of one cell over
+  several seeds, each cell's time from the previous cell's end to its own end, less its
+  epoch loops (from the child runs in MLflow).
 - ``lecture``: the full lecture preset once: wall, training, peak RSS and its numbers.
 """
 
@@ -135,6 +138,37 @@ def compare(data_dir: Path, base: dict[str, str]) -> None:
         print(f"| {parallel} | {walls[parallel]:.1f} s | {walls[1] / walls[parallel]:.2f} |", flush=True)
 
 
+def cells(data_dir: Path, base: dict[str, str], seeds: int = 5) -> None:
+    from mlflow import MlflowClient
+
+    folder = Path(tempfile.mkdtemp(prefix="dae-cells-"))
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {**base, "PREFECT_HOME": str(folder / "prefect"), "MLFLOW_TRACKING_URI": store}
+    summary = folder / "grid.json"
+    wall, _ = run_dae(["compare", "--data-dir", str(data_dir), "--no-download", *SHORT, "--seeds", str(seeds),
+                       "--cells", "adam-noise", "--work-dir", str(folder / "work"), "--summary-json", str(summary)],
+                      env, folder)
+    client = MlflowClient(tracking_uri=store)
+    runs = sorted((client.get_run(ref["mlflow_run_id"]) for ref in json.loads(summary.read_text())["runs"]),
+                  key=lambda run: run.info.start_time)
+    print(f"\n`dae compare --cells adam-noise --seeds {seeds}` (3 + 2 epochs each): wall {wall:.1f} s\n\n"
+          "| cell | since the previous cell ended | epoch loops | overhead | of it, between runs |\n"
+          "|---|---|---|---|---|", flush=True)
+    overheads = []
+    for previous, run in zip([None, *runs[:-1]], runs, strict=True):
+        metrics = run.data.metrics
+        loops = metrics["timing/pretrain_loop_s"] + metrics["timing/classifier_loop_s"]
+        began = previous.info.end_time if previous else run.info.start_time
+        span = (run.info.end_time - began) / 1000
+        between = (run.info.start_time - previous.info.end_time) / 1000 if previous else 0.0
+        print(f"| {run.info.run_name} | {span:.2f} s | {loops:.2f} s | **{span - loops:.2f} s** | {between:.2f} s |",
+              flush=True)
+        if previous:
+            overheads.append(span - loops)
+    print(f"\nmedian overhead per cell after the first: {statistics.median(overheads):.2f} s "
+          "(the first cell's row counts from its own MLflow run's start)")
+
+
 def lecture(data_dir: Path, base: dict[str, str]) -> None:
     folder = Path(tempfile.mkdtemp(prefix="dae-lecture-"))
     env = {**base, "PREFECT_HOME": str(folder / "prefect")}
@@ -150,8 +184,8 @@ def lecture(data_dir: Path, base: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, required=True)
-    parser.add_argument("--parts", nargs="+", default=["embedded", "servers", "compare", "lecture"],
-                        choices=["embedded", "servers", "compare", "lecture"])
+    parser.add_argument("--parts", nargs="+", default=["embedded", "servers", "compare", "cells", "lecture"],
+                        choices=["embedded", "servers", "compare", "cells", "lecture"])
     parser.add_argument("--warm-runs", type=int, default=3)
     args = parser.parse_args()
     data_dir = args.data_dir.resolve()
@@ -161,6 +195,7 @@ def main() -> None:
     parts = {"embedded": lambda: embedded(data_dir, base, args.warm_runs),
              "servers": lambda: servers(data_dir, base, args.warm_runs),
              "compare": lambda: compare(data_dir, base),
+             "cells": lambda: cells(data_dir, base),
              "lecture": lambda: lecture(data_dir, base)}
     for part in args.parts:
         parts[part]()
