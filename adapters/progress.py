@@ -18,7 +18,7 @@ from enum import StrEnum
 class Phase(StrEnum):
     PRETRAIN = "pretrain"  # one event per epoch
     CLASSIFIER = "classifier"  # one event per epoch
-    REUSED = "reused"  # a grid cell finished by an earlier, interrupted comparison
+    REUSED = "reused"  # grid cells or trials an earlier, interrupted run finished: step = total = how many
     TRIAL = "trial"  # a tuning trial finished (complete, pruned or diverged)
 
 

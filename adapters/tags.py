@@ -24,6 +24,9 @@ COMPARISON_KEY = "dae.comparison_key"
 TUNING_KEY = "dae.tuning_key"
 STUDY = "dae.study"
 TRIAL = "dae.trial"
+# A comparison's parent run: the cell runs that diverged at their settings ("CELL seed N, ..."),
+# left out of its statistics.
+DIVERGED = "dae.diverged"
 # A trial's MLflow run: FINISHED when complete or pruned, FAILED when it diverged or died.
 TRIAL_STATE = "dae.trial_state"
 # "false" on a trial run that finished past its cell's budget (workers sharing a study stop
@@ -34,6 +37,8 @@ SCORED = "dae.scored"
 # names the tuning it used and the parameters it applied the same way.
 TUNED = "dae.tuned"
 TUNED_FROM = "dae.tuned_from"
+# A comparison's `--set-cell` overrides, which win over the tuned values: dae.cell_override.<cell>.<field>.
+CELL_OVERRIDE = "dae.cell_override"
 # The registry: the first version's crowning, a retrain's decision (dae.retrain.<field>),
 # and the model a scoring run used.
 CHAMPION_NOTE = "dae.champion"

@@ -134,7 +134,8 @@ class PhaseBars:
 
 
 class CountBar:
-    """One bar counting the events that ``counts`` picks (finished cells, trials)."""
+    """One bar counting the events that ``counts`` picks (finished cells, trials), from where
+    an earlier, interrupted run of the same command left off."""
 
     def __init__(self, total: int, desc: str, unit: str, counts: Callable[[ProgressEvent], bool]) -> None:
         from tqdm import tqdm
@@ -142,8 +143,19 @@ class CountBar:
         self._bar, self._counts = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr), counts
 
     def __call__(self, event: ProgressEvent) -> None:
-        if self._counts(event):
+        if event.phase == Phase.REUSED:
+            self._count_earlier(event.total)
+        elif self._counts(event):
             self._bar.update(1)
+
+    def _count_earlier(self, finished: int) -> None:
+        """Shown as done but kept out of the rate (tqdm's ``initial``, and the last printed
+        count its moving average starts from), so the time left is this run's pace alone."""
+        bar = self._bar
+        bar.n += finished
+        bar.initial += finished
+        bar.last_print_n += finished
+        bar.refresh()
 
     def close(self) -> None:
         self._bar.close()

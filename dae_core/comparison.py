@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,6 +74,14 @@ class CellRunRef(BaseModel):
     mlflow_run_id: str
 
 
+class DivergedRun(BaseModel):
+    """A cell run whose training diverged at its settings: recorded, left out of the statistics."""
+
+    cell: str
+    seed: int
+    detail: str  # the divergence check's message (which stage and epoch, the loss)
+
+
 # NaN marks what was not measured (one seed: no interval); JSON keeps it as NaN, not null.
 _NAN_AS_NAN = ConfigDict(ser_json_inf_nan="constants")
 
@@ -125,6 +133,7 @@ class ComparisonReport(BaseModel):
     mlflow_run_id: str  # the parent run
     runs: list[CellRunRef]
     reused: int = 0  # cell runs an interrupted run of this comparison had finished, not trained again
+    diverged: list[DivergedRun] = []  # runs that diverged; the grid went on without them
 
 
 def grid_key(grid: list[tuple[str, ExperimentConfig]], data_digest: str, where: str) -> str:
@@ -206,11 +215,14 @@ CLAIMS = [
 ]
 
 
-def findings(rows: list[ComparisonRow]) -> list[str]:
+def findings(rows: list[ComparisonRow], diverged: Sequence[DivergedRun] = ()) -> list[str]:
     """A verdict per claim from the paired 95% interval: supported when it excludes zero in
     the claimed direction, contradicted when it excludes zero the other way, otherwise
-    not shown by this data."""
+    not shown by this data. A verdict whose cells lost seeds to divergence says which."""
     lookup = {(row.cell, row.metric): row for row in rows}
+    lost: dict[str, list[int]] = {}
+    for run in diverged:
+        lost.setdefault(run.cell, []).append(run.seed)
     verdicts = []
     for claim, cell, metric, sign in CLAIMS:
         row = lookup.get((cell, metric))
@@ -225,12 +237,16 @@ def findings(rows: list[ComparisonRow]) -> list[str]:
             verdict = "contradicted"
         else:
             verdict = "not shown (the interval includes zero)"
+        left_out = "".join(f"; {name} seed {', '.join(map(str, sorted(lost[name])))} diverged, left out"
+                           for name in (cell, row.reference) if name in lost)
         verdicts.append(f"- {claim}: **{verdict}**; {cell} minus {row.reference} = "
-                        f"{row.diff_mean:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row.n})")
+                        f"{row.diff_mean:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row.n}{left_out})")
     sgd = lookup.get(("sgd-noise", "final_mse"))
     if sgd is not None and not math.isnan(sgd.mean):
         verdicts.append(f"- Vanilla SGD pretraining's MSE stays near or above 0.01: final MSE "
                         f"{sgd.mean:.4f} (95% CI {sgd.ci_low:.4f} to {sgd.ci_high:.4f})")
+    verdicts.extend(f"- Diverged at its settings, left out of every statistic: {run.cell} seed {run.seed} "
+                    f"({run.detail})" for run in diverged)
     return verdicts
 
 

@@ -163,7 +163,7 @@ class ExperimentConfig(_Strict):
 
     def flat(self) -> dict[str, Any]:
         """The config as ``{"pretrain.noise.std": 0.2, ...}``, for MLflow params."""
-        return _flatten(self.model_dump())
+        return flat_fields(self.model_dump())
 
 
 # The lecture preset as a value (immutable): the flows' parameter default.
@@ -203,11 +203,12 @@ def run_name(config: ExperimentConfig, cell: str | None = None) -> str:
     return f"{cell or closest_preset(config)[0]}-seed{config.seed}"
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flat_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"pretrain": {"lr": 0.01}}`` -> ``{"pretrain.lr": 0.01}``: ``nested_fields`` undone."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flat_fields(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat

@@ -150,18 +150,23 @@ def confusion_heatmap(confusion: np.ndarray, path: Path) -> Path:
 
 
 def overlay_bands(bands: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, ylabel: str,
-                  title: str, log_scale: bool = False) -> Path:
-    """One line per cell (mean over seeds) with a +-1 std band."""
+                  title: str, log_scale: bool = False, palette: Sequence[str] = ()) -> Path:
+    """One line per cell (mean over seeds) with a +-1 std band. A cell listed in ``palette``
+    gets the colour of its place there, so that it keeps its colour in every figure of a
+    comparison (the MSE figure has no no-pretraining curve) and across comparisons."""
     figure, axes = _canvas(WIDE_INCHES)
+    figure.set_layout_engine("constrained")
     for cell, (mean, std) in bands.items():
         epochs = np.arange(1, len(mean) + 1)
-        axes.plot(epochs, mean, marker="o", markersize=3, label=cell)
-        axes.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+        colour = f"C{palette.index(cell) % 10}" if cell in palette else None
+        (line,) = axes.plot(epochs, mean, marker="o", markersize=3, label=cell, color=colour)
+        axes.fill_between(epochs, mean - std, mean + std, alpha=0.2, color=line.get_color())
     axes.set(xlabel="epoch", ylabel=ylabel, title=title)
     if log_scale:
         axes.set_yscale("log")
     axes.grid(True, alpha=0.3)
-    axes.legend()
+    # Beside the axes: with nine cells a legend inside covers curves.
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     return _save(figure, path)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -14,7 +14,7 @@ from pydantic import Field
 
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
-from adapters.tags import TUNED, TUNED_FROM
+from adapters.tags import CELL_OVERRIDE, TUNED, TUNED_FROM
 from adapters.tracking import ends_run
 from dae_core.comparison import (
     DEFAULT_CELLS,
@@ -22,12 +22,14 @@ from dae_core.comparison import (
     CellName,
     CellRun,
     ComparisonReport,
+    DivergedRun,
     cell_config,
     grid_key,
 )
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, nested_fields
+from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, deep_merge, flat_fields, nested_fields
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
+from dae_core.train import TrainingDiverged
 from flows.dispatch import dispatch, run_cell, wait_for_cell
 from flows.experiment import cell_parameters
 from tasks.comparison import open_comparison, read_cell, report_comparison
@@ -61,6 +63,7 @@ def dae_compare(
     cell_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
     fresh: bool = False,
     tuned_run_id: str | None = None,
+    cell_overrides: dict[CellName, dict[str, Any]] | None = None,
 ) -> ComparisonReport:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores;
     or, with ``fan_out_deployment`` (e.g. ``dae-experiment/lecture``), each cell is a
@@ -69,18 +72,22 @@ def dae_compare(
     the interrupted comparison: finished cells are reused, the interrupted one resumes
     from its last epoch; ``fresh`` starts a new grid instead. ``tuned_run_id``: a
     ``dae-tune`` run whose best parameters replace the fixed settings of the cells it tuned
-    (recorded on the parent run)."""
+    (recorded on the parent run). ``cell_overrides``: config fields of single cells (nested,
+    ``{"no-pretraining": {"classifier": {"lr": 0.5}}}``), over ``base`` and the tuned ones."""
     check_tracking()
     chosen = cells or list(DEFAULT_CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
     threads = thread_share(parallel, base.runtime.threads)
     tuned = read_tuning(tuned_run_id) if tuned_run_id else {}
-    grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads,
-                               nested_fields(tuned[cell]) if cell in tuned else None))
+    overridden = cell_overrides or {}
+    changes = {cell: deep_merge(nested_fields(tuned.get(cell, {})), overridden.get(cell, {})) for cell in chosen}
+    grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads, changes[cell] or None))
             for cell in chosen for seed in seed_list]
     tuned_tags = {TUNED_FROM: tuned_run_id or "",
                   **{f"{TUNED}.{cell}.{key}": value for cell in chosen if cell in tuned
-                     for key, value in tuned[cell].items()}}
+                     for key, value in tuned[cell].items()},
+                  **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
+                     for key, value in flat_fields(overridden[cell]).items()}}
     settings = Settings.from_env()
     data_dir = data_dir or str(settings.data_dir)
     work_dir = work_dir or str(settings.work_dir)
@@ -98,21 +105,26 @@ def dae_compare(
             if fan_out_deployment:
                 new = _run_on_work_pool(remaining, fan_out_deployment, download, experiment_name, parent,
                                         cell_timeout_s)
+                diverged = []
             else:
-                new = _run_in_process(remaining, parallel, data_dir, download, experiment_name, work_dir, parent)
+                new, diverged = _run_in_process(remaining, parallel, data_dir, download, experiment_name, work_dir,
+                                                parent)
             report = report_comparison(_in_grid_order(grid, [*opened.finished, *new]), parent, work_dir,
-                                       reused=len(finished))
+                                       reused=len(finished), diverged=diverged)
         shutil.rmtree(record_dir, ignore_errors=True)
         return report
 
 
 def _in_grid_order(grid: Grid, records: list[CellRun]) -> list[CellRun]:
     by_cell = {(record.cell, record.seed): record for record in records}
-    return [by_cell[(cell, config.seed)] for cell, config in grid]
+    return [by_cell[(cell, config.seed)] for cell, config in grid if (cell, config.seed) in by_cell]
 
 
 def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, experiment: str, work_dir: str,
-                    parent: str) -> list[CellRun]:
+                    parent: str) -> tuple[list[CellRun], list[DivergedRun]]:
+    """The grid's cell runs, and those that diverged: a rate at the edge of stability (as a
+    tuned one can be) fails some seeds, and the rest of a long grid is still worth having."""
+    finished, diverged = [], []
     with ThreadPoolTaskRunner(max_workers=parallel) as runner:
         futures = [
             runner.submit(run_cell, parameters={
@@ -120,7 +132,12 @@ def _run_in_process(grid: Grid, parallel: int, data_dir: str, download: bool, ex
                 "experiment": experiment, "work_dir": work_dir, "parent_run_id": parent})
             for cell, config in grid
         ]
-        return [future.result() for future in futures]
+        for (cell, config), future in zip(grid, futures, strict=True):
+            try:
+                finished.append(future.result())
+            except TrainingDiverged as error:
+                diverged.append(DivergedRun(cell=cell, seed=config.seed, detail=error.message))
+    return finished, diverged
 
 
 def _run_on_work_pool(grid: Grid, deployment_name: str, download: bool, experiment: str, parent: str,

@@ -83,11 +83,15 @@ def wait_for_cell(flow_run_id: str, cell: str, seed: int, timeout_s: int) -> Non
 @task(name="await-workers")
 def await_workers(workers: dict[str, int], names: list[str], storage: str, trials: int, timeout_s: int) -> None:
     """Wait until every worker's run has ended, reporting each trial the studies count as it
-    comes. A worker that failed or died is named in the log; its share of trials was taken by
-    the others (whether the budget was met is for ``read_studies`` to say)."""
+    comes (those they held when the wait began, an earlier run's, as done earlier: a worker
+    takes seconds to start, a trial longer). A worker that failed or died is named in the
+    log; its share of trials was taken by the others (whether the budget was met is for
+    ``read_studies`` to say)."""
     logger = get_run_logger()
     studies = StudyProgress(names, storage, trials)
     reported = studies.counted()
+    if reported:
+        progress.notify(progress.ProgressEvent(progress.Phase.REUSED, reported, reported))
 
     def report_new_trials() -> None:
         nonlocal reported

@@ -16,10 +16,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from adapters import progress, tracking
-from adapters.tags import COMPARISON_KEY, KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
+from adapters.tags import COMPARISON_KEY, DIVERGED, KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
-from dae_core.comparison import CellRun, CellRunRef, ComparisonReport
+from dae_core.comparison import CellRun, CellRunRef, ComparisonReport, DivergedRun
 from dae_core.config import ExperimentConfig
 from tasks.data import DatasetRef
 from tasks.run import prefect_flow_run_link
@@ -75,8 +75,8 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
             finished = [CellRun(cell, seed, tracking.summary_from_run(run_id))
                         for (cell, seed), run_id in done.items() if cell in cells and seed in seeds]
             logger.info("resuming comparison %s: %d cell runs already finished", previous, len(finished))
-            for _ in finished:
-                progress.notify(progress.ProgressEvent(progress.Phase.REUSED, 1, 1))
+            if finished:
+                progress.notify(progress.ProgressEvent(progress.Phase.REUSED, len(finished), len(finished)))
             return OpenedComparison(previous, finished, resumed=True)
         logger.info("the interrupted comparison %s cannot be continued (finished, deleted or in another "
                     "store): starting a new one", previous)
@@ -86,29 +86,34 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
 
 
 @task(name="report-comparison")
-def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str, reused: int = 0) -> ComparisonReport:
+def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str, reused: int = 0,
+                      diverged: list[DivergedRun] | None = None) -> ComparisonReport:
+    diverged = diverged or []
     rows = comparison.comparison_table(records)
-    verdicts = comparison.findings(rows)
+    verdicts = comparison.findings(rows, diverged)
     table_markdown = comparison.markdown_table(rows)
     out = Path(work_dir).resolve() / "comparisons" / parent_run_id
     frame = pd.DataFrame([row.model_dump() for row in rows])
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "comparison.csv"
     frame.to_csv(csv_path, index=False)
+    palette = list(comparison.CELLS)
     pictures = [
         figures.overlay_bands(comparison.curve_bands(records, lambda s: s.pretrain.mse),
                               out / "pretrain_mse_by_cell.png", "train reconstruction MSE",
-                              "Pretraining MSE (mean +- std over seeds)", log_scale=True),
+                              "Pretraining MSE (mean +- std over seeds)", log_scale=True, palette=palette),
         figures.overlay_bands(comparison.curve_bands(records, lambda s: s.classifier.test_accuracy),
                               out / "test_accuracy_by_cell.png", "test accuracy (%)",
-                              "Classifier test accuracy (mean +- std over seeds)"),
+                              "Classifier test accuracy (mean +- std over seeds)", palette=palette),
     ]
     findings_markdown = "\n".join(["## Verdicts on the lecture's claims", *verdicts])
     result = ComparisonReport(
         rows=rows, table_markdown=table_markdown, findings_markdown=findings_markdown, mlflow_run_id=parent_run_id,
         runs=[CellRunRef(cell=r.cell, seed=r.seed, mlflow_run_id=r.summary.mlflow_run_id) for r in records],
-        reused=reused)
+        reused=reused, diverged=diverged)
     write_json(out / "comparison.json", result.model_dump())
+    if diverged:
+        tracking.set_tags(parent_run_id, {DIVERGED: ", ".join(f"{run.cell} seed {run.seed}" for run in diverged)})
 
     tracking.log_table(parent_run_id, frame, "tables/comparison.json")
     tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")

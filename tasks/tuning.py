@@ -122,6 +122,8 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
     name = tuning.study_name(cell, config, space, objective, dataset.digest, experiment)
     study = _open_study(name, storage, config, objective, worker)
     remaining = trials - len(study.get_trials(deepcopy=False, states=_counted()))
+    if (earlier := min(trials, trials - remaining)) > 0:
+        progress.notify(progress.ProgressEvent(progress.Phase.REUSED, earlier, earlier))
     metric = _metric(objective)
 
     def objective_fn(trial: optuna.Trial) -> float:

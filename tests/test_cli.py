@@ -180,3 +180,76 @@ def test_cli_on_a_diverging_run_names_the_step_and_the_fix(data_root, tmp_path, 
     assert code == 5, err[-2000:]
     assert re.search(r"dae: training diverged: classifier epoch 1: mean loss \S+ is over ten times that of "
                      r"guessing \(23\.0\); lower the learning rate", err), err[-2000:]
+
+
+
+@IN_PROCESS
+def test_a_grid_goes_on_past_a_cell_whose_tuned_rate_diverges_and_says_which(data_root, tmp_path, capsys):
+    """A tuned rate can sit at the edge of stability (issue 26: no-pretraining's diverged on
+    one seed of ten): the other cells are still trained and compared, and the diverged runs
+    are named on the terminal, in the summary, in the verdicts and on the parent run."""
+    client = MlflowClient()
+    tuning = client.create_run(client.create_experiment(unique_experiment()), tags={
+        "dae.role": "tuning", "dae.tuned.no-pretraining.classifier.lr": "10.0"}).info.run_id
+    client.set_terminated(tuning, "FINISHED")
+    summary = tmp_path / "grid.json"
+    grid = ["compare", "--preset", "smoke", "--cells", "adam-noise", "no-pretraining", "--seeds", "2",
+            "--tuned", tuning, "--data-dir", str(data_root), "--no-download", "--set", "data.train_limit=null",
+            "--set", "data.test_limit=null", "--set", "data.batch_size=40", "--set", "pretrain.epochs=2",
+            "--experiment", unique_experiment(), "--work-dir", str(tmp_path / "w"), "--summary-json", str(summary)]
+    code = dae_main(grid)
+    out, err = capsys.readouterr()
+    assert code == 0, err[-3000:]
+    assert ("dae: no-pretraining seed 0, no-pretraining seed 1 diverged at the cell's settings, left out of the "
+            "statistics above\n  fix: a lower learning rate for that cell (--set-cell no-pretraining:classifier.lr="
+            ) in err
+    report = json.loads(summary.read_text())
+    assert [(run["cell"], run["seed"]) for run in report["diverged"]] == [("no-pretraining", 0), ("no-pretraining", 1)]
+    assert "classifier epoch 1: mean loss" in report["diverged"][0]["detail"]
+    assert {(run["cell"], run["seed"]) for run in report["runs"]} == {("adam-noise", 0), ("adam-noise", 1)}
+    assert "Diverged at its settings, left out of every statistic: no-pretraining seed 1" in out
+    parent = client.get_run(report["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["dae.diverged"] == "no-pretraining seed 0, no-pretraining seed 1"
+
+    # The fix it names: one cell's rate, over the tuned one.
+    assert dae_main([*grid, "--set-cell", "no-pretraining:classifier.lr=0.1"]) == 0, capsys.readouterr().err[-3000:]
+    report = json.loads(summary.read_text())
+    assert report["diverged"] == [] and len(report["runs"]) == 4
+    parent = client.get_run(report["mlflow_run_id"])
+    assert parent.data.tags["dae.cell_override.no-pretraining.classifier.lr"] == "0.1"
+    children = [client.get_run(run["mlflow_run_id"]) for run in report["runs"]]
+    assert {run.data.tags["dae.cell"]: run.data.params["classifier.lr"] for run in children} == {
+        "adam-noise": "0.1", "no-pretraining": "0.1"}
+
+
+@pytest.mark.parametrize(("assignment", "message"), [
+    ("classifier.lr=0.1", "expected CELL:SECTION.FIELD=VALUE"),
+    ("no-such-cell:classifier.lr=0.1", "expected CELL:SECTION.FIELD=VALUE"),
+    ("no-pretraining:classifier.lr=-1", "--set-cell no-pretraining: invalid configuration:\n  classifier.lr = -1"),
+])
+def test_compare_refuses_a_bad_cell_override_naming_it(assignment, message, capsys):
+    assert dae_main(["compare", "--set-cell", assignment]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_count_bar_starts_where_an_interrupted_run_left_off_and_times_only_this_run(capsys):
+    """A resumed grid or tuning shows what the earlier run finished as done, and the time
+    left from this run's pace: 100 earlier units in a burst would otherwise make the rate
+    hundreds a second."""
+    import time
+
+    from adapters.progress import Phase, ProgressEvent
+    from dae_cli.command import CountBar
+
+    bar = CountBar(200, "trials", "trial", lambda event: event.phase == Phase.TRIAL)
+    bar(ProgressEvent(Phase.REUSED, 100, 100))
+    time.sleep(0.3)
+    bar(ProgressEvent(Phase.TRIAL, 101, 200))
+    bar.close()
+    renders = capsys.readouterr().err.split("\r")
+    counts = [int(match.group(1)) for text in renders if (match := re.search(r" (\d+)/200 ", text))]
+    assert counts[0] == 0 and counts[-1] == 101 and 100 in counts and not set(counts) - {0, 100, 101}
+    speed = re.search(r"([\d.]+)(trial/s|s/trial)\]", renders[-1])
+    per_second = float(speed.group(1)) if speed.group(2) == "trial/s" else 1 / float(speed.group(1))
+    assert per_second < 10, f"the rate counts the earlier run's trials: {renders[-1]}"

@@ -7,6 +7,7 @@ from dae_core.comparison import (
     LECTURE_CELL,
     CellName,
     CellRun,
+    DivergedRun,
     cell_config,
     comparison_table,
     findings,
@@ -87,3 +88,17 @@ def test_the_robustness_cells_are_paired_with_their_noisy_twin():
     verdicts = "\n".join(findings(list(rows.values())))
     assert ("Under a frozen encoder (a linear probe), noise during pretraining raises accuracy on noisy test digits: "
             "**contradicted**; adam-clean-frozen minus adam-noise-frozen = +2") in verdicts
+
+
+def test_a_verdict_names_the_seeds_its_cells_lost_to_divergence():
+    records = []
+    for seed in range(4):
+        records.append(CellRun("adam-noise", seed, _summary(92 + 0.1 * seed, 87, 88, [0.007])))
+        if seed != 2:
+            records.append(CellRun("no-pretraining", seed, _summary(90 + 0.1 * seed, 80, 85, [])))
+    lost = [DivergedRun(cell="no-pretraining", seed=2, detail="classifier epoch 1: mean loss 24")]
+    verdicts = "\n".join(findings(comparison_table(records), lost))
+    assert ("random encoder after 10 epochs: **supported**; no-pretraining minus adam-noise = -2 "
+            "(95% CI -2 to -2, n=3; no-pretraining seed 2 diverged, left out)") in verdicts
+    assert verdicts.endswith("- Diverged at its settings, left out of every statistic: no-pretraining seed 2 "
+                             "(classifier epoch 1: mean loss 24)")

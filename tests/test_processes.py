@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -265,6 +266,8 @@ def test_a_sigkilled_comparison_run_again_reuses_its_finished_cells(tmp_path, da
     assert f"continued the interrupted comparison {parent.info.run_id}" in output
     resumed = json.loads((tmp_path / "resumed.json").read_text())
     assert resumed["reused"] == len(done_before)
+    shown = [int(count) for count in re.findall(r" (\d+)/4 \[", output)]
+    assert next(count for count in shown if count) == len(done_before), "the bar starts at the cells done before"
     assert resumed["mlflow_run_id"] == parent.info.run_id, "the interrupted parent run is continued"
     used = {ref["mlflow_run_id"] for ref in resumed["runs"]}
     assert len(used) == 4 and done_before <= used, "finished cells are reused, not trained again"

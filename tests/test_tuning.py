@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,7 +118,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
 def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tmp_path):
     """A study of 6 trials per cell, killed while a trial runs after another has ended; the
     same command continues it: the finished trials are kept, the killed one's run ends
-    FAILED, every cell ends with 6 trials under the same parent run."""
+    FAILED, every cell ends with 6 trials under the same parent run, and the progress bar
+    starts at the trials counted before the kill."""
+    import optuna
+    from optuna.trial import TrialState
+
     env, work, experiment = _env(tmp_path), tmp_path / "work", "tune-test"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = subprocess.Popen(_tune_command(data_root, work, experiment, 6), env=env, cwd=tmp_path,
@@ -135,6 +140,9 @@ def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tm
         time.sleep(0.3)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    storage, counted = f"sqlite:///{tmp_path / 'optuna.db'}", (TrialState.COMPLETE, TrialState.PRUNED)
+    counted_before = sum(len(optuna.load_study(study_name=name, storage=storage).get_trials(states=counted))
+                         for name in optuna.get_all_study_names(storage))
 
     done = subprocess.run(_tune_command(data_root, work, experiment, 6) + ["--summary-json", str(tmp_path / "t.json")],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
@@ -144,6 +152,8 @@ def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tm
     (parent,) = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'tuning'")
     assert report["mlflow_run_id"] == parent.info.run_id and parent.info.status == "FINISHED"
     assert "dae.resumed_at" in parent.data.tags
+    shown = [int(count) for count in re.findall(r" (\d+)/12 \[", done.stderr)]
+    assert next(count for count in shown if count) == counted_before >= 1, "the bar starts at the trials done before"
     trials = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'trial'")
     states = {}
     for run in trials:

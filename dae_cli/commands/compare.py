@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
+from typing import Any
 
 from adapters.progress import Phase, ProgressEvent
 from dae_cli.command import (
@@ -19,6 +21,7 @@ from dae_cli.command import (
     write_json,
 )
 from dae_core.comparison import CELLS, DEFAULT_CELLS
+from dae_core.config import ConfigError, build_config, deep_merge, parse_overrides
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,11 +39,15 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "could be continued (default: continue it, reusing its finished cells)")
     parser.add_argument("--tuned", metavar="RUN_ID",
                         help="train each cell that this `dae tune` run tuned with its best parameters")
+    parser.add_argument("--set-cell", dest="cell_overrides", action="append", default=[],
+                        metavar="CELL:SECTION.FIELD=VALUE",
+                        help="override one config field of one cell, over --set and --tuned; repeatable "
+                             "(e.g. no-pretraining:classifier.lr=0.5)")
     parser.add_argument("--summary-json", type=Path, help="write the comparison here")
 
 
 def _cell_finished(event: ProgressEvent) -> bool:
-    return event.phase == Phase.REUSED or (event.phase == Phase.CLASSIFIER and event.finishes_phase)
+    return event.phase == Phase.CLASSIFIER and event.finishes_phase
 
 
 def _load():
@@ -49,8 +56,28 @@ def _load():
     return dae_compare
 
 
+def _cell_overrides(assignments: list[str], preset: str, overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``["no-pretraining:classifier.lr=0.5"]`` as ``{"no-pretraining": {"classifier": {"lr": 0.5}}}``,
+    each checked with the ``--set`` overrides here, before any server starts."""
+    flat: dict[str, list[str]] = {}
+    for assignment in assignments:
+        cell, sep, field = assignment.partition(":")
+        if not sep or cell not in CELLS:
+            raise ConfigError(f"--set-cell {assignment!r}: expected CELL:SECTION.FIELD=VALUE with a cell of "
+                              f"{', '.join(CELLS)}")
+        flat.setdefault(cell, []).append(field)
+    nested = {cell: parse_overrides(fields) for cell, fields in flat.items()}
+    for cell, override in nested.items():
+        try:
+            build_config(preset, deep_merge(parse_overrides(overrides), override))
+        except ConfigError as error:
+            raise ConfigError(f"--set-cell {cell}: {error.message}", error.fix or None) from None
+    return nested
+
+
 def _execute(args: argparse.Namespace, session: Session) -> int:
     config = config_from(args)
+    overrides = _cell_overrides(args.cell_overrides, args.preset, args.overrides)
     check_fan_out(args.fan_out)
     check_data(args, session, config)
     cells = functools.partial(CountBar, len(args.cells or DEFAULT_CELLS) * args.seeds, "cells", "run",
@@ -58,7 +85,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     report = run_flow(session, _load, cells, base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
                       data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
                       work_dir=args.work_dir, fan_out_deployment=args.fan_out, fresh=args.fresh,
-                      tuned_run_id=args.tuned)
+                      tuned_run_id=args.tuned, cell_overrides=overrides or None)
     write_json(args.summary_json, report.model_dump())
     if report.reused:
         print(f"continued the interrupted comparison {report.mlflow_run_id}: {report.reused} of "
@@ -66,6 +93,12 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     print(report.table_markdown)
     print()
     print(report.findings_markdown)
+    if report.diverged:
+        runs = ", ".join(f"{run.cell} seed {run.seed}" for run in report.diverged)
+        print(f"\ndae: {runs} diverged at the cell's settings, left out of the statistics above", file=sys.stderr)
+        cell = report.diverged[0].cell
+        print(f"  fix: a lower learning rate for that cell (--set-cell {cell}:classifier.lr=... or "
+              f"--set-cell {cell}:pretrain.lr=...)", file=sys.stderr)
     return 0
 
 
