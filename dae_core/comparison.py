@@ -82,6 +82,11 @@ class DivergedRun(BaseModel):
     detail: str  # the divergence check's message (which stage and epoch, the loss)
 
 
+def diverged_names(runs: Sequence[DivergedRun]) -> str:
+    """``"no-pretraining seed 5, no-pretraining seed 7"``: as the terminal and the parent run's tag name them."""
+    return ", ".join(f"{run.cell} seed {run.seed}" for run in runs)
+
+
 # NaN marks what was not measured (one seed: no interval); JSON keeps it as NaN, not null.
 _NAN_AS_NAN = ConfigDict(ser_json_inf_nan="constants")
 
@@ -245,7 +250,7 @@ def findings(rows: list[ComparisonRow], diverged: Sequence[DivergedRun] = ()) ->
     if sgd is not None and not math.isnan(sgd.mean):
         verdicts.append(f"- Vanilla SGD pretraining's MSE stays near or above 0.01: final MSE "
                         f"{sgd.mean:.4f} (95% CI {sgd.ci_low:.4f} to {sgd.ci_high:.4f})")
-    verdicts.extend(f"- Diverged at its settings, left out of every statistic: {run.cell} seed {run.seed} "
+    verdicts.extend(f"- Diverged at its settings, left out of every statistic: {diverged_names([run])} "
                     f"({run.detail})" for run in diverged)
     return verdicts
 

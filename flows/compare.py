@@ -83,11 +83,11 @@ def dae_compare(
     changes = {cell: deep_merge(nested_fields(tuned.get(cell, {})), overridden.get(cell, {})) for cell in chosen}
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads, changes[cell] or None))
             for cell in chosen for seed in seed_list]
-    tuned_tags = {TUNED_FROM: tuned_run_id or "",
-                  **{f"{TUNED}.{cell}.{key}": value for cell in chosen if cell in tuned
-                     for key, value in tuned[cell].items()},
-                  **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
-                     for key, value in flat_fields(overridden[cell]).items()}}
+    settings_tags = {TUNED_FROM: tuned_run_id or "",
+                     **{f"{TUNED}.{cell}.{key}": value for cell in chosen if cell in tuned
+                        for key, value in tuned[cell].items()},
+                     **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
+                        for key, value in flat_fields(overridden[cell]).items()}}
     settings = Settings.from_env()
     data_dir = data_dir or str(settings.data_dir)
     work_dir = work_dir or str(settings.work_dir)
@@ -97,7 +97,7 @@ def dae_compare(
     # identical comparison started meanwhile gets a folder (and a parent run) of its own.
     with held_state_folder(Path(work_dir).resolve() / "state" / f"compare-{key}") as record_dir:
         opened = open_comparison(base, dataset, chosen, seed_list, experiment_name, key, str(record_dir), fresh,
-                                 cells_in_process=not fan_out_deployment, tags=tuned_tags)
+                                 cells_in_process=not fan_out_deployment, tags=settings_tags)
         parent = opened.parent_run_id
         with ends_run(parent):
             finished = {(record.cell, record.seed): record for record in opened.finished}

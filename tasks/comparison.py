@@ -86,9 +86,8 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
 
 
 @task(name="report-comparison")
-def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str, reused: int = 0,
-                      diverged: list[DivergedRun] | None = None) -> ComparisonReport:
-    diverged = diverged or []
+def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str, reused: int,
+                      diverged: list[DivergedRun]) -> ComparisonReport:
     rows = comparison.comparison_table(records)
     verdicts = comparison.findings(rows, diverged)
     table_markdown = comparison.markdown_table(rows)
@@ -113,7 +112,7 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str,
         reused=reused, diverged=diverged)
     write_json(out / "comparison.json", result.model_dump())
     if diverged:
-        tracking.set_tags(parent_run_id, {DIVERGED: ", ".join(f"{run.cell} seed {run.seed}" for run in diverged)})
+        tracking.set_tags(parent_run_id, {DIVERGED: comparison.diverged_names(diverged)})
 
     tracking.log_table(parent_run_id, frame, "tables/comparison.json")
     tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")

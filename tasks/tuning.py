@@ -121,8 +121,9 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
 
     name = tuning.study_name(cell, config, space, objective, dataset.digest, experiment)
     study = _open_study(name, storage, config, objective, worker)
-    remaining = trials - len(study.get_trials(deepcopy=False, states=_counted()))
-    if (earlier := min(trials, trials - remaining)) > 0:
+    earlier = min(trials, len(study.get_trials(deepcopy=False, states=_counted())))
+    remaining = trials - earlier
+    if earlier:
         progress.notify(progress.ProgressEvent(progress.Phase.REUSED, earlier, earlier))
     metric = _metric(objective)
 
@@ -165,7 +166,7 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
         return value
 
     if remaining > 0:
-        logger.info("study %s: %d trials to run (%d already done)", name, remaining, trials - remaining)
+        logger.info("study %s: %d trials to run (%d already done)", name, remaining, earlier)
         # The callback stops at `trials` counted over every process sharing the study (a
         # second `dae tune` on another machine with the same --storage), not just this one.
         study.optimize(objective_fn, n_trials=remaining, n_jobs=parallel,

@@ -20,7 +20,7 @@ from dae_cli.command import (
     run_flow,
     write_json,
 )
-from dae_core.comparison import CELLS, DEFAULT_CELLS
+from dae_core.comparison import CELLS, DEFAULT_CELLS, diverged_names
 from dae_core.config import ConfigError, build_config, deep_merge, parse_overrides
 
 
@@ -67,9 +67,10 @@ def _cell_overrides(assignments: list[str], preset: str, overrides: list[str]) -
                               f"{', '.join(CELLS)}")
         flat.setdefault(cell, []).append(field)
     nested = {cell: parse_overrides(fields) for cell, fields in flat.items()}
+    shared = parse_overrides(overrides)
     for cell, override in nested.items():
         try:
-            build_config(preset, deep_merge(parse_overrides(overrides), override))
+            build_config(preset, deep_merge(shared, override))
         except ConfigError as error:
             raise ConfigError(f"--set-cell {cell}: {error.message}", error.fix or None) from None
     return nested
@@ -94,8 +95,8 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     print()
     print(report.findings_markdown)
     if report.diverged:
-        runs = ", ".join(f"{run.cell} seed {run.seed}" for run in report.diverged)
-        print(f"\ndae: {runs} diverged at the cell's settings, left out of the statistics above", file=sys.stderr)
+        print(f"\ndae: {diverged_names(report.diverged)} diverged at the cell's settings, left out of the "
+              "statistics above", file=sys.stderr)
         cell = report.diverged[0].cell
         print(f"  fix: a lower learning rate for that cell (--set-cell {cell}:classifier.lr=... or "
               f"--set-cell {cell}:pretrain.lr=...)", file=sys.stderr)
