@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= data
 PRESET ?= lecture
 
-.PHONY: help install run compare bench bench-all test test-fast lint up down deploy clean
+.PHONY: help install run compare bench bench-all test test-fast test-under-load lint up down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -36,6 +36,9 @@ test: $(BIN)/dae  ## the whole test suite (tiny generated data, no network): the
 
 test-fast: $(BIN)/dae  ## the loop after every change: all but the slow, real-stack, browser, compose and gpu tests
 	$(BIN)/python -m pytest -q -m "not slow and not realstack and not browser and not compose and not gpu"
+
+test-under-load: $(BIN)/dae  ## before a release: the slow and real-stack tests 3 times beside a CPU hog (stress-ng if installed)
+	$(BIN)/python tests/under_load.py 3
 
 lint: $(BIN)/dae  ## ruff, and the layer contracts of pyproject.toml (import-linter)
 	$(BIN)/ruff check .

@@ -208,6 +208,17 @@ class TeamStack:
     def url(self, port_setting: str) -> str:
         return f"http://127.0.0.1:{self.settings[port_setting]}"
 
+    @contextlib.contextmanager
+    def paused(self, service: str) -> Iterator[None]:
+        """The service's container frozen (docker pause) for the block: what runs in it stays
+        where it is, however long the block takes."""
+        container = self.container(service)
+        run(["docker", "pause", container])
+        try:
+            yield
+        finally:
+            run(["docker", "unpause", container])
+
 
     def wait_until(self, condition, timeout: float, what: str, every: float = 2.0):
         """``condition()`` once truthy; says what it waits for, and fails naming it."""

@@ -148,12 +148,12 @@ def _flow_run_log_messages(flow_run_id: str) -> list[str]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     log_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+    deadline = time.monotonic() + 120  # Prefect sends logs in batches, every 2 s by default; slower under load
     with get_client(sync_client=True) as client:
-        for _ in range(30):  # Prefect sends logs in batches, every 2 s by default
-            if messages := [log.message for log in client.read_logs(log_filter=log_filter)]:
-                return messages
+        while not (messages := [log.message for log in client.read_logs(log_filter=log_filter)]):
+            assert time.monotonic() < deadline, f"no log line of flow run {flow_run_id} reached the Prefect API"
             time.sleep(0.5)
-    return []
+    return messages
 
 @IN_PROCESS
 def test_cli_on_a_corrupt_data_file_says_cause_and_fix_and_creates_no_run(tmp_path, capsys):

@@ -236,12 +236,20 @@ def _epochs(mlflow: MlflowClient, run) -> int:
 def _completed_with_every_epoch(team: TeamStack, mlflow: MlflowClient, flow_run_id: str, experiment: str) -> None:
     """The run completed, or ended Crashed/Failed and its rerun resumed to completion; either
     way one MLflow run holds every epoch once and no run stays RUNNING."""
-    parameters = {"config": LONG, "download": False, "experiment_name": experiment}
     state = _finished(team, flow_run_id, f"the {experiment} run to end")["state_type"]
     if state != "COMPLETED":
         team.say(f"{experiment}: the run ended {state}; running it again (it resumes)")
-        rerun = _create_run(team, "dae-experiment/lecture", parameters)
-        assert _finished(team, rerun, f"the {experiment} rerun")["state_type"] == "COMPLETED"
+        _rerun_completes(team, experiment)
+    _every_epoch_once(team, mlflow, experiment)
+
+
+def _rerun_completes(team: TeamStack, experiment: str) -> None:
+    rerun = _create_run(team, "dae-experiment/lecture", {"config": LONG, "download": False,
+                                                          "experiment_name": experiment})
+    assert _finished(team, rerun, f"the {experiment} rerun")["state_type"] == "COMPLETED"
+
+
+def _every_epoch_once(team: TeamStack, mlflow: MlflowClient, experiment: str) -> None:
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     team.wait_until(lambda: not mlflow.search_runs([experiment_id], "attributes.status = 'RUNNING'"), 300,
                f"no {experiment} MLflow run left RUNNING")
@@ -260,33 +268,45 @@ def _long_run_training(team: TeamStack, mlflow: MlflowClient, experiment: str, e
     return flow_run, training
 
 
+def _outage_mid_run(team: TeamStack, flow_run: str, service: str) -> None:
+    """``service`` stopped while the worker is frozen mid-run (docker pause), the worker
+    thawed to train on into the outage, then the service started again: the outage falls
+    mid-run however fast or slow the machine."""
+    with team.paused("worker"):
+        assert _flow_run(team, flow_run)["state_type"] not in FINAL, f"the run must be mid-run when {service} stops"
+        team.say(f"docker compose stop {service} (the worker frozen mid-run)")
+        team.compose("stop", service)
+    time.sleep(5)  # the run trains on against a stack without the service
+    team.say(f"docker compose start {service}")
+    team.compose("start", service)
+
+
 def test_restarting_postgres_and_mlflow_mid_run_loses_no_epoch(team_stack, mlflow):
     flow_run, training = _long_run_training(team_stack, mlflow, "compose-restarts", 3)
-    team_stack.say("docker compose restart postgres (while the run trains)")
-    team_stack.compose("restart", "postgres")
+    _outage_mid_run(team_stack, flow_run, "postgres")
     trained = _epochs(mlflow, training)
     team_stack.wait_until(lambda: _training_run(mlflow, "compose-restarts", trained + 20), 300,
                           "twenty more epochs after the restart")
-    team_stack.say("docker compose restart mlflow (while the run trains)")
-    team_stack.compose("restart", "mlflow")
-    assert _flow_run(team_stack, flow_run)["state_type"] not in FINAL, "the run must still train during the restart"
+    _outage_mid_run(team_stack, flow_run, "mlflow")
     _completed_with_every_epoch(team_stack, mlflow, flow_run, "compose-restarts")
 
 
 def test_a_killed_worker_container_ends_its_run_and_the_rerun_resumes(team_stack, mlflow):
     flow_run, victim = _long_run_training(team_stack, mlflow, "compose-killed", 5)
-    team_stack.say("docker kill of the worker container (while the run trains)")
-    compose_stack.run(["docker", "kill", team_stack.container("worker")])
+    worker = team_stack.container("worker")
+    # Frozen first, so that the kill falls mid-run whatever the machine's pace.
+    compose_stack.run(["docker", "pause", worker])
+    assert _flow_run(team_stack, flow_run)["state_type"] not in FINAL, "the run must be mid-run when killed"
+    team_stack.say("docker kill of the worker container (frozen mid-run)")
+    compose_stack.run(["docker", "kill", worker])
     team_stack.compose("up", "-d", "worker")
-    # `dae setup`'s automation marks it Crashed once its heartbeats stop; the rerun resumes.
-    _completed_with_every_epoch(team_stack, mlflow, flow_run, "compose-killed")
-    assert _flow_run(team_stack, flow_run)["state_type"] == "CRASHED"
+    # `dae setup`'s automations mark it Crashed once its heartbeats stop, then end its MLflow run.
+    assert _finished(team_stack, flow_run, "the killed run to be marked Crashed")["state_type"] == "CRASHED"
     ended = team_stack.wait_until(lambda: (r := mlflow.get_run(victim.info.run_id)).info.status == "FAILED" and r, 300,
                                   "the killed run's MLflow run to end FAILED")
-    # Whichever comes first ends it and says why: the reconcile automation (the flow run
-    # crashed) or the rerun that resumes its state (the run was killed).
-    assert (ended.data.tags.get("dae.failure") == "prefect flow run crashed"
-            or ended.data.tags.get("dae.killed") == "true"), ended.data.tags
+    assert ended.data.tags.get("dae.failure") == "prefect flow run crashed", ended.data.tags
+    _rerun_completes(team_stack, "compose-killed")
+    _every_epoch_once(team_stack, mlflow, "compose-killed")
     (resumed,) = mlflow.search_runs([victim.info.experiment_id], "attributes.status = 'FINISHED'")
     assert resumed.data.tags["dae.resumed_from"] == victim.info.run_id
 

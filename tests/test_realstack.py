@@ -33,6 +33,8 @@ from mlflow import MlflowClient
 
 from tests import stack
 from tests.conftest import TINY, make_dataset, write_idx
+from tests.gate import Gate
+from tests.gate import command as gate_command
 
 pytestmark = pytest.mark.realstack
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +298,10 @@ def test_a_bad_deployment_parameter_is_refused_by_the_server(real_stack):
     assert lecture_runs() == before, "no flow run may be created for refused parameters"
 
 
-def _experiment_process(env: dict[str, str], config: dict, experiment: str, seed: int) -> subprocess.Popen:
+def _experiment_process(env: dict[str, str], config: dict, experiment: str, seed: int,
+                        held: tuple[Gate, int] | None = None) -> subprocess.Popen:
+    """The experiment flow in a process of its own; ``held=(gate, N)``: held at ``gate`` once
+    it has saved N epochs."""
     script = (
         "import json, sys\n"
         "from dae_core.config import ExperimentConfig\n"
@@ -304,8 +309,11 @@ def _experiment_process(env: dict[str, str], config: dict, experiment: str, seed
         "config = ExperimentConfig.model_validate_json(sys.argv[1])\n"
         "dae_experiment(config=config, download=False, experiment_name=sys.argv[2], register_model=False)\n"
     )
-    return subprocess.Popen([sys.executable, "-c", script, json.dumps({**config, "seed": seed}), experiment],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    command = [sys.executable, "-c", script, json.dumps({**config, "seed": seed}), experiment]
+    if held:
+        gate, epochs = held
+        command = gate_command("dae_core.stages:training_state", epochs + 1, gate.folder, *command[1:])
+    return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_eight_runs_at_once_against_the_tracking_server(real_stack):
@@ -322,7 +330,8 @@ def test_eight_runs_at_once_against_the_tracking_server(real_stack):
 
 
 def test_a_tracking_server_that_goes_away_mid_run_loses_no_epoch(real_stack, tmp_path):
-    """MLflow's client retries with backoff: a server back within seconds misses nothing."""
+    """MLflow's client retries with backoff: a server back within seconds misses nothing. The
+    run is held after its third epoch while the server is killed, then trains on into the outage."""
     port = stack.free_port()
     command = [*stack.MLFLOW_SERVER, "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
                f"sqlite:///{tmp_path / 'outage.db'}", "--serve-artifacts", "--artifacts-destination",
@@ -330,21 +339,16 @@ def test_a_tracking_server_that_goes_away_mid_run_loses_no_epoch(real_stack, tmp
     env = {**real_stack.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"}
     config = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": 40, "hidden_units": 256},
               "runtime": {"device": "cpu", "threads": 1}}
+    gate = Gate(tmp_path / "gate")
     with stack.background(command, real_stack.env, tmp_path / "first.log",
                           ready_url=f"http://127.0.0.1:{port}/health") as server:
-        training = _experiment_process(env, config, "stack-outage", 0)
+        training = _experiment_process(env, config, "stack-outage", 0, held=(gate, 3))
         client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
-        deadline = time.monotonic() + 180
-        while True:
-            experiment = client.get_experiment_by_name("stack-outage")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if runs and client.get_metric_history(runs[0].info.run_id, "pretrain/mse"):
-                break
-            assert training.poll() is None and time.monotonic() < deadline, training.stdout.read()
-            time.sleep(0.2)
-        assert training.poll() is None, "the run must still be training when the server dies"
+        gate.wait_reached(training, 180, "the run to save its third epoch")
+        experiment = client.get_experiment_by_name("stack-outage")
         os.killpg(server.pid, 9)
         server.wait()
+    gate.release()
     time.sleep(3)
     with stack.background(command, real_stack.env, tmp_path / "second.log",
                           ready_url=f"http://127.0.0.1:{port}/health"):

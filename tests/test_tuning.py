@@ -10,7 +10,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from dae_core.config import ConfigError, build_config, nested_fields
 from dae_core.data import hold_out, load_split
 from dae_core.tuning import Dimension, parse_dimension, search_space, train_trial
 from tests.conftest import TINY
+from tests.gate import Gate
+from tests.gate import command as gate_command
 
 # Trials short enough for CI: 6 pretraining epochs on 200 training images, 40 held out.
 QUICK = {**TINY, "data": {**TINY["data"], "validation_size": 40}, "pretrain": {**TINY["pretrain"], "epochs": 6}}
@@ -116,30 +117,28 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tmp_path):
-    """A study of 6 trials per cell, killed while a trial runs after another has ended; the
-    same command continues it: the finished trials are kept, the killed one's run ends
-    FAILED, every cell ends with 6 trials under the same parent run, and the progress bar
-    starts at the trials counted before the kill."""
+    """A study of 6 trials per cell, killed while a trial runs after others have ended (held
+    at the start of the eighth: adam-noise's six done, sgd-noise's second begun); the same
+    command continues it: the finished trials are kept, the killed one's run ends FAILED,
+    every cell ends with 6 trials under the same parent run, and the progress bar starts at
+    the trials counted before the kill."""
     import optuna
     from optuna.trial import TrialState
 
     env, work, experiment = _env(tmp_path), tmp_path / "work", "tune-test"
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = subprocess.Popen(_tune_command(data_root, work, experiment, 6), env=env, cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    gate = Gate(tmp_path / "gate")
+    first = subprocess.Popen(gate_command("dae_core.tuning:train_trial", 8, tmp_path / "gate",
+                                          *_tune_command(data_root, work, experiment, 6)[1:]),
+                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
     client = MlflowClient(tracking_uri=store)
-    deadline = time.monotonic() + 240
-    while True:
-        assert first.poll() is None, first.stdout.read().decode()[-3000:]
-        assert time.monotonic() < deadline, "no trial finished in time"
-        experiment_ = (tmp_path / "mlflow.db").exists() and client.get_experiment_by_name(experiment)
-        trial_runs = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'trial'") if experiment_ else []
-        # Not between two trials: then no trial would be interrupted.
-        if {run.info.status == "RUNNING" for run in trial_runs} == {True, False}:
-            break
-        time.sleep(0.3)
+    gate.wait_reached(first, 600, "the eighth trial to start")
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    experiment_ = client.get_experiment_by_name(experiment)
+    held = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'trial'")
+    assert sorted(run.info.status == "RUNNING" for run in held) == [False] * 7 + [True], "held in the eighth trial"
     storage, counted = f"sqlite:///{tmp_path / 'optuna.db'}", (TrialState.COMPLETE, TrialState.PRUNED)
     counted_before = sum(len(optuna.load_study(study_name=name, storage=storage).get_trials(states=counted))
                          for name in optuna.get_all_study_names(storage))
@@ -155,7 +154,7 @@ def test_tuning_prunes_writes_its_runs_and_resumes_after_a_sigkill(data_root, tm
     shown = [int(count) for count in re.findall(r" (\d+)/12 \[", done.stderr)]
     # Each cell reports the trials it held as it starts (the cells run one after the other), so
     # the bar passes through the count before the kill and ends full, not at this run's share.
-    assert counted_before >= 1 and counted_before in shown and shown[-1] == 12, shown
+    assert counted_before == 7 and counted_before in shown and shown[-1] == 12, shown
     trials = client.search_runs([experiment_.experiment_id], "tags.`dae.role` = 'trial'")
     states = {}
     for run in trials:
