@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -85,7 +86,7 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     if len(blob) < header:
         raise DataError(f"{path}: truncated header ({len(blob)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(blob, ">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape))
+    expected = header + math.prod(shape)  # Python's integers: a forged header cannot overflow it
     if len(blob) != expected:
         kind = "truncated" if len(blob) < expected else "trailing bytes"
         raise DataError(f"{path}: {kind}: {len(blob)} bytes, header shape {shape} needs {expected}")

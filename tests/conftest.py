@@ -9,8 +9,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dae_core.config import build_config
+
+# Generated bad input (Hypothesis): a small budget in the quick loop, a larger one in the full
+# suite (tests/suite.py passes --hypothesis-profile=full). No deadline: a 2-core machine under
+# the suite's own load takes its time, and a slow example is no failed promise.
+settings.register_profile("fast", max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("full", max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("fast")
 
 TRAIN_IMAGES, TEST_IMAGES = 240, 80
 

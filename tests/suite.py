@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-PYTEST = [sys.executable, "-m", "pytest", "-q"]
+PYTEST = [sys.executable, "-m", "pytest", "-q", "--hypothesis-profile=full"]
 
 
 def main() -> int:
