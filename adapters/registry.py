@@ -11,7 +11,9 @@ one per move, never overwritten, each a line a person reads in the registry UI:
 from __future__ import annotations
 
 import math
+import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlflow
@@ -28,6 +30,10 @@ MOVE_TAG_PREFIX = "dae.champion.move."
 TEST_ACCURACY, NOISY_ACCURACY, DATASET, DATASET_DIGEST, PRESET, DECISION = (
     "test_accuracy", "noisy_accuracy", "dataset", "dataset_digest", "preset", "champion_decision")
 _DECISION_HEADING = "### Champion decision"
+# A reason is read in one line of the history: bounded, and without the characters that could
+# start another line (a newline, any control character) or another field of its own line.
+MAX_REASON = 500
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 MODEL_DESCRIPTION = f"""\
 **{REGISTERED_MODEL}**: an MNIST digit classifier, the encoder of a denoising sparse autoencoder
@@ -73,6 +79,13 @@ class ChampionRefused(DaeError):
     """``dae champion --set`` names a version that does not exist or failed its checks."""
 
     exit_code = EXIT_CONFIG
+
+
+class ChampionNotMoved(DaeError):
+    """A write that records a move of ``@champion`` failed after the alias moved: the move
+    was undone, or (said so) could not be."""
+
+    exit_code = EXIT_SERVER
 
 
 class RegistryRefused(DaeError):
@@ -127,24 +140,62 @@ def describe_version(card: VersionCard) -> None:
         client.set_model_version_tag(REGISTERED_MODEL, card.version, key, value)
 
 
-def record_decision(version: str, action: str, text: str) -> None:
+def checked_reason(reason: str) -> str:
+    """``reason`` as the history keeps it: stripped, one line of at most ``MAX_REASON``
+    characters; anything else is refused before the registry is touched."""
+    reason = reason.strip()
+    if not reason:
+        raise ChampionRefused("--reason is empty: every move of @champion says why",
+                              '--reason "rollback: version 7 misreads sevens"')
+    if len(reason) > MAX_REASON:
+        raise ChampionRefused(f"--reason is {len(reason)} characters; the history keeps at most {MAX_REASON}",
+                              "say why in a sentence; link a longer text (an issue, a document) from it")
+    if _UNPRINTABLE.search(reason):
+        raise ChampionRefused("--reason holds a line break or a control character: each move is one line of the "
+                              "history", "write the reason on one line")
+    return reason
+
+
+def _one_line(text: str) -> str:
+    """An identity as the history shows it: one line, no field separator of its own."""
+    return _UNPRINTABLE.sub(" ", text).replace(" | ", " / ")
+
+
+def record_decision(version: str, action: str, text: str) -> Callable[[], None]:
     """The champion decision about ``version`` (tag ``champion_decision``: the action) at the
-    end of its description, replacing an earlier one."""
+    end of its description, replacing an earlier one; returns what puts both back."""
     client = tracking.client()
-    current = client.get_model_version(REGISTERED_MODEL, version).description or ""
+    found = client.get_model_version(REGISTERED_MODEL, version)
+    current, earlier_action = found.description or "", found.tags.get(DECISION)
     card = current.split(f"\n\n{_DECISION_HEADING}")[0]
     client.update_model_version(REGISTERED_MODEL, version, description=f"{card}\n\n{_DECISION_HEADING}\n{text}")
-    client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
+
+    def undo() -> None:
+        client.update_model_version(REGISTERED_MODEL, version, description=current)
+        if earlier_action is None:
+            client.delete_model_version_tag(REGISTERED_MODEL, version, DECISION)
+        else:
+            client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, earlier_action)
+
+    try:
+        client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
+    except Exception:
+        undo()
+        raise
+    return undo
 
 
-def move_champion(version: str, reason: str, by: str) -> ChampionMove | None:
-    """Point ``@champion`` at ``version`` and record the move; None, and nothing recorded,
-    where it already points there (a retrain deciding on the version its own run crowned)."""
+def move_champion(version: str, reason: str, by: str, decision: tuple[str, str]) -> ChampionMove | None:
+    """Point ``@champion`` at ``version``, record the move in the history and the ``decision``
+    (action, text) on the version, all or none: every value is checked before the first
+    write, and a write that fails after the alias moved undoes the others (the alias back
+    where it was). None, and nothing written, where it already points there."""
+    reason = checked_reason(reason)
     previous = tracking.alias_version(CHAMPION)
     if previous == version:
         return None
     move = ChampionMove(version=version, previous=previous,
-                        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by=by, reason=reason)
+                        at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by=_one_line(by), reason=reason)
     client = tracking.client()
     try:
         client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
@@ -153,8 +204,43 @@ def move_champion(version: str, reason: str, by: str) -> ChampionMove | None:
             raise RegistryRefused(f"{tracking.tracking_uri()} refused to move @{CHAMPION} for this identity "
                                   f"({str(error).splitlines()[0]})") from None
         raise
-    client.set_registered_model_tag(REGISTERED_MODEL, f"{MOVE_TAG_PREFIX}{time.time_ns()}", move.line())
+    undo: list[Callable[[], None]] = [lambda: _point_champion_back(previous)]
+    try:
+        tag = f"{MOVE_TAG_PREFIX}{time.time_ns()}"
+        client.set_registered_model_tag(REGISTERED_MODEL, tag, move.line())
+        undo.append(lambda: client.delete_registered_model_tag(REGISTERED_MODEL, tag))
+        undo.append(record_decision(version, *decision))
+    except Exception as error:
+        raise _undone(undo, move, error) from None
     return move
+
+
+def _point_champion_back(previous: str | None) -> None:
+    if previous is None:
+        tracking.client().delete_registered_model_alias(REGISTERED_MODEL, CHAMPION)
+    else:
+        tracking.client().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, previous)
+
+
+def _undone(undo: list[Callable[[], None]], move: ChampionMove, error: Exception) -> ChampionNotMoved:
+    """Undo the writes that happened, last first; the error that says how it ended."""
+    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
+    failed = []
+    for step in reversed(undo):
+        try:
+            step()
+        except Exception as undo_error:  # the registry went away mid-way: said, not hidden
+            failed.append(str(undo_error).splitlines()[0] if str(undo_error) else type(undo_error).__name__)
+    was = f"version {move.previous}" if move.previous else "no version"
+    if not failed:
+        return ChampionNotMoved(f"the registry refused to record the move of @{CHAMPION} to version {move.version} "
+                                f"({cause}): nothing moved, @{CHAMPION} is {was} as before",
+                                "run the command again once the tracking server answers (`dae champion` shows "
+                                "the champion and its history)")
+    return ChampionNotMoved(f"the move of @{CHAMPION} to version {move.version} is half made: the registry "
+                            f"refused to record it ({cause}) and to undo it ({'; '.join(failed)})",
+                            f"`dae champion` shows where it points; put it back with `dae champion --set "
+                            f"{move.previous or move.version} --reason \"undo a half-made move\"`")
 
 
 def champion_history() -> list[ChampionMove]:
@@ -163,6 +249,16 @@ def champion_history() -> list[ChampionMove]:
     return [ChampionMove.from_line(tags[key])
             for key in sorted((k for k in tags if k.startswith(MOVE_TAG_PREFIX)),
                               key=lambda k: int(k.removeprefix(MOVE_TAG_PREFIX)))]
+
+
+def version_named(text: str) -> str:
+    """A version number however a person writes it ("3", " 03", "v3", "version 3") as the
+    registry spells it ("3"); anything else is refused."""
+    found = re.fullmatch(r"\s*(?:v|version\s*)?0*(\d{1,18})\s*", text, flags=re.IGNORECASE)
+    if found is None or found.group(1) == "0":
+        raise ChampionRefused(f"{text!r} is not a version number of {REGISTERED_MODEL}",
+                              "pass the version as a number, e.g. --set 3 (`dae champion` lists the moves)")
+    return found.group(1)
 
 
 def checked_version(version: str) -> ModelVersion:

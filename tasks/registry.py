@@ -47,8 +47,8 @@ def crown_first_version(version: str, run_id: str) -> bool:
     if tracking.alias_version(CHAMPION) is not None:
         return False
     reason = "no champion yet: the first registered version becomes champion"
-    registry.move_champion(version, reason, flow_run_identity())
-    registry.record_decision(version, Action.FIRST_CHAMPION, f"**{Action.FIRST_CHAMPION}**: {reason}")
+    registry.move_champion(version, reason, flow_run_identity(),
+                           decision=(Action.FIRST_CHAMPION, f"**{Action.FIRST_CHAMPION}**: {reason}"))
     tracking.set_tags(run_id, {CHAMPION_NOTE: f"version {version}: the first registered version"})
     return True
 
@@ -84,15 +84,15 @@ def decide(new_version: str, new_accuracy: float, champion_version: str | None,
 @task(name="apply-decision")
 def apply_decision(decision: Decision, run_id: str) -> Decision:
     alias = CHALLENGER if decision.action is Action.CHALLENGER else CHAMPION
-    if alias == CHAMPION:
-        registry.move_champion(decision.new_version, decision.reason, flow_run_identity())
-    else:
-        tracking.set_alias(alias, decision.new_version)
     against = (f"champion version {decision.champion_version} at {decision.champion_accuracy:.2f}%"
                if decision.champion_version else "no champion")
-    registry.record_decision(decision.new_version, decision.action,
-                             f"**{decision.action}** by retrain: {decision.new_accuracy:.2f}% against {against}, "
-                             f"margin {decision.margin:.2f} points; {decision.reason}")
+    recorded = (decision.action, f"**{decision.action}** by retrain: {decision.new_accuracy:.2f}% against {against}, "
+                                 f"margin {decision.margin:.2f} points; {decision.reason}")
+    if alias == CHALLENGER:
+        tracking.set_alias(CHALLENGER, decision.new_version)
+        registry.record_decision(decision.new_version, *recorded)
+    elif registry.move_champion(decision.new_version, decision.reason, flow_run_identity(), recorded) is None:
+        registry.record_decision(decision.new_version, *recorded)  # already champion (its own run crowned it)
     tags = {f"{RETRAIN}.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
     tracking.set_tags(run_id, tags)
     champion = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"

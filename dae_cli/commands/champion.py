@@ -19,21 +19,23 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
-    if args.version is not None and not (args.reason or "").strip():
-        raise ConfigError("--set needs --reason TEXT: every move of @champion says why",
-                          f'dae champion --set {args.version} --reason "rollback: version 7 misreads sevens"')
     from adapters import registry, tracking
     from dae_cli.terminal import mlflow_warnings_only
 
+    if args.version is not None:  # every value checked before the store is even opened
+        if args.reason is None:
+            raise ConfigError("--set needs --reason TEXT: every move of @champion says why",
+                              f'dae champion --set {args.version} --reason "rollback: version 7 misreads sevens"')
+        version, reason = registry.version_named(args.version), registry.checked_reason(args.reason)
     with mlflow_warnings_only(session.verbose):
         tracking.check_store()
         if args.version is not None:
-            registry.checked_version(args.version)
-            move = registry.move_champion(args.version, args.reason.strip(), session.settings.user)
+            registry.checked_version(version)
+            by = session.settings.user
+            move = registry.move_champion(version, reason, by, decision=("manual", f"**manual** by {by}: {reason}"))
             if move is None:
-                print(f"@champion is already version {args.version}: nothing moved")
+                print(f"@champion is already version {version}: nothing moved")
                 return 0
-            registry.record_decision(move.version, "manual", f"**manual** by {move.by}: {move.reason}")
             print(f"@champion: version {move.previous or '(none)'} -> version {move.version}, by {move.by}: "
                   f"{move.reason}")
             print("dae predict and dae-score use it from now on; the stack's model server loads @champion when "
