@@ -186,13 +186,20 @@ class WeightCache:
             blob = (folder / _WEIGHTS).read_bytes()
         except (OSError, ValueError):
             return None
-        if card.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
+        if not isinstance(card, dict) or card.get("weights_sha256") != hashlib.sha256(blob).hexdigest():
             log.warning("%s: weights changed on disk; loading version %s from the registry again", folder,
                         version.version)
             return None
-        # The bytes just checked, not the file again: what loads is what was verified.
-        weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        return probabilities_from_weights(weights)
+        try:
+            # The bytes just checked, not the file again: what loads is what was verified.
+            weights = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+            return probabilities_from_weights(weights)
+        # Bytes that match their card yet are no classifier's weights (a card rewritten by
+        # hand, another program's file): torch's unpickler and load_state_dict raise many types.
+        except Exception as error:
+            log.warning("%s: not version %s's weights (%s); loading it from the registry again", folder,
+                        version.version, type(error).__name__)
+            return None
 
     def save(self, store: str, version: ModelVersion, weights: dict[str, torch.Tensor]) -> None:
         """Keep ``weights`` for ``version``; a failure to write only costs the next call time."""

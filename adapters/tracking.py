@@ -73,11 +73,39 @@ class TrackingRefused(TrackingUnavailable):
            "(on the team stack: your own, or DAE_WORKER_* of its .env)")
 
 
-def check_store(timeout_s: float = 5.0) -> str:
+class StoreMissing(DaeError):
+    """A command that only reads found no tracking store where it looked (and made none)."""
+
+    exit_code = EXIT_SERVER
+    fix = ("run `dae run` first (it creates the store and registers a model), or point MLFLOW_TRACKING_URI at "
+           "the store that has the model")
+
+
+def check_store(timeout_s: float = 5.0, create: bool = True) -> str:
     """Fail fast, naming the URI, when a tracking server is unreachable (MLflow's own
-    client would retry for minutes); create a local SQLite store once, under a file
-    lock, because processes that start on a new file race on its schema migration."""
+    client would retry for minutes) or the URI is no store MLflow can open; create a local
+    SQLite store once, under a file lock, because processes that start on a new file race
+    on its schema migration. ``create=False`` (commands that only read): a missing SQLite
+    store is refused, not made."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     uri = tracking_uri()
+    try:
+        _check_store(uri, timeout_s, create)
+    except (MlflowException, SQLAlchemyError, OSError, ValueError, ImportError) as error:
+        raise TrackingUnavailable(
+            f"{uri} is not a tracking store MLflow can open ({_first_sentence(error)})",
+            "point MLFLOW_TRACKING_URI at an MLflow server (http://HOST:5000) or an SQLite file "
+            "(sqlite:///path/mlflow.db), or unset it for ./mlflow.db") from None
+    return uri
+
+
+def _first_sentence(error: Exception) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0][:300]
+
+
+def _check_store(uri: str, timeout_s: float, create: bool) -> None:
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
@@ -95,9 +123,12 @@ def check_store(timeout_s: float = 5.0) -> str:
             raise
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
+        if not create and not database.is_file():
+            raise StoreMissing(f"no tracking store at {uri}: nothing was tracked there")
         with exclusive_file_lock(Path(f"{database}.lock")):
             client().search_experiments(max_results=1)
-    return uri
+    else:
+        client().search_experiments(max_results=1)
 
 
 def git_commit() -> str | None:

@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from adapters.progress import Phase, ProgressEvent
 from adapters.settings import Settings
+from dae_cli.arguments import check_writable_file, check_writable_folder
 from dae_core.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_overrides
 from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.summary import DEFAULT_EXPERIMENT
@@ -77,12 +78,22 @@ def config_from(args: argparse.Namespace) -> ExperimentConfig:
 def check_fan_out(deployment: str | None) -> None:
     """Refuse ``--fan-out`` where its runs could never start: without a Prefect server
     (the temporary one has no workers)."""
+    if not deployment:
+        return
     from prefect.settings import PREFECT_API_URL
 
-    if deployment and not PREFECT_API_URL.value():
+    if not PREFECT_API_URL.value():
         raise ConfigError(f"--fan-out {deployment}: sends runs to a work pool, which needs a Prefect server",
                           "set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api, the team stack's) where "
                           "`prefect deploy --all` ran and workers listen on its pool")
+
+
+def check_outputs(args: argparse.Namespace, session: Session) -> None:
+    """Refuse a work folder or an output file this process cannot write, before any server
+    starts: found inside the flow, it cost a traceback and a FAILED MLflow run every try."""
+    check_writable_folder(Path(args.work_dir) if args.work_dir else session.settings.work_dir, "--work-dir")
+    if args.summary_json is not None:
+        check_writable_file(args.summary_json, "--summary-json")
 
 
 def check_data(args: argparse.Namespace, session: Session, config: ExperimentConfig) -> None:

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Sequence
 
 from adapters.settings import Settings
+from dae_cli.arguments import Parser
 from dae_cli.command import Command, Session
 from dae_cli.commands import bench, champion, compare, predict, run, serve, setup, tune, users
 from dae_core.errors import EXIT_SERVER, DaeError
@@ -29,7 +30,7 @@ COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (run, compare
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dae", description="Denoising-autoencoder MNIST pipeline")
+    parser = Parser(prog="dae", description="Denoising-autoencoder MNIST pipeline")
     subcommands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_arguments(subcommands.add_parser(command.name, help=command.help))
@@ -61,17 +62,17 @@ def main(argv: Sequence[str] | None = None, restore_terminal: bool = True) -> in
     """``restore_terminal=False``: Prefect's console stays as the command set it after the
     command returns (the console script, whose process ends there). Expected failures end
     in the cause and the fix, one line each at most (and the traceback with ``--verbose``)."""
-    args = build_parser().parse_args(argv)
-    session = Session(verbose=getattr(args, "verbose", False), restore_terminal=restore_terminal,
-                      settings=Settings.from_env())
-    command = next(command for command in COMMANDS if command.name == args.command)
+    verbose = "--verbose" in (sys.argv[1:] if argv is None else argv)  # for a refusal of the command line too
     try:
+        args = build_parser().parse_args(argv)
+        session = Session(verbose=verbose, restore_terminal=restore_terminal, settings=Settings.from_env())
+        command = next(command for command in COMMANDS if command.name == args.command)
         return command.execute(args, session)
     except Exception as error:
         explained = error if isinstance(error, DaeError) else _prefect_refusal(error)
         if explained is None:
             raise
-        if session.verbose:
+        if verbose:
             traceback.print_exc()
         print(f"dae: {explained}", file=sys.stderr)
         return explained.exit_code

@@ -46,6 +46,9 @@ CELLS: dict[CellName, dict[str, Any]] = {
     "adam-clean-noisytune": {**_CLEAN_PRETRAINING, **_NOISY_TUNING},
 }
 # `dae compare` without --cells: the lecture's grid and its baseline.
+# The largest grid, tuning (trials per cell) and the most cells or trials at once, for the
+# flows' signatures and the command's flags alike.
+MAX_SEEDS, MAX_TRIALS, MAX_PARALLEL = 50, 1000, 64
 DEFAULT_CELLS: list[CellName] = ["adam-noise", "adam-clean", "sgd-noise", "sgd-clean", "no-pretraining"]
 # What a cell is paired with (same seeds) in the table: the lecture's cell, except where a
 # claim compares two protocols that differ from it in the same way.

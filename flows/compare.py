@@ -18,6 +18,8 @@ from adapters.tags import CELL_OVERRIDE, TUNED, TUNED_FROM
 from adapters.tracking import ends_run
 from dae_core.comparison import (
     DEFAULT_CELLS,
+    MAX_PARALLEL,
+    MAX_SEEDS,
     SGD_PRETRAIN_LR,
     CellName,
     CellRun,
@@ -51,9 +53,9 @@ def _flow_run_name() -> str:
 @flow(name="dae-compare", flow_run_name=_flow_run_name)
 def dae_compare(
     base: ExperimentConfig = LECTURE_CONFIG,
-    seeds: Annotated[int, Field(ge=1, le=50)] = 3,
+    seeds: Annotated[int, Field(ge=1, le=MAX_SEEDS)] = 3,
     cells: list[CellName] | None = None,
-    parallel: Annotated[int, Field(ge=1, le=64)] = 1,
+    parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1,
     sgd_lr: Annotated[float, Field(gt=0.0, le=1000.0)] = SGD_PRETRAIN_LR,
     data_dir: str | None = None,
     download: bool = True,

@@ -17,11 +17,18 @@ from pydantic import Field
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
 from adapters.tracking import ends_run
-from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
+from dae_core.comparison import MAX_PARALLEL, MAX_TRIALS, SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
-from dae_core.tuning import DEFAULT_TUNED_CELLS, Objective, TuningReport, parse_dimension, search_space, study_name
+from dae_core.tuning import (
+    DEFAULT_TUNED_CELLS,
+    Objective,
+    TuningReport,
+    parse_dimension,
+    search_space,
+    study_name,
+)
 from flows.dispatch import await_workers, dispatch
 from tasks.data import fetch_dataset
 from tasks.run import check_tracking
@@ -54,10 +61,10 @@ def _flow_run_name() -> str:
 def dae_tune(
     base: ExperimentConfig = LECTURE_CONFIG,
     cells: list[CellName] | None = None,
-    trials: Annotated[int, Field(ge=1, le=1000)] = 12,
+    trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 12,
     objective: Objective = "mse",
     space: list[str] | None = None,
-    parallel: Annotated[int, Field(ge=1, le=64)] = 1,
+    parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1,
     data_dir: str | None = None,
     download: bool = True,
     experiment_name: str = DEFAULT_EXPERIMENT,

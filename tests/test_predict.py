@@ -15,6 +15,8 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from dae_core.config import build_config, closest_preset
@@ -261,3 +263,31 @@ def test_a_batch_of_inverted_digits_is_flagged_as_drift(champion_store, tmp_path
     assert scored.monitor.verdict == "drift" and {"input_ks_brightness", "input_ks_ink"} <= drifted
     run = champion_store["client"].get_run(scored.mlflow_run_id)
     assert run.data.tags["dae.monitor.verdict"] == "drift" and run.data.metrics["monitor/input_ks_brightness"] > 0.9
+
+
+@given(card=st.one_of(st.binary(max_size=64),
+                      st.sampled_from([b"[]", b"null", b"{}", b'"x"', b'{"weights_sha256": 1}'])),
+       weights=st.one_of(st.none(), st.binary(max_size=256)), sha_of_weights=st.booleans())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_a_damaged_cache_entry_of_any_shape_is_loaded_from_the_registry_again(tmp_path, card, weights, sha_of_weights):
+    """Whatever a kept entry holds (a card that is no JSON object, weights that are no
+    classifier's, even bytes matching their card), ``load`` answers None (the registry's
+    road then) or a working model, never an exception."""
+    import hashlib
+
+    from adapters.served_model import ModelVersion, WeightCache
+    from dae_core.model import ClassProbabilities, EncoderClassifier
+
+    cache = WeightCache(tmp_path / "cache")
+    version = ModelVersion(REGISTERED_MODEL, "1", "models:/m-1", "run")
+    model = ClassProbabilities(EncoderClassifier(torch.nn.Sequential(torch.nn.Linear(784, 16), torch.nn.Tanh())))
+    cache.save("sqlite:///store.db", version, model.state_dict())
+    entry = cache.folder("sqlite:///store.db", version)
+    assert cache.load("sqlite:///store.db", version) is not None
+    if weights is not None:
+        (entry / "weights.pt").write_bytes(weights)
+        if sha_of_weights:
+            card = json.dumps({"weights_sha256": hashlib.sha256(weights).hexdigest()}).encode()
+    (entry / "version.json").write_bytes(card)
+    loaded = cache.load("sqlite:///store.db", version)
+    assert loaded is None or loaded(torch.zeros(1, 784)).shape == (1, 10)

@@ -28,7 +28,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
                               f'dae champion --set {args.version} --reason "rollback: version 7 misreads sevens"')
         version, reason = registry.version_named(args.version), registry.checked_reason(args.reason)
     with mlflow_warnings_only(session.verbose):
-        tracking.check_store()
+        tracking.check_store(create=False)
         if args.version is not None:
             registry.checked_version(version)
             by = session.settings.user

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.progress import Phase, ProgressEvent
+from dae_cli.arguments import whole_number
 from dae_cli.command import (
     Command,
     CountBar,
@@ -16,18 +17,21 @@ from dae_cli.command import (
     add_flow_options,
     check_data,
     check_fan_out,
+    check_outputs,
     config_from,
     run_flow,
     write_json,
 )
-from dae_core.comparison import CELLS, DEFAULT_CELLS, diverged_names
+from dae_core.comparison import CELLS, DEFAULT_CELLS, MAX_PARALLEL, MAX_SEEDS, diverged_names
 from dae_core.config import ConfigError, build_config, deep_merge, parse_overrides
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_flow_options(parser)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per cell (default 3)")
-    parser.add_argument("--parallel", type=int, default=1, help="cells trained at once (default 1)")
+    parser.add_argument("--seeds", type=whole_number(1, MAX_SEEDS), default=3,
+                        help=f"seeds per cell, 1..{MAX_SEEDS} (default 3)")
+    parser.add_argument("--parallel", type=whole_number(1, MAX_PARALLEL), default=1,
+                        help=f"cells trained at once, 1..{MAX_PARALLEL} (default 1)")
     parser.add_argument("--cells", nargs="+", choices=list(CELLS),
                         help=f"the cells (default: {' '.join(DEFAULT_CELLS)}; the frozen-encoder and noisy "
                              "fine-tuning cells ask the robustness question)")
@@ -78,6 +82,7 @@ def _cell_overrides(assignments: list[str], preset: str, overrides: list[str]) -
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
     config = config_from(args)
+    check_outputs(args, session)
     overrides = _cell_overrides(args.cell_overrides, args.preset, args.overrides)
     check_fan_out(args.fan_out)
     check_data(args, session, config)

@@ -84,7 +84,7 @@ def _probabilities_through_mlflow(model_uri: str, pixels: np.ndarray, cache: ser
 
     from adapters import tracking
 
-    tracking.check_store()
+    tracking.check_store(create=False)
     try:
         # The version just resolved, not the alias again: what is kept is what answered.
         version, pinned_uri = served_model.pinned_with_mlflow(model_uri)

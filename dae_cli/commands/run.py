@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dae_cli.arguments import whole_number
 from dae_cli.command import (
     Command,
     PhaseBars,
     Session,
     add_flow_options,
     check_data,
+    check_outputs,
     config_from,
     run_flow,
     write_json,
@@ -19,7 +21,7 @@ from dae_cli.command import (
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     add_flow_options(parser)
-    parser.add_argument("--seed", type=int, help="random seed (same as --set seed=N)")
+    parser.add_argument("--seed", type=whole_number(0, 2**31 - 1), help="random seed (same as --set seed=N)")
     parser.add_argument("--summary-json", type=Path, help="write the run summary here")
     parser.add_argument("--name", help="name of the Prefect flow run and the MLflow run (default <preset>-seed<N>)")
 
@@ -32,6 +34,7 @@ def _load():
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
     config = config_from(args)
+    check_outputs(args, session)
     check_data(args, session, config)
     summary = run_flow(session, _load, PhaseBars, config=config, data_dir=args.data_dir,
                        download=not args.no_download, experiment_name=args.experiment, work_dir=args.work_dir,

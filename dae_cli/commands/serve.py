@@ -14,27 +14,35 @@ import argparse
 import contextlib
 import io
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
 
 from adapters import served_model
 from adapters.model_server import MAX_BODY_ENV, MODEL_DIR_ENV
+from dae_cli.arguments import positive_number, whole_number
 from dae_cli.command import Command, Session
+from dae_core.config import ConfigError
 from dae_core.summary import CHAMPION_URI
 
 # 100 images are ~0.55 MB of JSON; 16 MiB holds about 3,000 images per request.
 DEFAULT_MAX_BODY_MB = 16
+# A body is held in memory while it is parsed, once per request in flight: past 1 GiB one
+# request could take a worker's memory, and no client of a 784-float model needs it.
+MAX_BODY_MB = 1024
+MAX_WORKERS = 64
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=CHAMPION_URI, help=f"registered model URI (default {CHAMPION_URI})")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=5001, help="port (default 5001)")
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
-                        help="server processes (default: the cores this process may use)")
-    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
-                        help=f"largest request body accepted, in MiB (default {DEFAULT_MAX_BODY_MB}); larger: 413")
+    parser.add_argument("--port", type=whole_number(1, 65535), default=5001, help="port, 1..65535 (default 5001)")
+    parser.add_argument("--workers", type=whole_number(1, MAX_WORKERS), default=len(os.sched_getaffinity(0)),
+                        help=f"server processes, 1..{MAX_WORKERS} (default: the cores this process may use)")
+    parser.add_argument("--max-body-mb", type=positive_number(MAX_BODY_MB), default=DEFAULT_MAX_BODY_MB,
+                        help=f"largest request body accepted, in MiB, up to {MAX_BODY_MB} (default "
+                             f"{DEFAULT_MAX_BODY_MB}); larger: 413")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
@@ -43,10 +51,11 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     from dae_cli.commands.predict import ModelUnavailable
     from dae_cli.terminal import mlflow_warnings_only
 
+    check_listening(args.host, args.port)
     with mlflow_warnings_only(session.verbose):
         import mlflow
 
-        tracking.check_store()
+        tracking.check_store(create=False)
         try:
             version, uri = served_model.pinned_with_mlflow(args.model)
             # A folder of the server's own (the image's working directory is not writable).
@@ -65,6 +74,20 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
                                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
                                "--log-level", "info" if session.verbose else "warning"], environment)
     return 0  # not reached: this process is uvicorn now
+
+
+def check_listening(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (unknown, not this machine's, or a
+    port in use) before the model is fetched: uvicorn would say it in a traceback after."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as error:
+        raise ConfigError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})",
+                          "pass --host 127.0.0.1 (this machine) or 0.0.0.0 (every interface) and a free --port"
+                          ) from None
 
 
 COMMAND = Command("serve", "serve the registered model over HTTP (MLflow's protocol, one process per core)",

@@ -8,14 +8,16 @@ from pathlib import Path
 
 from adapters.progress import Phase
 from dae_cli import command
-from dae_core.comparison import CELLS
+from dae_cli.arguments import whole_number
+from dae_core.comparison import CELLS, MAX_PARALLEL, MAX_TRIALS
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     command.add_flow_options(parser)
     parser.add_argument("--cells", nargs="+", choices=list(CELLS),
                         help="the cells to tune (default: adam-noise sgd-noise)")
-    parser.add_argument("--trials", type=int, default=12, help="trials per cell, complete or pruned (default 12)")
+    parser.add_argument("--trials", type=whole_number(1, MAX_TRIALS), default=12,
+                        help=f"trials per cell, complete or pruned, 1..{MAX_TRIALS} (default 12)")
     parser.add_argument("--objective", default="mse", choices=["mse", "accuracy"],
                         help="validation MSE of pretraining (default) or validation accuracy of the classifier")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
@@ -23,8 +25,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false, "
                              "pretrain.lr=default (the range that suits each cell's optimizer); repeatable "
                              "(default: the pretraining rate over that range)")
-    parser.add_argument("--parallel", type=int, default=1,
-                        help="trials at once (default 1); with --fan-out, the deployment runs sharing the trials")
+    parser.add_argument("--parallel", type=whole_number(1, MAX_PARALLEL), default=1,
+                        help=f"trials at once, 1..{MAX_PARALLEL} (default 1); with --fan-out, the deployment runs "
+                             "sharing the trials")
     parser.add_argument("--fan-out", metavar="FLOW/DEPLOYMENT",
                         help="run the trials on the work pool in --parallel runs of this deployment, e.g. "
                              "dae-tune/optimizers (needs a Prefect server and a --storage every worker reaches)")
@@ -44,6 +47,7 @@ def _execute(args: argparse.Namespace, session: command.Session) -> int:
     from dae_core.tuning import DEFAULT_TUNED_CELLS, markdown_table, parse_dimension
 
     config = command.config_from(args)
+    command.check_outputs(args, session)
     command.check_fan_out(args.fan_out)
     command.check_data(args, session, config)
     for text in args.space:
