@@ -25,12 +25,12 @@ import os
 import random
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from adapters.lifeline import Lifeline
 from adapters.state_folders import exclusive_file_lock
 from dae_core.errors import EXIT_SERVER, DaeError
 
@@ -87,6 +87,7 @@ class TemporaryServer:
         self._environment, self._timeout_s, self.log_path = environment, timeout_s, log_path
         self.port = 0
         self._process: subprocess.Popen[bytes] | None = None
+        self._lifeline: Lifeline | None = None
 
     @property
     def api_url(self) -> str:
@@ -122,17 +123,24 @@ class TemporaryServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         # Its errors go to a file, not the terminal: a server that cannot start is replaced by
         # Prefect's own (below), and the user needs no line about it.
+        # It ends with this process however this one ends (a SIGKILL too): adapters/lifeline.py.
+        if self._lifeline is not None:  # a launch that lost its port: that process has exited
+            self._lifeline.cut()
+        self._lifeline = Lifeline()
         with open(self.log_path, "ab") as output:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", SERVER_APP, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env=self._environment, stdout=output, stderr=subprocess.STDOUT)
+                self._lifeline.command("uvicorn", "--factory", SERVER_APP, "--host", "127.0.0.1",
+                                       "--port", str(self.port), "--log-level", "error", "--lifespan", "on"),
+                env=self._environment, stdout=output, stderr=subprocess.STDOUT, pass_fds=(self._lifeline.fd,))
+        self._lifeline.handed_over()
 
     def stop(self) -> None:
         process, self._process = self._process, None
         if process is None:
             return
         log.info("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        if self._lifeline is not None:
+            self._lifeline.cut()
         process.terminate()
         try:
             process.wait(timeout=5)

@@ -284,3 +284,23 @@ def test_a_sigkilled_comparison_run_again_reuses_its_finished_cells(tmp_path, da
     assert renewed["reused"] == 0
     assert renewed["mlflow_run_id"] != parent.info.run_id and not used & {r["mlflow_run_id"] for r in renewed["runs"]}
     assert renewed["rows"] == resumed["rows"], "a resumed grid ends with the numbers of a fresh one"
+
+
+def test_a_sigkilled_dae_leaves_no_temporary_server_behind(tmp_path, data_root):
+    """`kill -9` of the dae process alone (not its group): the temporary Prefect server it
+    started ends too, instead of living on under init with its port and memory."""
+    import psutil
+
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DAE_"))}
+    env = {**inherited, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    work, gate = tmp_path / "work", Gate(tmp_path / "gate")
+    victim = _dae_run(env, data_root, work, "orphans", tmp_path / "unused.json", SLOW, held=(gate, 1))
+    gate.wait_reached(victim, 240, "the run to save its first epoch")
+    servers = [child for child in psutil.Process(victim.pid).children(recursive=True)
+               if "uvicorn" in child.cmdline()]
+    assert servers, "dae started its temporary Prefect server"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    _, alive = psutil.wait_procs(servers, timeout=30)
+    assert not alive, f"still running 30 s after their parent was killed: {[p.cmdline() for p in alive]}"
