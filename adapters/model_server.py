@@ -18,7 +18,9 @@ with the same numbers (tests/test_serving.py compares the two). Every other body
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -34,9 +36,12 @@ if TYPE_CHECKING:
 # environment of the process it execs).
 MODEL_DIR_ENV = "DAE_SERVE_MODEL_DIR"
 MAX_BODY_ENV = "DAE_SERVE_MAX_BODY_BYTES"
+BODY_TIMEOUT_ENV = "DAE_SERVE_BODY_TIMEOUT_S"
 
 # How much of an oversized body is read (and dropped) so that its client gets the 413.
 DRAIN_FACTOR = 8
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,13 +50,92 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+# An error's message as a client reads it: MLflow's echo the whole input back.
+MAX_MESSAGE = 300
+# Error codes for answers that come without one (Starlette's 404/405, MLflow's 415 text).
+_ERROR_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 408: "REQUEST_TIMEOUT", 413: "REQUEST_TOO_LARGE",
+                415: "UNSUPPORTED_MEDIA_TYPE"}
+
+
+def error_body(error_code: str, message: str) -> bytes:
+    return json.dumps({"error_code": error_code, "message": message}).encode()
+
+
+class StrictAnswers:
+    """The server's contract with its clients: every error is ``{"error_code", "message"}``
+    (one line, no stack trace, no server path), every answer of ``/invocations`` strict JSON
+    (RFC 8259) with finite probabilities. MLflow answers NaN for NaN pixels (not JSON), and
+    overflowing pixels give NaN probabilities: both are the client's inputs, so a 400 names
+    them. Anything the app raises is a 500 whose cause goes to the server's log only."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start: Message = {}
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                start.update(message)
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+
+        try:
+            await self.app(scope, receive, capture)
+            status, body = _checked(scope, start.get("status", 500), b"".join(chunks))
+        except Exception:
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            status, body = 500, error_body("INTERNAL_ERROR", "the server failed on this request (its log says why)")
+        closing = (b"connection", b"close") in (start.get("headers") or [])
+        if status < 400 and scope.get("path") != "/invocations":
+            headers = [(name, value) for name, value in start.get("headers") or [] if name != b"content-length"]
+        else:
+            headers = [(b"content-type", b"application/json"), *([(b"connection", b"close")] if closing else [])]
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [*headers, (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _checked(scope: Scope, status: int, body: bytes) -> tuple[int, bytes]:
+    """The answer as the contract has it (``StrictAnswers``)."""
+    import orjson
+
+    if status < 400:
+        if scope.get("path") != "/invocations":
+            return status, body  # /ping, /health, /version: MLflow's own
+        try:
+            document = orjson.loads(body)  # strict: NaN and Infinity are no JSON
+            finite = bool(np.isfinite(np.asarray(document["predictions"], dtype=np.float64)).all())
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            finite = False
+        if finite:
+            return status, body
+        return 400, error_body("INVALID_PARAMETER_VALUE", "the inputs give no finite probabilities: send pixels "
+                                                          "as finite numbers in [0, 1], 784 per image")
+    code, message = _ERROR_CODES.get(status, "BAD_REQUEST"), body.decode("utf-8", "replace")
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        document = json.loads(body)
+        code = str(document.get("error_code") or code)
+        message = str(document.get("message") or document.get("detail") or message)
+    line = " ".join(message.split())
+    line = line if len(line) <= MAX_MESSAGE else f"{line[:MAX_MESSAGE]}..."
+    # A client's mistake stays a 4xx; a 5xx is the server's, said without its insides.
+    return status, error_body(code, line or f"HTTP {status}")
+
+
 class BodyLimit:
     """Answers 413 to a request whose body is larger than ``max_bytes``, before the app sees
-    it: by its Content-Length at once, or while a chunked body arrives. MLflow's app reads
-    whole bodies anyway, so reading it here first costs no memory it would not use."""
+    it: by its Content-Length at once, or while a chunked body arrives; and 408 to one whose
+    body stops arriving for ``timeout_s`` (a client that died mid-request, or one holding a
+    worker's connection open on purpose). MLflow's app reads whole bodies anyway, so
+    reading it here first costs no memory it would not use."""
 
-    def __init__(self, app: App, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: App, max_bytes: int, timeout_s: float) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,7 +147,12 @@ class BodyLimit:
             return
         chunks, size = [], 0
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout_s)
+            except TimeoutError:
+                await _answer_and_close(send, 408, error_body(
+                    "REQUEST_TIMEOUT", f"the request body stopped arriving for {self.timeout_s:g} s: send it whole"))
+                return
             if message["type"] == "http.disconnect":
                 return
             chunk = message.get("body", b"")
@@ -90,15 +179,16 @@ class BodyLimit:
             more = message.get("more_body", False)
         size = declared if declared is not None else read
         limit_mb = self.max_bytes / 2**20
-        payload = json.dumps({
-            "error_code": "REQUEST_TOO_LARGE",
-            "message": f"request body of {size} bytes (at least) is over this server's limit of "
-                       f"{self.max_bytes} bytes ({limit_mb:.0f} MiB): send fewer images per request",
-        }).encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
-                                (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await _answer_and_close(send, 413, error_body(
+            "REQUEST_TOO_LARGE", f"request body of {size} bytes (at least) is over this server's limit of "
+                                 f"{self.max_bytes} bytes ({limit_mb:.0f} MiB): send fewer images per request"))
+
+
+async def _answer_and_close(send: Send, status: int, payload: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class TensorRows:
@@ -191,4 +281,5 @@ def create_app() -> App:
     from adapters.tracking import SERVING_DEVICE
 
     model = mlflow.pyfunc.load_model(os.environ[MODEL_DIR_ENV], model_config={"device": SERVING_DEVICE})
-    return BodyLimit(TensorRows(scoring_server.init(model), model), int(os.environ[MAX_BODY_ENV]))
+    scoring = TensorRows(scoring_server.init(model), model)
+    return StrictAnswers(BodyLimit(scoring, int(os.environ[MAX_BODY_ENV]), float(os.environ[BODY_TIMEOUT_ENV])))

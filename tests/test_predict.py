@@ -132,7 +132,9 @@ def test_one_prediction_from_kept_weights_costs_little_more_than_importing_torch
 
 def test_dae_predict_without_a_champion_says_what_to_do(tmp_path):
     Image.new("L", (30, 30), 0).save(tmp_path / "x.png")
-    done = _dae_predict(f"sqlite:///{tmp_path / 'empty.db'}", str(tmp_path / "x.png"))
+    store = f"sqlite:///{tmp_path / 'empty.db'}"
+    mlflow.MlflowClient(tracking_uri=store).search_experiments()  # a store with no model in it
+    done = _dae_predict(store, str(tmp_path / "x.png"))
     assert done.returncode == 4
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and CHAMPION_URI in lines[0] and "dae run" in lines[1], done.stderr

@@ -16,12 +16,15 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from adapters.model_server import tensor_rows
 from dae_core.summary import CHAMPION_URI
 from tests.conftest import framed_digits
 
 BIN = Path(sys.executable).parent
+BODY_TIMEOUT_S = 5
 
 
 def _rows(count: int) -> list[list[float]]:
@@ -58,12 +61,13 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(champion_store, tmp_path_factory):
-    """`dae serve` on the champion with two workers and a 1 MiB body limit."""
+    """`dae serve` on the champion with two workers, a 1 MiB body limit and a body timeout of 5 s."""
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as output:
         process = subprocess.Popen(
-            [str(BIN / "dae"), "serve", "--port", str(port), "--workers", "2", "--max-body-mb", "1"],
+            [str(BIN / "dae"), "serve", "--port", str(port), "--workers", "2", "--max-body-mb", "1",
+             "--body-timeout-s", str(BODY_TIMEOUT_S)],
             env={**os.environ, "MLFLOW_TRACKING_URI": champion_store["uri"]}, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -158,3 +162,62 @@ def test_the_short_road_parses_and_answers_a_100_image_request_several_times_fas
     ratios = sorted(seconds(lambda: scoring_server.invocations(body, "application/json", model, schema))
                     / seconds(lambda: short_road._answer(body)) for _ in range(5))
     assert ratios[2] > SHORT_ROAD_SPEEDUP / 2, ratios
+
+
+def _strict_json(text: str) -> object:
+    """RFC 8259 JSON: Python's parser also takes NaN and Infinity, which no other client does."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+PIXEL = st.one_of(st.floats(0, 1), st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70),
+                  st.text(max_size=3), st.none(), st.booleans())
+ROWS = st.lists(st.one_of(st.lists(PIXEL, min_size=784, max_size=784), st.lists(PIXEL, max_size=800),
+                          st.lists(st.floats(0, 1), min_size=784, max_size=784)), max_size=3)
+DOCUMENTS = st.one_of(
+    st.builds(lambda key, rows: {key: rows}, st.sampled_from(["inputs", "instances", "dataframe_split", "x"]), ROWS),
+    st.builds(lambda rows, params: {"inputs": rows, "params": params}, ROWS,
+              st.dictionaries(st.text(max_size=5), st.integers(), max_size=2)),
+    st.builds(lambda rows: {"dataframe_split": {"columns": [str(i) for i in range(784)], "data": rows}}, ROWS),
+    st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=5),
+                 lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                 max_leaves=8))
+
+
+def _encoded(document: object) -> bytes:
+    return json.dumps(document).encode()  # NaN and Infinity as Python writes them: bodies clients do send
+
+
+@given(body=st.one_of(DOCUMENTS.map(_encoded), st.binary(max_size=300)),
+       content_type=st.sampled_from(["application/json", "application/json; charset=utf-8", "text/csv",
+                                     "application/json; format=pandas-records", "text/plain", "", "*/*"]))
+@settings(suppress_health_check=[HealthCheck.too_slow])
+def test_every_request_gets_strict_json_and_a_clients_mistake_a_4xx_naming_it(served, body, content_type):
+    answer = httpx.post(f"{served['url']}/invocations", content=body, headers={"Content-Type": content_type},
+                        timeout=60)
+    assert answer.status_code < 500, answer.text[:500]
+    document = _strict_json(answer.text)
+    if answer.status_code >= 400:
+        assert set(document) == {"error_code", "message"} and document["message"], document
+        assert "Traceback" not in answer.text and "site-packages" not in answer.text, answer.text[:500]
+    else:
+        predictions = np.asarray(document["predictions"], dtype=np.float64)
+        assert predictions.shape[1:] == (10,) and np.isfinite(predictions).all()
+
+
+def test_a_body_that_stops_arriving_is_answered_408_and_the_connection_closed(served):
+    port = int(served["url"].rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as client:
+        started = time.monotonic()
+        client.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 1000\r\n\r\n{\"inputs\": [[0.5")
+        answer = b""
+        while chunk := client.recv(4096):  # the server closes the connection after its answer
+            answer += chunk
+    waited = time.monotonic() - started
+    head, _, body = answer.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 408") and "connection: close" in head.lower(), head
+    assert _strict_json(body)["error_code"] == "REQUEST_TIMEOUT"
+    assert BODY_TIMEOUT_S <= waited < BODY_TIMEOUT_S + 30, waited

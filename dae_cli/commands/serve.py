@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from adapters import served_model
-from adapters.model_server import MAX_BODY_ENV, MODEL_DIR_ENV
+from adapters.model_server import BODY_TIMEOUT_ENV, MAX_BODY_ENV, MODEL_DIR_ENV
 from dae_cli.arguments import positive_number, whole_number
 from dae_cli.command import Command, Session
 from dae_core.config import ConfigError
@@ -32,6 +32,7 @@ DEFAULT_MAX_BODY_MB = 16
 # request could take a worker's memory, and no client of a 784-float model needs it.
 MAX_BODY_MB = 1024
 MAX_WORKERS = 64
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-mb", type=positive_number(MAX_BODY_MB), default=DEFAULT_MAX_BODY_MB,
                         help=f"largest request body accepted, in MiB, up to {MAX_BODY_MB} (default "
                              f"{DEFAULT_MAX_BODY_MB}); larger: 413")
+    parser.add_argument("--body-timeout-s", type=positive_number(3600), default=DEFAULT_BODY_TIMEOUT_S,
+                        help=f"seconds a request body may stop arriving before it is answered 408 (default "
+                             f"{DEFAULT_BODY_TIMEOUT_S:g})")
     parser.add_argument("--verbose", action="store_true", help="show tracebacks")
 
 
@@ -69,7 +73,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     print(f"dae serve: {what} on http://{args.host}:{args.port}/invocations ({args.workers} workers, "
           f"bodies up to {args.max_body_mb:g} MiB)", flush=True)
     environment = {**os.environ, MODEL_DIR_ENV: str(Path(local).resolve()),
-                   MAX_BODY_ENV: str(int(args.max_body_mb * 2**20))}
+                   MAX_BODY_ENV: str(int(args.max_body_mb * 2**20)), BODY_TIMEOUT_ENV: str(args.body_timeout_s)}
     os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "--factory", "adapters.model_server:create_app",
                                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
                                "--log-level", "info" if session.verbose else "warning"], environment)
