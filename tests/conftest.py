@@ -30,6 +30,22 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
+def png_declaring(width: int, height: int) -> bytes:
+    """A small PNG whose header declares ``width`` x ``height`` (a decompression bomb's shape)."""
+    import io
+    import zlib
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("1", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    return bytes(data)
+
+
 def synthetic_digits(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Ten fixed random stroke templates on black, each image with its own brightness and
     a tenth of its stroke pixels missing: learnable and denoisable, like digits."""

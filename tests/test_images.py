@@ -6,7 +6,6 @@ import io
 import os
 import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from dae_core.images import CENTRE, DIGIT_BOX, ImageUnreadable, read_digits, to_mnist
-from tests.conftest import write_idx
+from tests.conftest import png_declaring, write_idx
 
 
 def _seven(width: int, height: int, ink: int, paper: int, offset: tuple[int, int] = (0, 0)) -> Image.Image:
@@ -231,21 +230,10 @@ def test_an_idx_file_with_any_header_is_read_or_refused_in_one_line(tmp_path, ki
     _read_or_refused(path)
 
 
-def _png_declaring(width: int, height: int) -> bytes:
-    """A small PNG whose header declares ``width`` x ``height`` (a decompression bomb's shape)."""
-    buffer = io.BytesIO()
-    Image.new("1", (8, 8)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    header = b"IHDR" + struct.pack(">II", width, height) + bytes(data[24:29])
-    data[12:29] = header
-    data[29:33] = struct.pack(">I", zlib.crc32(header))
-    return bytes(data)
-
-
 @pytest.mark.parametrize("side", [9000, 20000, 60000])
 def test_a_picture_too_large_to_be_a_digit_is_refused_by_its_size_without_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_declaring(side, side))
+    path.write_bytes(png_declaring(side, side))
     started = time.monotonic()
     with pytest.raises(ImageUnreadable, match="too large to be a digit") as refused:
         read_digits(path)
@@ -262,3 +250,14 @@ def test_folders_fifos_and_empty_files_are_refused_naming_them(tmp_path):
                        ("gone.png", "no such file")):
         with pytest.raises(ImageUnreadable, match=says):
             read_digits(tmp_path / name)
+
+
+@pytest.mark.parametrize("kind", ["GIF", "PNG", "WEBP", "TIFF"])
+def test_an_animation_is_read_by_its_first_frame(tmp_path, kind):
+    first, second = _seven(60, 60, 0, 255), Image.new("L", (60, 60), 255)
+    path = tmp_path / f"animated{SUFFIX[kind]}"
+    first.convert("RGB").save(path, kind, save_all=True, append_images=[second.convert("RGB")],
+                              **({"lossless": True} if kind == "WEBP" else {}))
+    with Image.open(path) as opened:
+        assert getattr(opened, "n_frames", 1) == 2
+    assert np.abs(read_digits(path).pixels[0] - to_mnist(first)).max() < 0.03

@@ -21,7 +21,7 @@ from PIL import Image
 
 from dae_core.config import build_config, closest_preset
 from dae_core.summary import CHAMPION_URI, REGISTERED_MODEL
-from tests.conftest import TINY, framed_digits, write_idx
+from tests.conftest import TINY, framed_digits, png_declaring, write_idx
 
 BIN = Path(sys.executable).parent
 
@@ -182,8 +182,10 @@ def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champi
         (folder / str(label)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(255 - image).save(folder / str(label) / f"{index}.png")
     (folder / "3" / "corrupt.png").write_text("no")
+    (folder / "3" / "bomb.png").write_bytes(png_declaring(20000, 20000))  # decoded, a frame of 400 M pixels
     by_folder = dae_score(source=str(folder), work_dir=str(tmp_path))
-    assert by_folder.images == 20 and len(by_folder.skipped) == 1 and "corrupt.png" in by_folder.skipped[0]
+    assert by_folder.images == 20 and len(by_folder.skipped) == 2, by_folder.skipped
+    assert "corrupt.png" in by_folder.skipped[1] and "bomb.png: too large to be a digit" in by_folder.skipped[0]
     assert by_folder.accuracy is not None and by_folder.accuracy >= 80
 
 
