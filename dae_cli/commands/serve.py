@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import io
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -60,6 +61,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
         import mlflow
 
         tracking.check_store(create=False)
+        folder = None
         try:
             version, uri = served_model.pinned_with_mlflow(args.model)
             # A folder of the server's own (the image's working directory is not writable).
@@ -68,6 +70,8 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
             with contextlib.nullcontext() if session.verbose else contextlib.redirect_stderr(io.StringIO()):
                 local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
         except mlflow.exceptions.MlflowException as error:
+            if folder is not None:  # a refused command leaves nothing behind
+                shutil.rmtree(folder, ignore_errors=True)
             raise ModelUnavailable.from_mlflow(args.model, tracking.tracking_uri(), error) from None
     what = f"version {version.version} of {version.name}" if version is not None else args.model
     print(f"dae serve: {what} on http://{args.host}:{args.port}/invocations ({args.workers} workers, "
