@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +47,22 @@ def positive_number(high: float) -> Callable[[str], float]:
         if not (math.isfinite(value) and 0 < value <= high):
             raise argparse.ArgumentTypeError(f"{text} is outside (0, {high:g}]")
         return value
+
+    return convert
+
+
+def one_line(longest: int) -> Callable[[str], str]:
+    """A flag's converter: a name of 1 to ``longest`` characters on one line (MLflow keeps
+    experiment names up to 500; a control character would break the lines it is shown in)."""
+
+    def convert(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("an empty name")
+        if len(text) > longest:
+            raise argparse.ArgumentTypeError(f"a name of {len(text)} characters; at most {longest}")
+        if re.search(r"[\x00-\x1f\x7f]", text):
+            raise argparse.ArgumentTypeError(f"{text!r} holds a control character")
+        return text
 
     return convert
 

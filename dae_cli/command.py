@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from adapters.progress import Phase, ProgressEvent
 from adapters.settings import Settings
-from dae_cli.arguments import check_writable_file, check_writable_folder
+from dae_cli.arguments import check_writable_file, check_writable_folder, one_line
 from dae_core.config import PRESETS, ConfigError, ExperimentConfig, build_config, parse_overrides
 from dae_core.errors import EXIT_SERVER, DaeError
 from dae_core.summary import DEFAULT_EXPERIMENT
@@ -62,7 +62,8 @@ def add_flow_options(parser: argparse.ArgumentParser) -> None:
                         help="folder holding <Dataset>/raw/ IDX files; env DAE_DATA_DIR; default ./data")
     parser.add_argument("--no-download", action="store_true",
                         help="fail instead of downloading when the raw files are missing")
-    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="MLflow experiment name")
+    parser.add_argument("--experiment", default=DEFAULT_EXPERIMENT, type=one_line(500),
+                        help="MLflow experiment name (1 to 500 characters)")
     parser.add_argument("--work-dir", help="run outputs and resumable training state; "
                         "env DAE_WORK_DIR; default ./dae-work")
     parser.add_argument("--verbose", action="store_true", help="show Prefect's INFO logs in the terminal")

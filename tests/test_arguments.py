@@ -153,3 +153,17 @@ def test_reading_commands_never_create_a_store(untouched_store, capsys, argument
     assert dae_main(arguments) == 4
     said = capsys.readouterr().err.strip().splitlines()
     assert said[-2].startswith("dae: no tracking store at sqlite:///") and said[-1].startswith("  fix: "), said
+
+
+@given(name=st.one_of(st.text(max_size=20), st.text(min_size=490, max_size=520)))
+def test_an_experiment_name_is_one_line_of_1_to_500_characters(name):
+    """An empty or overlong name used to reach MLflow inside the flow: a traceback."""
+    if name.startswith("-"):
+        name = f"x{name}"  # argparse reads a leading dash as a flag
+    try:
+        parsed = _parsed("run", f"--experiment={name}")
+    except ConfigError as refused:
+        _refused_in_two_lines(refused)
+        assert not name.strip() or len(name) > 500 or any(ord(c) < 32 or ord(c) == 127 for c in name)
+        return
+    assert parsed.experiment == name and 0 < len(name) <= 500
