@@ -167,3 +167,12 @@ def test_an_experiment_name_is_one_line_of_1_to_500_characters(name):
         assert not name.strip() or len(name) > 500 or any(ord(c) < 32 or ord(c) == 127 for c in name)
         return
     assert parsed.experiment == name and 0 < len(name) <= 500
+
+
+@pytest.mark.parametrize("storage", ["garbage://x", "not a url", "postgresql+nodriver://user:secret@host/db"])
+def test_tune_refuses_a_studies_url_sqlalchemy_cannot_open_without_echoing_it(untouched_store, tmp_path, capsys,
+                                                                             data_root, storage):
+    assert dae_main(["tune", "--preset", "smoke", "--storage", storage, "--work-dir", str(tmp_path / "work"),
+                     "--data-dir", str(data_root), "--no-download"]) == 2
+    said = capsys.readouterr().err.strip().splitlines()
+    assert len(said) == 2 and "no database URL SQLAlchemy can open" in said[0] and "secret" not in said[0], said

@@ -10,6 +10,7 @@ from adapters.progress import Phase
 from dae_cli import command
 from dae_cli.arguments import whole_number
 from dae_core.comparison import CELLS, MAX_PARALLEL, MAX_TRIALS
+from dae_core.config import ConfigError
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,23 @@ def _load():
     return dae_tune
 
 
+def _check_storage(url: str | None) -> None:
+    """A studies' database URL SQLAlchemy can open, or none (the default): refused before any
+    server starts, not in a traceback from inside the flow."""
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ImportError, ValueError) as error:
+        # Not echoed: a URL may hold a password.
+        raise ConfigError(f"--storage (or DAE_TUNING_STORAGE) is no database URL SQLAlchemy can open "
+                          f"({type(error).__name__})", "pass sqlite:///PATH/optuna.db or "
+                          "postgresql+psycopg://USER@HOST/DATABASE") from None
+
+
 def _execute(args: argparse.Namespace, session: command.Session) -> int:
     from dae_core.tuning import DEFAULT_TUNED_CELLS, markdown_table, parse_dimension
 
@@ -50,6 +68,7 @@ def _execute(args: argparse.Namespace, session: command.Session) -> int:
     command.check_outputs(args, session)
     command.check_fan_out(args.fan_out)
     command.check_data(args, session, config)
+    _check_storage(args.storage or session.settings.tuning_storage)
     for text in args.space:
         parse_dimension(text)  # refused here, before any server or import, naming the entry
     trials = functools.partial(command.CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials",
