@@ -161,28 +161,22 @@ def _one_line(text: str) -> str:
     return _UNPRINTABLE.sub(" ", text).replace(" | ", " / ")
 
 
-def record_decision(version: str, action: str, text: str) -> Callable[[], None]:
+def record_decision(version: str, action: str, text: str, undo: list[Callable[[], None]] | None = None) -> None:
     """The champion decision about ``version`` (tag ``champion_decision``: the action) at the
-    end of its description, replacing an earlier one; returns what puts both back."""
+    end of its description, replacing an earlier one. ``undo``: where each write, once made,
+    leaves what puts it back."""
     client = tracking.client()
     found = client.get_model_version(REGISTERED_MODEL, version)
     current, earlier_action = found.description or "", found.tags.get(DECISION)
     card = current.split(f"\n\n{_DECISION_HEADING}")[0]
     client.update_model_version(REGISTERED_MODEL, version, description=f"{card}\n\n{_DECISION_HEADING}\n{text}")
-
-    def undo() -> None:
-        client.update_model_version(REGISTERED_MODEL, version, description=current)
-        if earlier_action is None:
-            client.delete_model_version_tag(REGISTERED_MODEL, version, DECISION)
-        else:
-            client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, earlier_action)
-
-    try:
-        client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
-    except Exception:
-        undo()
-        raise
-    return undo
+    if undo is not None:
+        undo.append(lambda: client.update_model_version(REGISTERED_MODEL, version, description=current))
+    client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
+    if undo is not None:
+        undo.append(lambda: client.delete_model_version_tag(REGISTERED_MODEL, version, DECISION)
+                    if earlier_action is None
+                    else client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, earlier_action))
 
 
 def move_champion(version: str, reason: str, by: str, decision: tuple[str, str]) -> ChampionMove | None:
@@ -209,7 +203,7 @@ def move_champion(version: str, reason: str, by: str, decision: tuple[str, str])
         tag = f"{MOVE_TAG_PREFIX}{time.time_ns()}"
         client.set_registered_model_tag(REGISTERED_MODEL, tag, move.line())
         undo.append(lambda: client.delete_registered_model_tag(REGISTERED_MODEL, tag))
-        undo.append(record_decision(version, *decision))
+        record_decision(version, *decision, undo=undo)
     except Exception as error:
         raise _undone(undo, move, error) from None
     return move
