@@ -121,10 +121,14 @@ def _checked(scope: Scope, status: int, body: bytes) -> tuple[int, bytes]:
         document = json.loads(body)
         code = str(document.get("error_code") or code)
         message = str(document.get("message") or document.get("detail") or message)
-    line = " ".join(message.split())
-    line = line if len(line) <= MAX_MESSAGE else f"{line[:MAX_MESSAGE]}..."
     # A client's mistake stays a 4xx; a 5xx is the server's, said without its insides.
-    return status, error_body(code, line or f"HTTP {status}")
+    return status, error_body(code, message_line(message) or f"HTTP {status}")
+
+
+def message_line(message: str) -> str:
+    """An error's message as a client gets it: one line of at most ``MAX_MESSAGE`` characters."""
+    line = " ".join(message.split())
+    return line if len(line) <= MAX_MESSAGE else f"{line[:MAX_MESSAGE]}..."
 
 
 class BodyLimit:

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.model_server import tensor_rows
+from adapters.model_server import message_line, tensor_rows
 from dae_core.summary import CHAMPION_URI
 from tests.conftest import framed_digits
 
@@ -93,8 +93,10 @@ def _mlflows_answer(body: bytes) -> tuple[int, object]:
     model = mlflow.pyfunc.load_model(CHAMPION_URI, model_config={"device": "cpu"})
     try:
         answer = scoring_server.invocations(body, "application/json", model, model.metadata.get_input_schema())
-    except mlflow.exceptions.MlflowException as error:  # as MLflow's endpoint answers it
-        return error.get_http_status_code(), json.loads(error.serialize_as_json())
+    except mlflow.exceptions.MlflowException as error:  # as MLflow's endpoint answers it, in dae's one line
+        refused = json.loads(error.serialize_as_json())
+        return error.get_http_status_code(), {"error_code": refused["error_code"],
+                                              "message": message_line(refused["message"])}
     return answer.status, json.loads(answer.response)
 
 
