@@ -223,3 +223,36 @@ def test_a_body_that_stops_arriving_is_answered_408_and_the_connection_closed(se
     assert head.startswith("HTTP/1.1 408") and "connection: close" in head.lower(), head
     assert _strict_json(body)["error_code"] == "REQUEST_TIMEOUT"
     assert BODY_TIMEOUT_S <= waited < BODY_TIMEOUT_S + 30, waited
+
+
+@pytest.mark.slow
+def test_the_input_formats_the_readme_names_answer_alike_and_csv_is_refused_in_json(served):
+    """README: JSON `inputs`/`instances`, `dataframe_split`, `dataframe_records` and Parquet give
+    the same probabilities; MLflow cannot read CSV into this model's tensor signature, so a CSV
+    body gets a 400 that says so."""
+    import io
+
+    import pandas as pd
+
+    rows = np.asarray(_rows(3), dtype=np.float32)
+    frame = pd.DataFrame(rows, columns=[str(column) for column in range(784)])
+    parquet = io.BytesIO()
+    frame.to_parquet(parquet)
+    bodies = {"inputs": ("application/json", json.dumps({"inputs": rows.tolist()}).encode()),
+              "instances": ("application/json", json.dumps({"instances": rows.tolist()}).encode()),
+              "dataframe_split": ("application/json",
+                                  json.dumps({"dataframe_split": frame.to_dict(orient="split")}).encode()),
+              "dataframe_records": ("application/json",
+                                    json.dumps({"dataframe_records": frame.to_dict(orient="records")}).encode()),
+              "parquet": ("application/vnd.apache.parquet", parquet.getvalue())}
+    answers = {}
+    for name, (content_type, body) in bodies.items():
+        answered = httpx.post(f"{served['url']}/invocations", content=body, headers={"Content-Type": content_type},
+                              timeout=60)
+        assert answered.status_code == 200, (name, answered.text[:300])
+        answers[name] = np.asarray(_strict_json(answered.text)["predictions"])
+    for name, predictions in answers.items():
+        assert predictions.shape == (3, 10) and np.allclose(predictions, answers["inputs"], atol=1e-6), name
+    csv = httpx.post(f"{served['url']}/invocations", content=frame.to_csv(index=False).encode(),
+                     headers={"Content-Type": "text/csv"}, timeout=60)
+    assert csv.status_code == 400 and _strict_json(csv.text)["error_code"] == "BAD_REQUEST"
