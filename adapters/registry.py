@@ -218,13 +218,12 @@ def _point_champion_back(previous: str | None) -> None:
 
 def _undone(undo: list[Callable[[], None]], move: ChampionMove, error: Exception) -> ChampionNotMoved:
     """Undo the writes that happened, last first; the error that says how it ended."""
-    cause = str(error).splitlines()[0] if str(error) else type(error).__name__
-    failed = []
+    cause, failed = _first_line(error), []
     for step in reversed(undo):
         try:
             step()
         except Exception as undo_error:  # the registry went away mid-way: said, not hidden
-            failed.append(str(undo_error).splitlines()[0] if str(undo_error) else type(undo_error).__name__)
+            failed.append(_first_line(undo_error))
     was = f"version {move.previous}" if move.previous else "no version"
     if not failed:
         return ChampionNotMoved(f"the registry refused to record the move of @{CHAMPION} to version {move.version} "
@@ -235,6 +234,10 @@ def _undone(undo: list[Callable[[], None]], move: ChampionMove, error: Exception
                             f"refused to record it ({cause}) and to undo it ({'; '.join(failed)})",
                             f"`dae champion` shows where it points; put it back with `dae champion --set "
                             f"{move.previous or move.version} --reason \"undo a half-made move\"`")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
 def champion_history() -> list[ChampionMove]:

@@ -57,6 +57,17 @@ def command(target: str, call: int, folder: Path, *arguments: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), target, str(call), str(folder), *arguments]
 
 
+# A run's per-epoch state is saved by `training_state`: held before its (N+1)th call, a run
+# has saved N epochs and trains no further.
+EPOCH_SAVE = "dae_core.stages:training_state"
+
+
+def after_epochs(gate: Gate, epochs: int, *arguments: str) -> list[str]:
+    """``dae *arguments`` (or ``python -c CODE``), held at ``gate`` once its runs have saved
+    ``epochs`` epochs together."""
+    return command(EPOCH_SAVE, epochs + 1, gate.folder, *arguments)
+
+
 def _install(target: str, call: int, gate: Gate) -> None:
     module_name, name = target.split(":")
     module = importlib.import_module(module_name)

@@ -21,8 +21,7 @@ from mlflow import MlflowClient
 
 from dae_core.config import build_config
 from tests.conftest import TINY, make_dataset
-from tests.gate import Gate
-from tests.gate import command as gate_command
+from tests.gate import Gate, after_epochs
 
 pytestmark = pytest.mark.slow  # processes started, killed and raced; minutes
 
@@ -31,9 +30,6 @@ BIN = Path(sys.executable).parent
 SLOW = ["data.batch_size=100", "data.train_limit=null", "data.test_limit=null", "pretrain.epochs=10",
         "classifier.epochs=2", "runtime.threads=1", "seed=3"]
 
-# A run's per-epoch state is saved by `training_state`: held before its (N+1)th call, a run has
-# saved N epochs and trains no further.
-EPOCH_SAVE = "dae_core.stages:training_state"
 
 
 def _dae_run(env, data_root, work_dir, experiment, summary, overrides, held: tuple[Gate, int] | None = None):
@@ -45,7 +41,7 @@ def _dae_run(env, data_root, work_dir, experiment, summary, overrides, held: tup
     command = [str(BIN / "dae"), *arguments]
     if held:
         gate, epochs = held
-        command = gate_command(EPOCH_SAVE, epochs + 1, gate.folder, *arguments)
+        command = after_epochs(gate, epochs, *arguments)
     return subprocess.Popen(command, env=env, cwd=work_dir.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
@@ -239,7 +235,7 @@ def _compare(env: dict[str, str], data_root: Path, work: Path, summary: Path, *e
         command += ["--set", item]
     if held:
         gate, epochs = held
-        command = gate_command(EPOCH_SAVE, epochs + 1, gate.folder, *command[1:])
+        command = after_epochs(gate, epochs, *command[1:])
     return subprocess.Popen(command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 

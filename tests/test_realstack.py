@@ -33,8 +33,7 @@ from mlflow import MlflowClient
 
 from tests import stack
 from tests.conftest import TINY, make_dataset, write_idx
-from tests.gate import Gate
-from tests.gate import command as gate_command
+from tests.gate import Gate, after_epochs
 
 pytestmark = pytest.mark.realstack
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +311,7 @@ def _experiment_process(env: dict[str, str], config: dict, experiment: str, seed
     command = [sys.executable, "-c", script, json.dumps({**config, "seed": seed}), experiment]
     if held:
         gate, epochs = held
-        command = gate_command("dae_core.stages:training_state", epochs + 1, gate.folder, *command[1:])
+        command = after_epochs(gate, epochs, *command[1:])
     return subprocess.Popen(command, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

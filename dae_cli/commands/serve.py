@@ -56,7 +56,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     from dae_cli.commands.predict import ModelUnavailable
     from dae_cli.terminal import mlflow_warnings_only
 
-    check_listening(args.host, args.port)
+    _check_listening(args.host, args.port)
     with mlflow_warnings_only(session.verbose):
         import mlflow
 
@@ -84,7 +84,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     return 0  # not reached: this process is uvicorn now
 
 
-def check_listening(host: str, port: int) -> None:
+def _check_listening(host: str, port: int) -> None:
     """Refuse an address the server could not listen on (unknown, not this machine's, or a
     port in use) before the model is fetched: uvicorn would say it in a traceback after."""
     try:
