@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 # Where MNIST lies (or will be downloaded to): <DATA_DIR>/MNIST/raw/
 DATA_DIR ?= data
 PRESET ?= lecture
+BACKUP_DIR ?= backups
 
-.PHONY: help install run compare bench bench-all test test-fast test-under-load lint up down deploy clean
+.PHONY: help install run compare bench bench-all test test-fast test-under-load lint up backup restore down deploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -54,6 +55,13 @@ up:  ## the team stack in Docker, built, started, deployed, set up (needs .env; 
 deploy:  ## register the deployments of prefect.yaml again, then the automations of `dae setup`
 	$(COMPOSE) exec -T worker prefect --no-prompt deploy --all
 	$(COMPOSE) exec -T worker dae setup
+
+backup:  ## one archive of the running team stack: every database and artifact, checked (BACKUP_DIR=backups)
+	$(PYTHON) docker/stack_archive.py backup --to $(BACKUP_DIR)
+
+restore:  ## restore ARCHIVE=backups/dae-backup-....tar onto an empty team stack, checked against its manifest
+	@test -n "$(ARCHIVE)" || { echo "make restore: which archive? make restore ARCHIVE=backups/dae-backup-....tar" >&2; exit 2; }
+	$(PYTHON) docker/stack_archive.py restore $(ARCHIVE)
 
 down:  ## stop the team stack (volumes are kept)
 	$(COMPOSE) down

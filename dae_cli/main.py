@@ -29,8 +29,16 @@ COMMANDS: tuple[Command, ...] = tuple(module.COMMAND for module in (run, compare
                                                                          setup, users, bench))
 
 
+def release() -> str:
+    """The installed release of dae-pipeline (pyproject.toml's version; CHANGELOG.md)."""
+    from importlib.metadata import version
+
+    return version("dae-pipeline")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="dae", description="Denoising-autoencoder MNIST pipeline")
+    parser.add_argument("--version", action="version", version=f"dae-pipeline {release()}")
     subcommands = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add_arguments(subcommands.add_parser(command.name, help=command.help))

@@ -10,6 +10,11 @@
 #    Checked logins are cached for 60 s: each check hashes the password (PBKDF2), which
 #    took a log request from 12 ms to 386 ms on a 2-core machine (27 ms cached); the price
 #    is that an old password works for up to a minute after a change on another worker.
+# 3. For MLflow's tracking server (MLFLOW_BACKEND_STORE_URI), brings its database's schema
+#    to this MLflow's release first (`mlflow db upgrade`: creates it in an empty database,
+#    migrates one made by an older MLflow, does nothing to a current one): an upgraded
+#    image starts on the data of the release before it. Its login's database migrates
+#    itself at start.
 set -eu
 
 case "${BIND_ADDRESS:-127.0.0.1}" in
@@ -36,6 +41,10 @@ auth_cache_ttl_seconds = 60
 INI
   export MLFLOW_AUTH_CONFIG_PATH="$config"
   unset MLFLOW_AUTH_DATABASE_URI
+fi
+
+if [ -n "${MLFLOW_BACKEND_STORE_URI:-}" ]; then
+  mlflow db upgrade "$MLFLOW_BACKEND_STORE_URI"
 fi
 
 exec "$@"

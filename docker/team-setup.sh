@@ -1,8 +1,10 @@
 #!/bin/sh
 # The team stack from a clone, in one go: build and start every service, put MNIST into the
 # stack when you have it on disk, register the deployments, create the automations. Safe to
-# run again (after a `git pull`, a changed .env). The README's "Team setup" shows this file;
-# tests/test_compose_stack.py runs the README's commands, so the two cannot drift.
+# run again (a changed .env), and it is the upgrade: after a `git pull` it rebuilds the images,
+# the databases migrate as the servers start, the deployments and automations become this
+# release's, and every record stays (CHANGELOG.md). The README's "Team setup" shows this file;
+# tests/test_compose_stack.py and tests/test_compose_upgrade.py run the README's commands.
 #   DATA_DIR=DIR  the folder holding MNIST/raw/ (as for `dae run --data-dir`): copied into the
 #                 workers' /data volume; without it the worker downloads MNIST when it first trains.
 set -eu
@@ -18,8 +20,10 @@ if docker compose version >/dev/null 2>&1; then compose="docker compose"; else c
 GIT_COMMIT=${GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export GIT_COMMIT
 
-echo "team-setup: building and starting the stack (waits until the servers are healthy)"
-$compose up -d --build
+release=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+echo "team-setup: dae-pipeline $release: building and starting the stack (waits until the servers are healthy)"
+# --remove-orphans: a service an older release had and this one has not stops with it.
+$compose up -d --build --remove-orphans
 if [ -n "${DATA_DIR:-}" ]; then
   echo "team-setup: copying $DATA_DIR/MNIST into the workers' data volume"
   tar -C "$DATA_DIR" -c MNIST | $compose exec -T worker tar -C /data -x

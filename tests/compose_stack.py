@@ -9,11 +9,13 @@ built by compose itself from the repository's Dockerfile, FROM the Python stand-
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
 import os
 import random
+import secrets
 import shutil
 import socket
 import subprocess
@@ -24,6 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "compose_fixtures"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
@@ -32,6 +37,8 @@ HOST_CA_CERTIFICATES = Path("/usr/local/share/ca-certificates")
 # .env setting -> the stand-in's recipe (tests/compose_fixtures/<name>.Dockerfile).
 STAND_INS = {"POSTGRES_IMAGE": "postgres", "PREFECT_IMAGE": "prefect", "MLFLOW_IMAGE": "mlflow",
              "S3_IMAGE": "s3", "AWS_CLI_IMAGE": "aws-cli"}
+PUBLISHED = ("PREFECT_PORT", "MLFLOW_PORT", "S3_PORT", "MODEL_PORT")
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 class Progress:
@@ -174,9 +181,9 @@ def clean_checkout(destination: Path) -> Path:
     return destination
 
 
-def readme_commands(section: str = "## Team setup") -> list[str]:
+def readme_commands(section: str = "## Team setup", readme: Path = REPO / "README.md") -> list[str]:
     """The first shell block of the README's section, one command a line (comments dropped)."""
-    text = (REPO / "README.md").read_text()
+    text = readme.read_text()
     block = text[text.index(section):].split("```bash\n", 1)[1].split("```", 1)[0]
     return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
 
@@ -225,6 +232,52 @@ class TeamStack:
         self.say(f"waiting for {what}")
         return wait_until(condition, timeout, what, every)
 
+    def prefect(self, method: str, path: str, auth: str | None = "", **kwargs) -> httpx.Response:
+        """A Prefect API call from the host; ``auth`` "" means the stack's auth string, None none."""
+        auth_string = self.settings["PREFECT_API_AUTH_STRING"] if auth == "" else auth
+        encoded = base64.b64encode(auth_string.encode()).decode() if auth_string else None
+        headers = {"Authorization": f"Basic {encoded}"} if encoded else {}
+        return httpx.request(method, f"{self.url('PREFECT_PORT')}/api{path}", headers=headers, timeout=30, **kwargs)
+
+    def start_deployment(self, deployment: str, parameters: dict) -> str:
+        """A flow run of ``deployment`` ("flow/name") created with ``parameters``: its id."""
+        flow, name = deployment.split("/")
+        found = self.prefect("GET", f"/deployments/name/{flow}/{name}").raise_for_status().json()
+        created = self.prefect("POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})
+        assert created.is_success, created.text
+        return created.json()["id"]
+
+    def flow_run(self, flow_run_id: str) -> dict:
+        return self.prefect("GET", f"/flow_runs/{flow_run_id}").raise_for_status().json()
+
+    def finished(self, flow_run_id: str, what: str, timeout: float = 600) -> dict:
+        """The flow run once in a final state."""
+        def final():
+            with contextlib.suppress(httpx.HTTPError):
+                run = self.flow_run(flow_run_id)
+                return run if run["state_type"] in FINAL else None
+        return self.wait_until(final, timeout, what, every=3)
+
+    def healthy(self, services: tuple[str, ...], what: str, timeout: float = 300) -> None:
+        self.wait_until(lambda: all(self.health().get(name) == "healthy" for name in services), timeout, what)
+
+    def run_readme(self, readme: Path) -> None:
+        """The README's "Team setup" commands, word for word, in this stack's folder."""
+        outputs = []
+        for command in readme_commands(readme=readme):
+            self.say(f"README: {command}")
+            done = run(["sh", "-c", command], cwd=self.root, env=self.env, timeout=2400)
+            outputs.append(done.stdout + done.stderr)
+        self.setup_output = "\n".join(outputs)
+
+    def keep_logs_and_remove(self, log: Path) -> None:
+        """The stack's last logs kept in ``log``, then its containers, networks and volumes gone."""
+        with contextlib.suppress(Exception):
+            log.write_text(self.compose("logs", "--no-color", "--tail", "200", check=False).stdout)
+            self.say(f"the stack's logs: {log}")
+        self.say("removing the stack's containers, networks and volumes")
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+
 
 def wait_until(condition, timeout: float, what: str, every: float = 2.0):
     """``condition()`` once truthy, else an AssertionError naming ``what``."""
@@ -240,3 +293,56 @@ def env_without_dev_settings() -> dict[str, str]:
     """This process's environment without the settings that would steer compose or the stack."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("PREFECT_", "MLFLOW_", "DAE_", "COMPOSE_", "DOCKER_"))}
+
+
+def missing_tools() -> list[str]:
+    tools = ["docker", "dockerd", "debootstrap", "git"]
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if shutil.which("docker-compose") is None and subprocess.run(["docker", "compose", "version"],
+                                                                 capture_output=True).returncode != 0:
+        missing.append("docker compose / docker-compose")
+    return missing
+
+
+def skip_or_fail_without_tools() -> None:
+    missing = missing_tools()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} missing; .ci/run installs them (Debian: docker.io docker-compose debootstrap)")
+        pytest.skip(f"{missing} missing (Debian: docker.io docker-compose debootstrap)")
+
+
+def team_settings(images: dict[str, str]) -> dict[str, str]:
+    """What a person writes into .env: fresh secrets, the stand-in images, free ports."""
+    secret = lambda: secrets.token_hex(12)  # noqa: E731
+    return {"POSTGRES_PASSWORD": secret(), "S3_ACCESS_KEY": secret(), "S3_SECRET_KEY": secret(),
+            "MLFLOW_ADMIN_PASSWORD": secret(), "MLFLOW_SECRET_KEY": secret(), "DAE_WORKER_PASSWORD": secret(),
+            "DAE_SERVING_PASSWORD": secret(), "PREFECT_API_AUTH_STRING": secret(), "TUNING_DB_PASSWORD": secret(),
+            **dict(zip(PUBLISHED, map(str, published_ports(len(PUBLISHED))), strict=True)),
+            **images}
+
+
+def team_env(root: Path, settings: dict[str, str], project: str, data: Path) -> dict[str, str]:
+    """The environment the README's commands run in: compose's project, the test's "$EDITOR"
+    (which writes ``settings`` into .env), and DATA_DIR."""
+    (root / "settings.json").write_text(json.dumps(settings))
+    return {**env_without_dev_settings(), "COMPOSE_PROJECT_NAME": project,
+            "EDITOR": f"{sys.executable} {FIXTURES / 'edit_env.py'} {root / 'settings.json'}", "DATA_DIR": str(data)}
+
+
+def worker_image() -> str:
+    """The worker image's name and tag as docker-compose.yml gives them (the release)."""
+    return next(line.split("image:", 1)[1].strip() for line in (REPO / "docker-compose.yml").read_text().splitlines()
+                if line.strip().startswith("image: dae-pipeline-worker:"))
+
+
+@contextlib.contextmanager
+def admin_client(team: TeamStack):
+    """MLflow's client as the stack's admin (it takes the login from the environment)."""
+    from mlflow import MlflowClient
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        patched.setenv("MLFLOW_TRACKING_PASSWORD", team.settings["MLFLOW_ADMIN_PASSWORD"])
+        uri = team.url("MLFLOW_PORT")
+        yield MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -25,8 +25,8 @@ POOL = "dae-pool"
 START_SERVER = ["/bin/sh", str(REPO / "docker" / "start-server.sh")]
 PREFECT_SERVER = ["prefect", "server", "start"]
 MLFLOW_SERVER = ["mlflow", "server"]
-MLFLOW_SERVER_FLAGS = {"--host", "--port", "--backend-store-uri", "--serve-artifacts", "--artifacts-destination",
-                       "--allowed-hosts", "--app-name"}
+MLFLOW_SERVER_FLAGS = {"--host", "--port", "--serve-artifacts", "--artifacts-destination", "--allowed-hosts",
+                       "--app-name"}
 WORKER = ["prefect", "worker", "start", "--pool", POOL, "--type", "process"]
 MODEL_SERVER = ["dae", "serve"]
 CHAMPION = "models:/dae-mnist-classifier@champion"
@@ -37,7 +37,8 @@ MODEL_SERVER_ENV = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "MLFLOW_DEFAULT
 CLIENT_CREDENTIALS_ENV = {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}
 WORKER_ENV = {"PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_URI", "DAE_DATA_DIR", "DAE_WORK_DIR",
               *CLIENT_CREDENTIALS_ENV}
-MLFLOW_SERVER_ENV = {"MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+# The backend store is MLFLOW_BACKEND_STORE_URI: start-server.sh runs `mlflow db upgrade` on it first.
+MLFLOW_SERVER_ENV = {"MLFLOW_BACKEND_STORE_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                      "MLFLOW_AUTH_DATABASE_URI", "MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD",
                      "MLFLOW_FLASK_SERVER_SECRET_KEY"}
 PREFECT_SERVER_ENV = {"PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_SERVER_API_AUTH_STRING"}
@@ -151,13 +152,12 @@ def prefect_server_command(port: int) -> list[str]:
     return [*PREFECT_SERVER, "--host", "127.0.0.1", "--port", str(port)]
 
 
-def mlflow_server_command(port: int, backend: str, destination: str, login: bool = True) -> list[str]:
+def mlflow_server_command(port: int, destination: str, login: bool = True) -> list[str]:
     """``login``: MLflow's basic-auth app, as in docker-compose.yml (it needs the settings
-    that ``servers`` gives it)."""
+    that ``servers`` gives it). The backend store comes from MLFLOW_BACKEND_STORE_URI."""
     hosts = f"127.0.0.1,127.0.0.1:{port},localhost,localhost:{port}"
     return [*MLFLOW_SERVER, *(["--app-name", "basic-auth"] if login else []), "--host", "127.0.0.1",
-            "--port", str(port), "--backend-store-uri", backend,
-            "--serve-artifacts", "--artifacts-destination", destination, "--allowed-hosts", hosts,
+            "--port", str(port), "--serve-artifacts", "--artifacts-destination", destination, "--allowed-hosts", hosts,
             "--workers", "1"]
 
 
@@ -189,9 +189,9 @@ def servers(root: Path, env: dict[str, str], artifacts_destination: str, credent
              "PREFECT_SERVER_API_AUTH_STRING": credentials.prefect_auth_string},
             root / "prefect-server.log", ready_url=f"http://127.0.0.1:{prefect_port}/api/health", timeout=180))
         started.enter_context(background(
-            [*START_SERVER, *mlflow_server_command(mlflow_port, f"postgresql://postgres@{database}/{mlflow_db}",
-                                                   artifacts_destination)],
-            {**env, **(mlflow_env or {}), "MLFLOW_AUTH_DATABASE_URI": f"postgresql://postgres@{database}/{auth_db}",
+            [*START_SERVER, *mlflow_server_command(mlflow_port, artifacts_destination)],
+            {**env, **(mlflow_env or {}), "MLFLOW_BACKEND_STORE_URI": f"postgresql://postgres@{database}/{mlflow_db}",
+             "MLFLOW_AUTH_DATABASE_URI": f"postgresql://postgres@{database}/{auth_db}",
              "MLFLOW_AUTH_CONFIG_DIR": str(root), "MLFLOW_AUTH_ADMIN_USERNAME": credentials.admin[0],
              "MLFLOW_AUTH_ADMIN_PASSWORD": credentials.admin[1],
              "MLFLOW_FLASK_SERVER_SECRET_KEY": credentials.mlflow_secret_key},

@@ -8,13 +8,7 @@ links, refusals, the deployments, serving, faults, and last `down` then `up`."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import secrets
-import shutil
-import subprocess
-import sys
 import time
 import uuid
 
@@ -22,115 +16,44 @@ import httpx
 import pytest
 from mlflow import MlflowClient
 
-from tests import compose_stack, stack
+from tests import compose_stack, stack_records
 from tests.compose_stack import Progress, TeamStack
-from tests.conftest import TINY, make_dataset
+from tests.conftest import make_dataset
+from tests.stack_records import CONFIG
 
 pytestmark = pytest.mark.compose
-FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-# Small enough to train in seconds on tiny data, as the real-stack test's runs.
-CONFIG = {**TINY, "pretrain": {**TINY["pretrain"], "epochs": 4, "hidden_units": 32},
-          "classifier": {**TINY["classifier"], "epochs": 2}}
 # Long enough (about a minute on 2 cores) for servers to be restarted while it trains.
 LONG_EPOCHS = 1000
 LONG = {**CONFIG, "pretrain": {**CONFIG["pretrain"], "epochs": LONG_EPOCHS, "hidden_units": 512},
         "classifier": {**CONFIG["classifier"], "epochs": 1, "lr": 0.1}, "runtime": {"device": "cpu", "threads": 1}}
 SERVICES_WITH_HEALTH = ("postgres", "prefect-server", "s3", "mlflow")
-ONE_SHOT = ("create-bucket", "mlflow-users")
-PUBLISHED = ("PREFECT_PORT", "MLFLOW_PORT", "S3_PORT", "MODEL_PORT")
-
-
-def _missing_tools() -> list[str]:
-    tools = ["docker", "dockerd", "debootstrap", "git"]
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if shutil.which("docker-compose") is None and subprocess.run(["docker", "compose", "version"],
-                                                                 capture_output=True).returncode != 0:
-        missing.append("docker compose / docker-compose")
-    return missing
-
-
-def _settings(images: dict[str, str]) -> dict[str, str]:
-    """What a person writes into .env: fresh secrets, the stand-in images, free ports."""
-    secret = lambda: secrets.token_hex(12)  # noqa: E731
-    return {"POSTGRES_PASSWORD": secret(), "S3_ACCESS_KEY": secret(), "S3_SECRET_KEY": secret(),
-            "MLFLOW_ADMIN_PASSWORD": secret(), "MLFLOW_SECRET_KEY": secret(), "DAE_WORKER_PASSWORD": secret(),
-            "DAE_SERVING_PASSWORD": secret(), "PREFECT_API_AUTH_STRING": secret(), "TUNING_DB_PASSWORD": secret(),
-            **dict(zip(PUBLISHED, map(str, compose_stack.published_ports(len(PUBLISHED))), strict=True)),
-            **images}
+ONE_SHOT = ("databases", "create-bucket", "mlflow-users")
 
 
 @pytest.fixture(scope="module")
 def team_stack(tmp_path_factory, request):
-    missing = _missing_tools()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} missing; .ci/run installs them (Debian: docker.io docker-compose debootstrap)")
-        pytest.skip(f"{missing} missing (Debian: docker.io docker-compose debootstrap)")
+    compose_stack.skip_or_fail_without_tools()
     root = tmp_path_factory.mktemp("compose")
     say = Progress(request.config)
     with compose_stack.docker_engine(root / "dockerd.log", say):
         images = compose_stack.fixture_images(say)
         checkout = compose_stack.clean_checkout(root / "checkout")
         make_dataset(root / "data")
-        settings = _settings(images)
-        (root / "settings.json").write_text(json.dumps(settings))
-        env = {**compose_stack.env_without_dev_settings(),
-               "COMPOSE_PROJECT_NAME": f"dae-compose-test-{uuid.uuid4().hex[:6]}",
-               "EDITOR": f"{sys.executable} {compose_stack.FIXTURES / 'edit_env.py'} {root / 'settings.json'}",
-               "DATA_DIR": str(root / "data")}
+        settings = compose_stack.team_settings(images)
+        env = compose_stack.team_env(root, settings, f"dae-compose-test-{uuid.uuid4().hex[:6]}", root / "data")
         team = TeamStack(root=checkout, env=env, settings=settings, say=say)
         try:
-            outputs = []
-            for command in compose_stack.readme_commands():
-                say(f"README: {command}")
-                done = compose_stack.run(["sh", "-c", command], cwd=checkout, env=env, timeout=2400)
-                outputs.append(done.stdout + done.stderr)
-            team.setup_output = "\n".join(outputs)
+            team.run_readme(checkout / "README.md")
             yield team
         finally:
-            with contextlib.suppress(Exception):
-                logs = team.compose("logs", "--no-color", "--tail", "200", check=False).stdout
-                (root / "stack.log").write_text(logs)
-                say(f"the stack's logs: {root / 'stack.log'}")
-            say("removing the stack's containers, networks and volumes")
-            team.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
-
-
-def _prefect(team: TeamStack, method: str, path: str, auth: str | None = "", **kwargs) -> httpx.Response:
-    """A Prefect API call from the host; ``auth`` "" means the stack's auth string, None none."""
-    auth_string = team.settings["PREFECT_API_AUTH_STRING"] if auth == "" else auth
-    headers = stack.Credentials(prefect_auth_string=auth_string).prefect_headers() if auth_string else {}
-    return httpx.request(method, f"{team.url('PREFECT_PORT')}/api{path}", headers=headers, timeout=30, **kwargs)
-
-
-def _create_run(team: TeamStack, deployment: str, parameters: dict) -> str:
-    flow, name = deployment.split("/")
-    found = _prefect(team, "GET", f"/deployments/name/{flow}/{name}").raise_for_status().json()
-    created = _prefect(team, "POST", f"/deployments/{found['id']}/create_flow_run", json={"parameters": parameters})
-    assert created.is_success, created.text
-    return created.json()["id"]
-
-
-def _flow_run(team: TeamStack, flow_run_id: str) -> dict:
-    return _prefect(team, "GET", f"/flow_runs/{flow_run_id}").raise_for_status().json()
-
-
-def _finished(team: TeamStack, flow_run_id: str, what: str, timeout: float = 600) -> dict:
-    def final():
-        with contextlib.suppress(httpx.HTTPError):
-            run = _flow_run(team, flow_run_id)
-            return run if run["state_type"] in FINAL else None
-    return team.wait_until(final, timeout, what, every=3)
+            team.keep_logs_and_remove(root / "stack.log")
 
 
 @pytest.fixture(scope="module")
 def mlflow(team_stack) -> MlflowClient:
-    """This process reads (and checks) as the admin; MLflow's client takes the login from the environment."""
-    with pytest.MonkeyPatch.context() as patched:
-        patched.setenv("MLFLOW_TRACKING_USERNAME", "admin")
-        patched.setenv("MLFLOW_TRACKING_PASSWORD", team_stack.settings["MLFLOW_ADMIN_PASSWORD"])
-        uri = team_stack.url("MLFLOW_PORT")
-        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """This process reads (and checks) as the admin."""
+    with compose_stack.admin_client(team_stack) as client:
+        yield client
 
 
 def test_a_plain_pip_install_carries_every_runtime_import(team_stack):
@@ -138,7 +61,7 @@ def test_a_plain_pip_install_carries_every_runtime_import(team_stack):
     the stack's commands load by name import there (Flask-WTF for `dae users`, psycopg for
     the studies' database, the scoring server)."""
     with open(compose_stack.REPO / "tests" / "runtime_imports.py") as script:
-        done = compose_stack.run(["docker", "run", "--rm", "-i", "--entrypoint", "python", "dae-pipeline-worker:0.1.0",
+        done = compose_stack.run(["docker", "run", "--rm", "-i", "--entrypoint", "python", compose_stack.worker_image(),
                                   "-"], stdin=script, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -159,8 +82,8 @@ def test_every_service_is_up_and_printed_links_open_from_the_host(team_stack):
 
 def test_nobody_gets_in_without_credentials(team_stack):
     for auth in (None, "wrong-auth-string"):
-        assert _prefect(team_stack, "GET", "/deployments/name/dae-experiment/lecture", auth=auth).status_code == 401
-    assert _prefect(team_stack, "GET", "/deployments/name/dae-experiment/lecture").status_code == 200
+        assert team_stack.prefect("GET", "/deployments/name/dae-experiment/lecture", auth=auth).status_code == 401
+    assert team_stack.prefect("GET", "/deployments/name/dae-experiment/lecture").status_code == 200
     mlflow = team_stack.url("MLFLOW_PORT")
     for login in (None, ("admin", "wrong-password")):
         for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/"):
@@ -170,32 +93,32 @@ def test_nobody_gets_in_without_credentials(team_stack):
 
 
 def test_the_deployments_complete_and_are_tracked(team_stack, mlflow):
-    lecture = _create_run(team_stack, "dae-experiment/lecture",
+    lecture = team_stack.start_deployment("dae-experiment/lecture",
                           {"config": CONFIG, "download": False, "experiment_name": "compose-lecture"})
-    assert _finished(team_stack, lecture, "dae-experiment/lecture")["state_type"] == "COMPLETED"
+    assert team_stack.finished(lecture, "dae-experiment/lecture")["state_type"] == "COMPLETED"
     (run,) = mlflow.search_runs([mlflow.get_experiment_by_name("compose-lecture").experiment_id])
     assert run.info.status == "FINISHED" and run.data.tags["prefect.deployment_name"] == "lecture"
     assert [m.step for m in mlflow.get_metric_history(run.info.run_id, "pretrain/mse")] == [1, 2, 3, 4]
     assert "test/accuracy" in run.data.metrics
     assert "figures/encoder_weights_after.png" in {f.path for f in mlflow.list_artifacts(run.info.run_id, "figures")}
 
-    retrain = _create_run(team_stack, "dae-retrain/nightly",
+    retrain = team_stack.start_deployment("dae-retrain/nightly",
                           {"config": CONFIG, "download": False, "experiment_name": "compose-retrain"})
-    assert _finished(team_stack, retrain, "dae-retrain/nightly")["state_type"] == "COMPLETED"
+    assert team_stack.finished(retrain, "dae-retrain/nightly")["state_type"] == "COMPLETED"
     champion = mlflow.get_model_version_by_alias("dae-mnist-classifier", "champion")
     assert mlflow.get_run(champion.run_id).info.status == "FINISHED"
 
-    score = _create_run(team_stack, "dae-score/batch", {"source": "/data/MNIST/raw/t10k-images-idx3-ubyte",
+    score = team_stack.start_deployment("dae-score/batch", {"source": "/data/MNIST/raw/t10k-images-idx3-ubyte",
                                                         "labels_file": "/data/MNIST/raw/t10k-labels-idx1-ubyte"})
-    assert _finished(team_stack, score, "dae-score/batch")["state_type"] == "COMPLETED"
+    assert team_stack.finished(score, "dae-score/batch")["state_type"] == "COMPLETED"
     (scoring,) = mlflow.search_runs([mlflow.get_experiment_by_name("dae-scoring").experiment_id])
     assert scoring.info.status == "FINISHED" and scoring.data.metrics["score/images"] == 80
     assert scoring.data.tags["dae.model_version"] == champion.version
 
     tuned = {**CONFIG, "data": {**CONFIG["data"], "validation_size": 40}}
-    tune = _create_run(team_stack, "dae-tune/optimizers",
+    tune = team_stack.start_deployment("dae-tune/optimizers",
                        {"base": tuned, "trials": 1, "download": False, "experiment_name": "compose-tune"})
-    assert _finished(team_stack, tune, "dae-tune/optimizers")["state_type"] == "COMPLETED"
+    assert team_stack.finished(tune, "dae-tune/optimizers")["state_type"] == "COMPLETED"
     runs = mlflow.search_runs([mlflow.get_experiment_by_name("compose-tune").experiment_id])
     trials = [r for r in runs if r.data.tags.get("dae.role") == "trial"]
     assert len(trials) == 2 and {r.info.status for r in runs} == {"FINISHED"}
@@ -236,7 +159,7 @@ def _epochs(mlflow: MlflowClient, run) -> int:
 def _completed_with_every_epoch(team: TeamStack, mlflow: MlflowClient, flow_run_id: str, experiment: str) -> None:
     """The run completed, or ended Crashed/Failed and its rerun resumed to completion; either
     way one MLflow run holds every epoch once and no run stays RUNNING."""
-    state = _finished(team, flow_run_id, f"the {experiment} run to end")["state_type"]
+    state = team.finished(flow_run_id, f"the {experiment} run to end")["state_type"]
     if state != "COMPLETED":
         team.say(f"{experiment}: the run ended {state}; running it again (it resumes)")
         _rerun_completes(team, experiment)
@@ -244,9 +167,9 @@ def _completed_with_every_epoch(team: TeamStack, mlflow: MlflowClient, flow_run_
 
 
 def _rerun_completes(team: TeamStack, experiment: str) -> None:
-    rerun = _create_run(team, "dae-experiment/lecture", {"config": LONG, "download": False,
+    rerun = team.start_deployment("dae-experiment/lecture", {"config": LONG, "download": False,
                                                           "experiment_name": experiment})
-    assert _finished(team, rerun, f"the {experiment} rerun")["state_type"] == "COMPLETED"
+    assert team.finished(rerun, f"the {experiment} rerun")["state_type"] == "COMPLETED"
 
 
 def _every_epoch_once(team: TeamStack, mlflow: MlflowClient, experiment: str) -> None:
@@ -261,7 +184,7 @@ def _every_epoch_once(team: TeamStack, mlflow: MlflowClient, experiment: str) ->
 def _long_run_training(team: TeamStack, mlflow: MlflowClient, experiment: str, epochs: int) -> tuple[str, object]:
     """A long run started on the stack, once it has trained ``epochs`` epochs: its flow run id
     and its MLflow run."""
-    flow_run = _create_run(team, "dae-experiment/lecture",
+    flow_run = team.start_deployment("dae-experiment/lecture",
                            {"config": LONG, "download": False, "experiment_name": experiment})
     training = team.wait_until(lambda: _training_run(mlflow, experiment, epochs), 300,
                                f"the long run to train {epochs} epochs")
@@ -273,7 +196,8 @@ def _outage_mid_run(team: TeamStack, flow_run: str, service: str) -> None:
     thawed to train on into the outage, then the service started again: the outage falls
     mid-run however fast or slow the machine."""
     with team.paused("worker"):
-        assert _flow_run(team, flow_run)["state_type"] not in FINAL, f"the run must be mid-run when {service} stops"
+        assert team.flow_run(flow_run)["state_type"] not in compose_stack.FINAL, \
+            f"the run must be mid-run when {service} stops"
         team.say(f"docker compose stop {service} (the worker frozen mid-run)")
         team.compose("stop", service)
     time.sleep(5)  # the run trains on against a stack without the service
@@ -296,12 +220,12 @@ def test_a_killed_worker_container_ends_its_run_and_the_rerun_resumes(team_stack
     worker = team_stack.container("worker")
     # Frozen first, so that the kill falls mid-run whatever the machine's pace.
     compose_stack.run(["docker", "pause", worker])
-    assert _flow_run(team_stack, flow_run)["state_type"] not in FINAL, "the run must be mid-run when killed"
+    assert team_stack.flow_run(flow_run)["state_type"] not in compose_stack.FINAL, "the run must be mid-run when killed"
     team_stack.say("docker kill of the worker container (frozen mid-run)")
     compose_stack.run(["docker", "kill", worker])
     team_stack.compose("up", "-d", "worker")
     # `dae setup`'s automations mark it Crashed once its heartbeats stop, then end its MLflow run.
-    assert _finished(team_stack, flow_run, "the killed run to be marked Crashed")["state_type"] == "CRASHED"
+    assert team_stack.finished(flow_run, "the killed run to be marked Crashed")["state_type"] == "CRASHED"
     ended = team_stack.wait_until(lambda: (r := mlflow.get_run(victim.info.run_id)).info.status == "FAILED" and r, 300,
                                   "the killed run's MLflow run to end FAILED")
     assert ended.data.tags.get("dae.failure") == "prefect flow run crashed", ended.data.tags
@@ -309,6 +233,70 @@ def test_a_killed_worker_container_ends_its_run_and_the_rerun_resumes(team_stack
     _every_epoch_once(team_stack, mlflow, "compose-killed")
     (resumed,) = mlflow.search_runs([victim.info.experiment_id], "attributes.status = 'FINISHED'")
     assert resumed.data.tags["dae.resumed_from"] == victim.info.run_id
+
+
+def _make(team: TeamStack, *args: str, check: bool = True):
+    return compose_stack.run(["make", "-s", *args], cwd=team.root, env=team.env, timeout=1800, check=check)
+
+
+def test_a_backup_made_mid_run_restores_onto_an_empty_stack_record_by_record(team_stack, mlflow, tmp_path):
+    """`make backup` while a run trains, `down --volumes`, `make restore`: every record as it
+    was (the stack holds a lecture run, a retrain, a scoring, a tuning, the runs the restarts
+    and the killed worker left), the run in progress ended as such, and the stack at work."""
+    # The nightly retrain paused (and so restored): a night falling mid-test adds no records.
+    nightly = team_stack.prefect("GET", "/deployments/name/dae-retrain/nightly").raise_for_status().json()
+    team_stack.prefect("PATCH", f"/deployments/{nightly['id']}", json={"paused": True}).raise_for_status()
+    endless = {**LONG, "pretrain": {**LONG["pretrain"], "epochs": 1000, "hidden_units": 2048}}  # minutes
+    flow_run = team_stack.start_deployment("dae-experiment/lecture", {"config": endless, "download": False,
+                                                                      "experiment_name": "compose-backup"})
+    training = team_stack.wait_until(lambda: _training_run(mlflow, "compose-backup", 3), 300,
+                                     "the endless run to train 3 epochs")
+    before = stack_records.read_records(team_stack, mlflow)
+    backups = tmp_path / "backups"
+    made = _make(team_stack, "backup", f"BACKUP_DIR={backups}")
+    team_stack.say(made.stdout.strip().splitlines()[-1])
+    (archive,) = backups.glob("dae-backup-*.tar")
+    epochs_at_backup = _epochs(mlflow, training)
+    assert team_stack.flow_run(flow_run)["state_type"] == "RUNNING", "the backup must be made mid-run"
+
+    truncated = tmp_path / "truncated.tar"
+    truncated.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    refused = _make(team_stack, "restore", f"ARCHIVE={truncated}", check=False)
+    assert refused.returncode != 0 and "not a complete dae stack backup" in refused.stderr
+    refused = _make(team_stack, "restore", f"ARCHIVE={archive}", check=False)
+    assert refused.returncode != 0 and "this stack is not empty" in refused.stderr
+    assert team_stack.flow_run(flow_run)["state_type"] == "RUNNING", "a refused restore touches nothing"
+
+    team_stack.say("docker compose down --volumes, then make restore")
+    team_stack.compose("down", "--volumes", "--timeout", "20")
+    restored = _make(team_stack, "restore", f"ARCHIVE={archive}")
+    team_stack.say(restored.stdout.strip().splitlines()[-1])
+    team_stack.healthy(SERVICES_WITH_HEALTH, "the restored stack's servers to be healthy")
+    after = stack_records.read_records(team_stack, mlflow)
+
+    interrupted = training.info.run_id
+    ended = after.mlflow["runs"].pop(interrupted)
+    was = before.mlflow["runs"].pop(interrupted)
+    assert ended["info"][2] == "FAILED" and ended["tags"]["dae.failure"] == "in progress at backup", ended["tags"]
+    assert len(ended["metrics"]["pretrain/mse"]) >= len(was["metrics"]["pretrain/mse"])
+    assert ended["metrics"]["pretrain/mse"][:len(was["metrics"]["pretrain/mse"])] == was["metrics"]["pretrain/mse"]
+    assert len(ended["metrics"]["pretrain/mse"]) <= epochs_at_backup
+    assert after.mlflow == before.mlflow
+    assert after.figure == before.figure and after.figure.startswith(b"\x89PNG")
+    assert (after.users, after.studies) == (before.users, before.studies)
+    # The interrupted flow run ends Crashed: by the restore, or first by the lost-machine
+    # automation, whose waiting for its heartbeat was restored with the rest; the MLflow run's
+    # end then falls to the reconcile deployment, whose run (after the restore) finds it ended.
+    flow_runs = after.prefect.pop("flow_runs")
+    assert flow_runs.pop(flow_run)[2] == "CRASHED"
+    new = {flow_run_id: flow_runs.pop(flow_run_id) for flow_run_id in set(flow_runs) - set(before.prefect["flow_runs"])}
+    assert all(name == "reconcile-mlflow-runs" for name, *_ in new.values()), new
+    assert flow_runs == before.prefect.pop("flow_runs")
+    assert after.prefect == before.prefect
+
+    lecture = team_stack.start_deployment("dae-experiment/lecture", {"config": CONFIG, "download": False,
+                                                                     "experiment_name": "compose-restored"})
+    assert team_stack.finished(lecture, "a run on the restored stack")["state_type"] == "COMPLETED"
 
 
 def test_down_then_up_keeps_runs_versions_and_the_champion(team_stack, mlflow):
@@ -321,7 +309,7 @@ def test_down_then_up_keeps_runs_versions_and_the_champion(team_stack, mlflow):
         return experiments, runs, versions, champion
 
     before = registry()
-    deployments = _prefect(team_stack, "POST", "/deployments/filter", json={}).raise_for_status().json()
+    deployments = team_stack.prefect("POST", "/deployments/filter", json={}).raise_for_status().json()
     team_stack.say("docker compose down, then up -d")
     team_stack.compose("down", "--timeout", "20")
     started = time.monotonic()
@@ -330,5 +318,5 @@ def test_down_then_up_keeps_runs_versions_and_the_champion(team_stack, mlflow):
                "the servers to be healthy again")
     team_stack.say(f"healthy {time.monotonic() - started:.0f} s after up -d")
     assert registry() == before
-    after = _prefect(team_stack, "POST", "/deployments/filter", json={}).raise_for_status().json()
+    after = team_stack.prefect("POST", "/deployments/filter", json={}).raise_for_status().json()
     assert sorted(d["name"] for d in after) == sorted(d["name"] for d in deployments)

@@ -77,9 +77,9 @@ def ui_stack(tmp_path_factory, data_root):
             stack.prefect_server_command(prefect_port), {**env, "PREFECT_UI_API_URL": api},
             root / "prefect-server.log", ready_url=f"{api}/health", timeout=180))
         started.enter_context(stack.background(
-            stack.mlflow_server_command(mlflow_port, f"sqlite:///{root / 'mlflow.db'}", str(root / "artifacts"),
-                                        login=False),
-            env, root / "mlflow-server.log", ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
+            stack.mlflow_server_command(mlflow_port, str(root / "artifacts"), login=False),
+            {**env, "MLFLOW_BACKEND_STORE_URI": f"sqlite:///{root / 'mlflow.db'}"}, root / "mlflow-server.log",
+            ready_url=f"http://127.0.0.1:{mlflow_port}/health", timeout=120))
         tracking = f"http://127.0.0.1:{mlflow_port}"
         data_dir = os.environ.get("DAE_UI_DATA_DIR")
         overrides = [] if data_dir else TINY_OVERRIDES
