@@ -7,9 +7,9 @@
 
 Run on the host, in the clone whose docker-compose.yml and .env started the stack; it needs
 only Python 3.9+ and the stack's compose. Everything it reads from or writes to the stack
-goes through `docker compose exec`: pg_dump / pg_restore in the postgres container, the
-artifact bucket through the MLflow server's container (its image has boto3, its environment
-the S3 keys). The archive (a plain tar, mode 0600: it holds the MLflow users' password
+goes through compose: pg_dump / pg_restore in the postgres container (`exec`), the artifact
+bucket through a container of the MLflow server's image and environment (`run`: boto3 and the
+S3 keys are there; its server need not run). The archive (a plain tar, mode 0600: it holds the MLflow users' password
 hashes and Prefect's secret blocks with their key) is
 
     manifest.json          what, when, which release, and for each part its bytes and sha256;
@@ -22,8 +22,8 @@ hashes and Prefect's secret blocks with their key) is
 Not in it: .env (keep it with the archives, apart: the restored MLflow login takes its
 admin's password), MNIST (`DATA_DIR=DIR make restore ...` copies it in as team-setup.sh
 does; without it the worker downloads it) and the workers' scratch volume (resume points
-of runs in progress, caches). docs/deployment.md,
-"Backing up and restoring", says how a team uses it and what it costs.
+of runs in progress, caches). docs/deployment.md, "Backing up and restoring", says how a
+team uses it and what it costs.
 """
 
 from __future__ import annotations
@@ -365,34 +365,41 @@ def backup(stack: Stack, folder: Path, say=say) -> Path:
                 "commit": _commit(stack.root), "databases": {}}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".dae-backup-") as work:
         parts = {}
-        for part in DATABASES:
-            database = stack.database(part)
-            name = f"databases/{part}.dump"
-            path = Path(work) / f"{part}.dump"
-            say(f"backup: dumping database {database}")
-            with open(path, "wb") as handle:
-                stack.run("exec", "-T", "postgres", "pg_dump", "-U", stack.setting("POSTGRES_USER"), "-Fc",
-                          "-d", database, stdout=handle)
-            manifest["databases"][part] = {"database": database, "file": name, "bytes": path.stat().st_size,
-                                           "sha256": sha256_of(path), "tables": stack.rows_in_dump(path)}
-            parts[name] = path
+        for part in DATABASES:  # the databases first: every artifact their records name is then in the bucket
+            say(f"backup: dumping database {stack.database(part)}")
+            parts[f"databases/{part}.dump"] = Path(work) / f"{part}.dump"
+            manifest["databases"][part] = _dump_database(stack, part, parts[f"databases/{part}.dump"])
         say("backup: copying the artifact bucket")
-        artifacts = Path(work) / ARTIFACTS
-        with open(artifacts, "wb") as handle:
-            stack.bucket("dump", stdout=handle)
-        with tarfile.open(artifacts, "r:") as copied:
-            objects = {member.name: member.size for member in copied}
-        manifest["artifacts"] = {"file": ARTIFACTS, "bytes": artifacts.stat().st_size, "sha256": sha256_of(artifacts),
-                                 "bucket": stack.setting("S3_BUCKET", "mlflow-artifacts"), "objects": len(objects),
-                                 "object_bytes": sum(objects.values())}
-        parts[ARTIFACTS] = artifacts
+        parts[ARTIFACTS] = Path(work) / ARTIFACTS
+        manifest["artifacts"] = _dump_bucket(stack, parts[ARTIFACTS])
         manifest["seconds"] = round(time.monotonic() - started, 1)
         write_archive(destination, manifest, parts)
     check_archive(destination)
     rows = ", ".join(f"{part} {sum(entry['tables'].values())} rows" for part, entry in manifest["databases"].items())
     say(f"backup: {destination} ({destination.stat().st_size / 1e6:.1f} MB, {manifest['seconds']:.0f} s): "
-        f"{rows}, {len(objects)} artifacts")
+        f"{rows}, {manifest['artifacts']['objects']} artifacts")
     return destination
+
+
+def _dump_database(stack: Stack, part: str, path: Path) -> dict:
+    """pg_dump's custom format of one database at ``path``; its manifest entry."""
+    database = stack.database(part)
+    with open(path, "wb") as handle:
+        stack.run("exec", "-T", "postgres", "pg_dump", "-U", stack.setting("POSTGRES_USER"), "-Fc", "-d", database,
+                  stdout=handle)
+    return {"database": database, "file": f"databases/{part}.dump", "bytes": path.stat().st_size,
+            "sha256": sha256_of(path), "tables": stack.rows_in_dump(path)}
+
+
+def _dump_bucket(stack: Stack, path: Path) -> dict:
+    """Every object of the artifact bucket in a tar at ``path``; its manifest entry."""
+    with open(path, "wb") as handle:
+        stack.bucket("dump", stdout=handle)
+    with tarfile.open(path, "r:") as copied:
+        objects = {member.name: member.size for member in copied}
+    return {"file": ARTIFACTS, "bytes": path.stat().st_size, "sha256": sha256_of(path),
+            "bucket": stack.setting("S3_BUCKET", "mlflow-artifacts"), "objects": len(objects),
+            "object_bytes": sum(objects.values())}
 
 
 # --- restore ----------------------------------------------------------------------------
@@ -472,49 +479,17 @@ def restore(stack: Stack, archive: Path, say=say) -> dict:
         say(f"restore: checking {archive}")
         manifest = check_archive(archive, into=Path(work))
         say("restore: starting PostgreSQL and the artifact store")
-        stack.run("up", "-d", "postgres", "s3")
-        stack.wait_healthy("postgres", "s3")
-        stack.run("run", "--rm", "-T", "databases")  # its databases and role, made where missing
-        holding = [stack.database(part) for part in DATABASES if _tables(stack, stack.database(part))]
-        stored = len(json.loads(stack.bucket("list") or "{}"))
-        if holding or stored:
-            what = ", ".join([*(f"database {name}" for name in holding), *([f"{stored} artifacts"] if stored else [])])
-            raise Refused(f"this stack is not empty ({what}); nothing was changed",
-                          "restore onto a new stack: `docker compose down --volumes` deletes this one's records "
-                          "(back them up first), then restore again", 69)
+        _require_empty(stack)
         stack.run("stop", *WRITERS)  # none runs on a new stack; none may write while it loads
         for part, entry in manifest["databases"].items():
-            database = stack.database(part)
-            say(f"restore: database {database} ({entry['bytes'] / 1e6:.1f} MB)")
-            owner = ["--role", stack.setting("TUNING_DB_USER", "dae_tuning")] if part == "tuning" else []
-            with open(Path(work) / entry["file"], "rb") as handle:
-                stack.run("exec", "-T", "postgres", "pg_restore", "-U", stack.setting("POSTGRES_USER"), "-d", database,
-                          "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", *owner,
-                          stdin=handle)
-            restored = _rows(stack, database, sorted(entry["tables"]))
-            if restored != entry["tables"]:
-                differing = sorted(t for t in entry["tables"] if restored.get(t) != entry["tables"][t])
-                raise Refused(f"database {database} restored with other row counts than its dump "
-                              f"({', '.join(differing[:3])})", "report it, with the archive's manifest", 70)
+            say(f"restore: database {stack.database(part)} ({entry['bytes'] / 1e6:.1f} MB)")
+            _load_database(stack, part, entry, Path(work) / entry["file"])
         say(f"restore: artifacts ({manifest['artifacts']['objects']} objects)")
-        with open(Path(work) / ARTIFACTS, "rb") as handle:
-            stack.bucket("load", stdin=handle)
-        with tarfile.open(Path(work) / ARTIFACTS, "r:") as copied:
-            expected = {member.name: member.size for member in copied}
-        if json.loads(stack.bucket("list") or "{}") != expected:
-            raise Refused("the artifact bucket does not hold what the archive does after loading it",
-                          "see `docker compose logs s3 mlflow`, then restore again onto an empty stack", 70)
+        _load_bucket(stack, Path(work) / ARTIFACTS)
     say("restore: starting the servers on the restored databases")
     stack.run("up", "-d", "prefect-server", "mlflow")
     stack.wait_healthy("prefect-server", "mlflow")
-    note = (f"in progress when the backup of {manifest['created']} was made; restored without its end "
-            "(run it again)")
-    try:
-        flow_runs, runs = end_runs_in_progress(stack, note)
-    except urllib.error.HTTPError as error:
-        raise Refused(f"the restored servers refused a request (HTTP {error.code} from {error.url})",
-                      "restore with the .env of the stack the archive came from (the login's passwords are "
-                      "in the archive, the secrets in .env)", 70) from None
+    flow_runs, runs = _end_what_was_in_progress(stack, manifest)
     say("restore: starting the rest of the stack")
     stack.run("up", "-d", "--build")
     data = stack.settings.get("DATA_DIR")
@@ -527,6 +502,56 @@ def restore(stack: Stack, archive: Path, say=say) -> dict:
         f"{manifest['release']}), {rows} rows and {manifest['artifacts']['objects']} artifacts, each checked; "
         f"{flow_runs} flow runs and {runs} MLflow runs that were in progress ended as such")
     return manifest
+
+
+def _require_empty(stack: Stack) -> None:
+    """PostgreSQL and the store started, the databases made; refused unless they hold nothing."""
+    stack.run("up", "-d", "postgres", "s3")
+    stack.wait_healthy("postgres", "s3")
+    stack.run("run", "--rm", "-T", "databases")  # its databases and role, made where missing
+    holding = [stack.database(part) for part in DATABASES if _tables(stack, stack.database(part))]
+    stored = len(json.loads(stack.bucket("list") or "{}"))
+    if holding or stored:
+        what = ", ".join([*(f"database {name}" for name in holding), *([f"{stored} artifacts"] if stored else [])])
+        raise Refused(f"this stack is not empty ({what}); nothing was changed",
+                      "restore onto a new stack: `docker compose down --volumes` deletes this one's records "
+                      "(back them up first), then restore again", 69)
+
+
+def _load_database(stack: Stack, part: str, entry: dict, dump: Path) -> None:
+    """One dump loaded whole or not at all, then each table's rows compared with the manifest."""
+    database = stack.database(part)
+    owner = ["--role", stack.setting("TUNING_DB_USER", "dae_tuning")] if part == "tuning" else []
+    with open(dump, "rb") as handle:
+        stack.run("exec", "-T", "postgres", "pg_restore", "-U", stack.setting("POSTGRES_USER"), "-d", database,
+                  "--no-owner", "--no-privileges", "--single-transaction", "--exit-on-error", *owner, stdin=handle)
+    restored = _rows(stack, database, sorted(entry["tables"]))
+    if restored != entry["tables"]:
+        differing = sorted(t for t in entry["tables"] if restored.get(t) != entry["tables"][t])
+        raise Refused(f"database {database} restored with other row counts than its dump "
+                      f"({', '.join(differing[:3])})", "report it, with the archive's manifest", 70)
+
+
+def _load_bucket(stack: Stack, artifacts: Path) -> None:
+    """The archive's objects into the bucket, then its keys and sizes compared with them."""
+    with open(artifacts, "rb") as handle:
+        stack.bucket("load", stdin=handle)
+    with tarfile.open(artifacts, "r:") as copied:
+        expected = {member.name: member.size for member in copied}
+    if json.loads(stack.bucket("list") or "{}") != expected:
+        raise Refused("the artifact bucket does not hold what the archive does after loading it",
+                      "see `docker compose logs s3 mlflow`, then restore again onto an empty stack", 70)
+
+
+def _end_what_was_in_progress(stack: Stack, manifest: dict) -> tuple[int, int]:
+    note = (f"in progress when the backup of {manifest['created']} was made; restored without its end "
+            "(run it again)")
+    try:
+        return end_runs_in_progress(stack, note)
+    except urllib.error.HTTPError as error:
+        raise Refused(f"the restored servers refused a request (HTTP {error.code} from {error.url})",
+                      "restore with the .env of the stack the archive came from (the login's passwords are "
+                      "in the archive, the secrets in .env)", 70) from None
 
 
 # --- the command ------------------------------------------------------------------------
