@@ -32,6 +32,7 @@ import argparse
 import base64
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import re
@@ -150,7 +151,7 @@ def write_archive(destination: Path, manifest: dict, parts: dict[str, Path]) -> 
                 encoded = json.dumps(manifest, indent=2, sort_keys=True).encode()
                 member = tarfile.TarInfo(MANIFEST)
                 member.size, member.mtime, member.mode = len(encoded), time.time(), 0o600
-                archive.addfile(member, _BytesReader(encoded))
+                archive.addfile(member, io.BytesIO(encoded))
                 for name, path in parts.items():
                     archive.add(path, arcname=name, recursive=False)
             handle.flush()
@@ -158,16 +159,6 @@ def write_archive(destination: Path, manifest: dict, parts: dict[str, Path]) -> 
         os.replace(partial, destination)
     finally:
         partial.unlink(missing_ok=True)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._at = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._at + size
-        chunk, self._at = self._data[self._at:end], min(end, len(self._data))
-        return chunk
 
 
 def listed_parts(manifest: dict) -> dict[str, dict]:
@@ -472,12 +463,14 @@ def _once(ended: set[str], identifier: str, what: str) -> None:
     ended.add(identifier)
 
 
-def restore(stack: Stack, archive: Path, say=say) -> dict:
-    """The archive onto this empty stack, checked against its manifest; returns the manifest."""
+def restore(root: Path, archive: Path, say=say) -> dict:
+    """The archive onto the empty stack of the clone at ``root``, checked against its manifest
+    before the stack is even looked for; returns the manifest."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="dae-restore-") as work:
         say(f"restore: checking {archive}")
         manifest = check_archive(archive, into=Path(work))
+        stack = Stack.of(root)
         say("restore: starting PostgreSQL and the artifact store")
         _require_empty(stack)
         stack.run("stop", *WRITERS)  # none runs on a new stack; none may write while it loads
@@ -574,8 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "backup":
             backup(Stack.of(root), args.to if args.to.is_absolute() else Path.cwd() / args.to)
         else:
-            check_archive(args.archive)  # a damaged archive is refused before a stack is even looked for
-            restore(Stack.of(root), args.archive)
+            restore(root, args.archive)
     except Refused as refusal:
         print(f"stack_archive: {refusal.cause}\n  fix: {refusal.fix}", file=sys.stderr)
         return refusal.exit_code

@@ -9,7 +9,6 @@ built by compose itself from the repository's Dockerfile, FROM the Python stand-
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -28,6 +27,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from tests import stack
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "compose_fixtures"
@@ -235,8 +236,7 @@ class TeamStack:
     def prefect(self, method: str, path: str, auth: str | None = "", **kwargs) -> httpx.Response:
         """A Prefect API call from the host; ``auth`` "" means the stack's auth string, None none."""
         auth_string = self.settings["PREFECT_API_AUTH_STRING"] if auth == "" else auth
-        encoded = base64.b64encode(auth_string.encode()).decode() if auth_string else None
-        headers = {"Authorization": f"Basic {encoded}"} if encoded else {}
+        headers = stack.Credentials(prefect_auth_string=auth_string).prefect_headers() if auth_string else {}
         return httpx.request(method, f"{self.url('PREFECT_PORT')}/api{path}", headers=headers, timeout=30, **kwargs)
 
     def start_deployment(self, deployment: str, parameters: dict) -> str:
