@@ -23,7 +23,7 @@ class Settings(BaseModel):
     notify_webhook_url: str | None  # DAE_NOTIFY_WEBHOOK_URL: where `dae setup` has failed retrains posted
     user: str  # MLFLOW_TRACKING_USERNAME (the MLflow identity in use), else the login name: who acts by hand
     # What MLflow itself reads, read here too by `dae predict`, which resolves the champion
-    # without importing MLflow (adapters/served_model.py).
+    # without importing MLflow (adapters/model_registry.py).
     tracking_uri: str | None  # MLFLOW_TRACKING_URI (None: MLflow's default)
     tracking_username: str | None  # MLFLOW_TRACKING_USERNAME
     tracking_password: SecretStr | None  # MLFLOW_TRACKING_PASSWORD

@@ -1,9 +1,12 @@
 """The MLflow tag names dae writes and reads: a contract with the UI's "Group by", saved
-searches and other tools (README, "What gets tracked"), named once here."""
+searches and other tools (docs/tracking.md), named once here."""
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
+from typing import Any
 
 # What a run is: experiment, comparison, tuning, trial or scoring (values: the roles below).
 ROLE = "dae.role"
@@ -71,3 +74,20 @@ def resumed_tags() -> dict[str, str]:
     from prefect.runtime import flow_run
 
     return {RESUMED_AT: time.strftime("%Y-%m-%dT%H:%M:%S%z"), FLOW_RUN_ID: str(flow_run.id or "")}
+
+
+def tuned_tags(params: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each cell's parameters as the tags a tuning (its best) and a comparison (the ones it
+    applied) carry: ``dae.tuned.<cell>.<config field>`` = the value as JSON."""
+    return {f"{TUNED}.{cell}.{key}": json.dumps(value) for cell, values in params.items()
+            for key, value in values.items()}
+
+
+def tuned_params(tags: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """Each cell's parameters read back from a run's ``tuned_tags``."""
+    tuned: dict[str, dict[str, Any]] = {}
+    for name, value in tags.items():
+        if name.startswith(f"{TUNED}."):
+            cell, key = name.removeprefix(f"{TUNED}.").split(".", 1)
+            tuned.setdefault(cell, {})[key] = json.loads(value)
+    return tuned

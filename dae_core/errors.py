@@ -4,7 +4,7 @@ prints it; Prefect logs and MLflow failure tags show the same two lines."""
 
 from __future__ import annotations
 
-# `dae`'s exit codes (README, "The command").
+# `dae`'s exit codes (docs/commands.md).
 EXIT_CONFIG, EXIT_DATA, EXIT_SERVER, EXIT_DIVERGED = 2, 3, 4, 5
 
 

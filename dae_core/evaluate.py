@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from dae_core.config import NoiseConfig
+from dae_core.metrics import accuracy_percent, confusion_matrix, per_class_accuracy, predict
 from dae_core.noise import corrupt
-from dae_core.shapes import NUM_CLASSES
 from dae_core.summary import EvaluationScores
 
 
@@ -28,32 +28,6 @@ class Evaluation:
         """What the run summary keeps of it (all but the confusion matrix)."""
         return EvaluationScores(accuracy=self.accuracy, per_class_accuracy=self.per_class_accuracy,
                                 noisy_accuracy=self.noisy_accuracy)
-
-
-@torch.no_grad()
-def predict(model: nn.Module, pixels: torch.Tensor, batch_size: int = 10_000) -> torch.Tensor:
-    """Predicted class per row of (N, 784) ``pixels``.
-
-    No train/eval switch: the networks have no dropout or batch norm, and the models
-    loaded back from MLflow (torch.export programs) refuse ``.eval()``.
-    """
-    return torch.cat([model(chunk).argmax(dim=1) for chunk in pixels.split(batch_size)])
-
-
-def accuracy_percent(predicted: torch.Tensor, labels: torch.Tensor) -> float:
-    return 100.0 * (predicted == labels).sum().item() / len(labels)
-
-
-def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(10, 10) counts, rows are true classes and columns predictions."""
-    flat = labels * NUM_CLASSES + predicted
-    return torch.bincount(flat, minlength=NUM_CLASSES**2).reshape(NUM_CLASSES, NUM_CLASSES)
-
-
-def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
-    """Percent correct per true class; NaN for a class absent from the labels."""
-    totals = confusion.sum(dim=1).double()
-    return (100.0 * confusion.diagonal().double() / totals).tolist()
 
 
 def evaluate(

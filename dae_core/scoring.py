@@ -11,8 +11,8 @@ import torch
 from pydantic import BaseModel
 
 from dae_core.data import DataError, read_idx
-from dae_core.evaluate import accuracy_percent, confusion_matrix, per_class_accuracy
 from dae_core.images import Digits, ImageUnreadable, read_digits
+from dae_core.metrics import accuracy_percent, confusion_matrix, per_class_accuracy
 from dae_core.monitoring import MonitorReport
 from dae_core.shapes import NUM_CLASSES
 

@@ -20,7 +20,7 @@ from torch import nn
 from dae_core.config import CompileStep, NoiseConfig, PretrainConfig, PretrainGradients
 from dae_core.data import batch_indices
 from dae_core.errors import EXIT_DIVERGED, DaeError
-from dae_core.evaluate import accuracy_percent, predict
+from dae_core.metrics import accuracy_percent, predict
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier
 from dae_core.noise import corrupt
 from dae_core.precision import FLOAT32, MixedPrecision, tf32_matmuls

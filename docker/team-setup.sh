@@ -3,7 +3,7 @@
 # stack when you have it on disk, register the deployments, create the automations. Safe to
 # run again (a changed .env), and it is the upgrade: after a `git pull` it rebuilds the images,
 # the databases migrate as the servers start, the deployments and automations become this
-# release's, and every record stays (CHANGELOG.md). The README's "Team setup" shows this file;
+# release's, and every record stays (CHANGELOG.md). docs/deployment.md shows this file;
 # tests/test_compose_stack.py and tests/test_compose_upgrade.py run the README's commands.
 #   DATA_DIR=DIR  the folder holding MNIST/raw/ (as for `dae run --data-dir`): copied into the
 #                 workers' /data volume; without it the worker downloads MNIST when it first trains.

@@ -12,10 +12,10 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from adapters.mlflow_runs import ends_run
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
-from adapters.tags import CELL_OVERRIDE, TUNED, TUNED_FROM
-from adapters.tracking import ends_run
+from adapters.tags import CELL_OVERRIDE, TUNED_FROM, tuned_tags
 from dae_core.comparison import (
     DEFAULT_CELLS,
     MAX_PARALLEL,
@@ -86,8 +86,7 @@ def dae_compare(
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads, changes[cell] or None))
             for cell in chosen for seed in seed_list]
     settings_tags = {TUNED_FROM: tuned_run_id or "",
-                     **{f"{TUNED}.{cell}.{key}": value for cell in chosen if cell in tuned
-                        for key, value in tuned[cell].items()},
+                     **tuned_tags({cell: tuned[cell] for cell in chosen if cell in tuned}),
                      **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
                         for key, value in flat_fields(overridden[cell]).items()}}
     settings = Settings.from_env()

@@ -10,8 +10,9 @@ from prefect.runtime import flow_run
 from adapters.settings import Settings
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
+from tasks.champion import crown_first_version
 from tasks.data import fetch_dataset
-from tasks.report import report
+from tasks.report import draw_figures, record_reference, register_classifier, report
 from tasks.run import check_tracking, start_tracking, tracked
 from tasks.training import encoder_surgery, evaluate, pretrain, train_classifier
 
@@ -37,7 +38,8 @@ def dae_experiment(
     name: str | None = None,
 ) -> RunSummary:
     """Pretrain a denoising autoencoder, graft a classifier on its encoder, train,
-    evaluate and report to MLflow. ``config`` defaults to the lecture preset; ``name``
+    evaluate, draw, register (the first version becomes champion), record the monitoring
+    reference and report to MLflow. ``config`` defaults to the lecture preset; ``name``
     names the flow run and the MLflow run (default ``<preset>-seed<N>``)."""
     check_tracking()
     settings = Settings.from_env()
@@ -50,7 +52,12 @@ def dae_experiment(
         initial = encoder_surgery(config, pretrained.path, context)
         classified = train_classifier(config, dataset, initial, context)
         evaluation = evaluate(config, dataset, classified.path, context)
-        return report(config, dataset, pretrained, classified, evaluation, context, register_model)
+        draw_figures(config, dataset, pretrained, classified, evaluation, context)
+        model = register_classifier(config, dataset, classified, evaluation, context, register_model)
+        if model.version is not None:
+            crown_first_version(model.version, context.mlflow_run_id)
+        record_reference(config, dataset, classified, evaluation, context)
+        return report(pretrained, classified, evaluation, model, context)
 
 
 def cell_parameters(config: ExperimentConfig, cell: str, parent_run_id: str, download: bool,

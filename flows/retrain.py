@@ -9,14 +9,14 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
-from adapters.registry import CHAMPION
+from adapters.champion import CHAMPION
+from adapters.model_registry import alias_version, model_version_of_run
 from adapters.settings import Settings
-from adapters.tracking import alias_version, model_version_of_run
 from dae_core.config import LECTURE_CONFIG, ExperimentConfig, run_name
 from dae_core.summary import DEFAULT_EXPERIMENT, RunSummary
 from flows.experiment import dae_experiment
+from tasks.champion import Decision, apply_decision, decide, score_version
 from tasks.data import fetch_dataset
-from tasks.registry import Decision, apply_decision, decide, score_version
 
 
 class RetrainOutcome(BaseModel):

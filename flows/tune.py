@@ -14,9 +14,9 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from adapters.mlflow_runs import ends_run
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
-from adapters.tracking import ends_run
 from dae_core.comparison import MAX_PARALLEL, MAX_TRIALS, SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
 from dae_core.runtime import thread_share

@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from adapters import progress, tracking
+from adapters import mlflow_runs, progress, run_search
 from adapters.tags import COMPARISON_KEY, DIVERGED, KILLED, ROLE, ROLE_COMPARISON, flow_run_tags, resumed_tags
 from dae_core import comparison, figures
 from dae_core.checkpoint import write_json
@@ -47,11 +47,11 @@ def _start_parent(base: ExperimentConfig, dataset: DatasetRef, cells: list[str],
         COMPARISON_KEY: key,
         **flow_run_tags(),
     }
-    run_id = tracking.start_run(experiment, flow_run.name or "compare", tags)
-    tracking.set_description(run_id, _grid_line(cells, seeds))
-    tracking.log_config(run_id, base, {"compare.cells": ",".join(cells),
+    run_id = mlflow_runs.start_run(experiment, flow_run.name or "compare", tags)
+    mlflow_runs.set_description(run_id, _grid_line(cells, seeds))
+    mlflow_runs.log_config(run_id, base, {"compare.cells": ",".join(cells),
                                        "compare.seeds": ",".join(map(str, seeds))})
-    tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, {})
+    mlflow_runs.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, {})
     return run_id
 
 
@@ -68,11 +68,11 @@ def open_comparison(base: ExperimentConfig, dataset: DatasetRef, cells: list[str
     logger = get_run_logger()
     if not fresh and record.exists():
         previous = json.loads(record.read_text())["mlflow_run_id"]
-        if tracking.reopen_run(previous, resumed_tags()):
+        if mlflow_runs.reopen_run(previous, resumed_tags()):
             if cells_in_process:
-                tracking.fail_running_children(previous, {KILLED: "true"})
-            done = tracking.finished_children(previous)
-            finished = [CellRun(cell, seed, tracking.summary_from_run(run_id))
+                run_search.fail_running_children(previous, {KILLED: "true"})
+            done = run_search.finished_children(previous)
+            finished = [CellRun(cell, seed, run_search.summary_from_run(run_id))
                         for (cell, seed), run_id in done.items() if cell in cells and seed in seeds]
             logger.info("resuming comparison %s: %d cell runs already finished", previous, len(finished))
             if finished:
@@ -112,17 +112,17 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str,
         reused=reused, diverged=diverged)
     write_json(out / "comparison.json", result.model_dump())
     if diverged:
-        tracking.set_tags(parent_run_id, {DIVERGED: comparison.diverged_names(diverged)})
+        mlflow_runs.set_tags(parent_run_id, {DIVERGED: comparison.diverged_names(diverged)})
 
-    tracking.log_table(parent_run_id, frame, "tables/comparison.json")
-    tracking.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")
+    mlflow_runs.log_table(parent_run_id, frame, "tables/comparison.json")
+    mlflow_runs.log_files(parent_run_id, [csv_path, out / "comparison.json", *pictures], "comparison")
     finals = {f"compare/{row.cell}/{row.metric}_mean": row.mean for row in rows if not math.isnan(row.mean)}
-    tracking.log_metrics(parent_run_id, finals)
+    mlflow_runs.log_metrics(parent_run_id, finals)
     create_table_artifact([{k: (None if isinstance(v, float) and math.isnan(v) else v)
                             for k, v in row.model_dump().items()} for row in rows],
                           key="dae-comparison", description="Cells x metrics over seeds")
     cells, seeds = list(dict.fromkeys(r.cell for r in records)), sorted({r.seed for r in records})
-    tracking.set_description(parent_run_id, f"{_grid_line(cells, seeds)}\n\n{table_markdown}\n\n{findings_markdown}")
+    mlflow_runs.set_description(parent_run_id, f"{_grid_line(cells, seeds)}\n\n{table_markdown}\n\n{findings_markdown}")
     create_markdown_artifact(f"# DAE comparison\n\n{table_markdown}\n\n{findings_markdown}\n\n"
                              f"MLflow parent run: `{parent_run_id}`", key="dae-comparison-report")
     get_run_logger().info("comparison written to %s", out)
@@ -132,7 +132,7 @@ def report_comparison(records: list[CellRun], parent_run_id: str, work_dir: str,
 @task(name="read-cell")
 def read_cell(flow_run_id: str, cell: str, seed: int, experiment: str) -> CellRun:
     """The summary of a cell's finished flow run, rebuilt from the MLflow run it created."""
-    run_id = tracking.run_of_flow_run(flow_run_id, experiment)
+    run_id = run_search.run_of_flow_run(flow_run_id, experiment)
     if run_id is None:
         raise RuntimeError(f"cell {cell} seed {seed}: flow run {flow_run_id} left no MLflow run")
-    return CellRun(cell, seed, tracking.summary_from_run(run_id))
+    return CellRun(cell, seed, run_search.summary_from_run(run_id))

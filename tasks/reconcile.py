@@ -12,7 +12,7 @@ import uuid
 from prefect import get_client, get_run_logger, task
 from prefect.exceptions import ObjectNotFound
 
-from adapters import tracking
+from adapters import mlflow_runs, run_search
 from adapters.tags import FAILURE, FAILURE_DETAIL, FLOW_RUN_ID
 
 # Tags of a run ended here: what its flow run became, and Prefect's message for it.
@@ -26,7 +26,7 @@ def end_runs_of_dead_flow_runs() -> list[str]:
     ended = []
     logger = get_run_logger()
     with get_client(sync_client=True) as prefect:
-        for run in tracking.running_runs_of_flow_runs():
+        for run in run_search.running_runs_of_flow_runs():
             flow_run_id = run.data.tags[FLOW_RUN_ID]
             try:
                 state = prefect.read_flow_run(uuid.UUID(flow_run_id)).state
@@ -34,11 +34,11 @@ def end_runs_of_dead_flow_runs() -> list[str]:
                 continue
             if state is None or not state.is_final() or state.is_completed():
                 continue
-            tracking.set_tags(run.info.run_id, {
+            mlflow_runs.set_tags(run.info.run_id, {
                 FAILURE: f"prefect flow run {state.type.value.lower()}",
                 FAILURE_DETAIL: (state.message or state.name or "")[:500],
             })
-            tracking.end_run(run.info.run_id, succeeded=False)
+            mlflow_runs.end_run(run.info.run_id, succeeded=False)
             logger.info("MLflow run %s ended FAILED: its flow run %s is %s", run.info.run_id, flow_run_id,
                         state.name)
             ended.append(run.info.run_id)

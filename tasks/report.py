@@ -1,5 +1,6 @@
-"""The report task: figures, tables and the model into MLflow; a summary for people in
-the Prefect UI."""
+"""The experiment's last steps, a task each so that the Prefect graph shows them: the
+figures, the model registered with its card, the monitoring reference, and the report
+(tables, timings, the summary) in MLflow and in the Prefect UI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from adapters import registry, tracking
+from adapters import champion, mlflow_links, mlflow_runs, model_registry
 from dae_core import stages
 from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
@@ -19,17 +20,7 @@ from dae_core.shapes import NUM_CLASSES
 from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
 from dae_core.train import ClassifierHistory, PretrainHistory
 from tasks.data import DatasetRef
-from tasks.registry import crown_first_version
 from tasks.run import RunContext, changed_fields, prefect_flow_run_link
-
-
-def _run_link(run_id: str) -> str:
-    """A clickable MLflow UI link where the tracking URI is a server, else the run id."""
-    uri = tracking.tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        experiment = tracking.client().get_run(run_id).info.experiment_id
-        return f"[{run_id}]({tracking.run_link(uri, experiment, run_id)})"
-    return f"`{run_id}` in `{uri}` (open with `mlflow ui --backend-store-uri {uri}`)"
 
 
 def _results(summary: RunSummary) -> str:
@@ -46,45 +37,65 @@ def _results(summary: RunSummary) -> str:
 
 
 def _markdown(summary: RunSummary) -> str:
-    return "\n".join(["# DAE experiment", f"- MLflow run: {_run_link(summary.mlflow_run_id)}", _results(summary)])
+    return "\n".join(["# DAE experiment", f"- MLflow run: {mlflow_links.run_reference(summary.mlflow_run_id)}",
+                      _results(summary)])
+
+
+@task(name="figures")
+def draw_figures(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.StageResult[PretrainHistory],
+                 classified: stages.StageResult[ClassifierHistory], evaluation: Evaluation,
+                 context: RunContext) -> list[Path]:
+    """Every figure of the experiment, logged under ``figures/``."""
+    pictures = stages.figures_stage(config, Path(dataset.raw_dir), pretrained.path, classified.path, evaluation,
+                                    Path(context.out_dir) / "figures")
+    mlflow_runs.log_files(context.mlflow_run_id, pictures, "figures")
+    return pictures
+
+
+@task(name="register-model")
+def register_classifier(config: ExperimentConfig, dataset: DatasetRef,
+                        classified: stages.StageResult[ClassifierHistory], evaluation: Evaluation,
+                        context: RunContext, register: bool = True) -> model_registry.LoggedClassifier:
+    """The classifier logged as the run's model and, if ``register``, a new version of the
+    registered model with its card (what it scored, on which data, from which run)."""
+    classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
+    logged = model_registry.log_classifier(context.mlflow_run_id, classifier, register=register)
+    if logged.version is not None:
+        preset, changes = changed_fields(config)
+        champion.describe_model()
+        champion.describe_version(champion.VersionCard(
+            version=logged.version, run_id=context.mlflow_run_id, flow_run=prefect_flow_run_link(),
+            dataset=dataset.name, dataset_digest=dataset.digest, preset=preset, changes=changes,
+            test_accuracy=evaluation.accuracy, noisy_accuracy=evaluation.noisy_accuracy))
+    return logged
+
+
+@task(name="monitoring-reference")
+def record_reference(config: ExperimentConfig, dataset: DatasetRef, classified: stages.StageResult[ClassifierHistory],
+                     evaluation: Evaluation, context: RunContext) -> None:
+    """What this model's scored batches will be compared with (``dae-score``'s monitoring)."""
+    reference = stages.reference_stage(config, Path(dataset.raw_dir), classified.path, evaluation.accuracy)
+    mlflow_runs.log_text(context.mlflow_run_id, reference.model_dump_json(), REFERENCE_ARTIFACT)
 
 
 @task(name="report")
-def report(config: ExperimentConfig, dataset: DatasetRef, pretrained: stages.StageResult[PretrainHistory],
-           classified: stages.StageResult[ClassifierHistory], evaluation: Evaluation, context: RunContext,
-           register_model: bool = True) -> RunSummary:
-    run_id = context.mlflow_run_id
-    out = Path(context.out_dir)
-    pictures = stages.figures_stage(config, Path(dataset.raw_dir), pretrained.path, classified.path, evaluation,
-                                    out / "figures")
-    tracking.log_files(run_id, pictures, "figures")
+def report(pretrained: stages.StageResult[PretrainHistory], classified: stages.StageResult[ClassifierHistory],
+           evaluation: Evaluation, model: model_registry.LoggedClassifier, context: RunContext) -> RunSummary:
+    """The run's tables, timings, summary and description in MLflow; its key numbers and
+    per-class accuracy in the Prefect UI."""
+    run_id, out = context.mlflow_run_id, Path(context.out_dir)
     digits = list(range(NUM_CLASSES))
-    tracking.log_table(run_id, {"digit": digits, "accuracy": evaluation.per_class_accuracy},
-                       "tables/per_class_accuracy.json")
+    mlflow_runs.log_table(run_id, {"digit": digits, "accuracy": evaluation.per_class_accuracy},
+                          "tables/per_class_accuracy.json")
     confusion = {"true": digits, **{f"predicted_{p}": [row[p] for row in evaluation.confusion] for p in digits}}
-    tracking.log_table(run_id, confusion, "tables/confusion_matrix.json")
-    classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
-    logged = tracking.log_classifier(run_id, classifier, register=register_model)
-    if logged.version is not None:
-        preset, changes = changed_fields(config)
-        registry.describe_model()
-        registry.describe_version(registry.VersionCard(
-            version=logged.version, run_id=run_id, flow_run=prefect_flow_run_link(), dataset=dataset.name,
-            dataset_digest=dataset.digest, preset=preset, changes=changes, test_accuracy=evaluation.accuracy,
-            noisy_accuracy=evaluation.noisy_accuracy))
-        crown_first_version(logged.version, run_id)
-
-    reference = stages.reference_stage(config, Path(dataset.raw_dir), classified.path, evaluation.accuracy)
-    tracking.log_text(run_id, reference.model_dump_json(), REFERENCE_ARTIFACT)
-
+    mlflow_runs.log_table(run_id, confusion, "tables/confusion_matrix.json")
     timing = Timing(pretrain_s=pretrained.seconds, classifier_s=classified.seconds,
                     pretrain_loop_s=pretrained.loop_seconds, classifier_loop_s=classified.loop_seconds)
-    tracking.log_metrics(run_id, timing_metrics(timing))
-    summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id,
-                            logged.uri)
-    tracking.set_description(run_id, f"{context.description}\n\n{_results(summary)}")
+    mlflow_runs.log_metrics(run_id, timing_metrics(timing))
+    summary = build_summary(pretrained.history, classified.history, evaluation.scores(), timing, run_id, model.uri)
+    mlflow_runs.set_description(run_id, f"{context.description}\n\n{_results(summary)}")
     write_json(out / "summary.json", summary.model_dump())
-    tracking.log_files(run_id, [out / "summary.json"], "")
+    mlflow_runs.log_files(run_id, [out / "summary.json"], "")
 
     create_markdown_artifact(_markdown(summary), key="dae-experiment-summary", description="Key numbers of this run")
     create_table_artifact([{"digit": d, "accuracy_percent": round(a, 2)}

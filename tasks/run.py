@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from adapters import tracking
+from adapters import mlflow_runs, mlflow_store
 from adapters.state_folders import held_state_folder
 from adapters.tags import (
     CELL,
@@ -102,24 +101,23 @@ def _take_over_state(context: RunContext) -> None:
     if owner_file.exists():
         previous = json.loads(owner_file.read_text())["mlflow_run_id"]
         if previous != context.mlflow_run_id:
-            try:
-                status = tracking.client().get_run(previous).info.status
-            except mlflow.exceptions.MlflowException:
+            status = mlflow_runs.run_status(previous)
+            if status is None:
                 get_run_logger().warning("the saved state's run %s is not in %s; resuming its state without it",
-                                         previous, tracking.tracking_uri())
-                tracking.set_tags(context.mlflow_run_id, {RESUMED_FROM_MISSING: previous})
+                                         previous, mlflow_store.tracking_uri())
+                mlflow_runs.set_tags(context.mlflow_run_id, {RESUMED_FROM_MISSING: previous})
             else:
                 if status == "RUNNING":
-                    tracking.set_tags(previous, {KILLED: "true", RESUMED_BY: context.mlflow_run_id})
-                    tracking.end_run(previous, succeeded=False)
-                tracking.set_tags(context.mlflow_run_id, {RESUMED_FROM: previous})
+                    mlflow_runs.set_tags(previous, {KILLED: "true", RESUMED_BY: context.mlflow_run_id})
+                    mlflow_runs.end_run(previous, succeeded=False)
+                mlflow_runs.set_tags(context.mlflow_run_id, {RESUMED_FROM: previous})
     write_json(owner_file, {"mlflow_run_id": context.mlflow_run_id})
 
 
 @task(name="check-tracking", retries=0)
 def check_tracking() -> str:
     """First step of every flow: the tracking store must answer before anything trains."""
-    return tracking.check_store()
+    return mlflow_store.check_store()
 
 
 @task(name="start-tracking")
@@ -128,24 +126,24 @@ def start_tracking(config: ExperimentConfig, dataset: DatasetRef, experiment: st
     """Create the MLflow run with params, dataset input and Prefect tags (``machine``: the
     worker that trains it)."""
     tags = {**flow_run_tags(), ROLE: ROLE_EXPERIMENT, CELL: run_label or "", WORKER: machine}
-    run_id = tracking.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
+    run_id = mlflow_runs.start_run(experiment, flow_run.name or run_name(config, run_label), tags, parent_run_id)
     description = describe_run(config, run_label)
-    tracking.set_description(run_id, description)
-    tracking.log_config(run_id, config)
+    mlflow_runs.set_description(run_id, description)
+    mlflow_runs.log_config(run_id, config)
     sizes = {"train": config.data.train_limit or -1, "test": config.data.test_limit or -1}
-    tracking.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, sizes)
+    mlflow_runs.log_dataset(run_id, dataset.name, dataset.digest, dataset.raw_dir, sizes)
     total = config.pretrain.epochs + config.classifier.epochs
     progress = create_progress_artifact(0.0, description=f"training epochs done of {total}")
     root = Path(work_dir).resolve()
     context = RunContext(
         mlflow_run_id=run_id,
         out_dir=str(root / "runs" / run_id),
-        state_dir=str(root / "state" / state_key(config, dataset, tracking.store_identity())),
+        state_dir=str(root / "state" / state_key(config, dataset, mlflow_store.store_identity())),
         progress_id=str(progress) if progress else None,
         total_epochs=total,
         description=description,
     )
-    get_run_logger().info("MLflow run %s at %s", run_id, tracking.tracking_uri())
+    get_run_logger().info("MLflow run %s at %s", run_id, mlflow_store.tracking_uri())
     return context
 
 
@@ -155,7 +153,7 @@ def tracked(context: RunContext) -> Iterator[RunContext]:
     system metrics, and ends the MLflow run FINISHED or FAILED. Yields the context with
     the held folder. The state is removed only once the whole run succeeded (a failed run
     keeps it for the rerun that resumes)."""
-    with (tracking.ends_run(context.mlflow_run_id), tracking.system_metrics(context.mlflow_run_id),
+    with (mlflow_runs.ends_run(context.mlflow_run_id), mlflow_runs.system_metrics(context.mlflow_run_id),
           held_state_folder(Path(context.state_dir)) as folder):
         held = dataclasses.replace(context, state_dir=str(folder))
         _take_over_state(held)

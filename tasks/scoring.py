@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import flow_run
 
-from adapters import tracking
+from adapters import mlflow_runs, model_registry
 from adapters.tags import MODEL_URI, MODEL_VERSION, MONITOR_VERDICT, ROLE, ROLE_SCORING, flow_run_tags
 from dae_core import figures
 from dae_core.monitoring import (
@@ -50,11 +50,13 @@ def score_batch(source: str, labels_file: str | None, model_uri: str) -> ScoredB
     batch = read_batch(Path(source), Path(labels_file) if labels_file else None)
     for line in batch.skipped:
         logger.warning("skipped %s", line)
-    version = tracking.resolve_model_version(model_uri)
-    model = tracking.load_serving_model(model_uri)
+    # The version resolved once and loaded as such: an alias may move in between.
+    version = model_registry.resolve(model_uri)
+    model = model_registry.load_serving_model(version.uri if version is not None else model_uri)
     pixels = batch.digits.pixels.reshape(len(batch.digits.names), -1).astype(np.float32)
-    logger.info("scoring %d images with %s (version %s)", len(pixels), model_uri, version)
-    return ScoredBatch(batch, np.asarray(model.predict(pixels)), model_uri, version)
+    logger.info("scoring %d images with %s (version %s)", len(pixels), model_uri,
+                version.version if version else None)
+    return ScoredBatch(batch, np.asarray(model.predict(pixels)), model_uri, version.version if version else None)
 
 
 def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list[dict]:
@@ -77,7 +79,7 @@ def _monitor(scored: ScoredBatch, accuracy: float | None, thresholds: Thresholds
     """The batch against its model's reference, logged to the scoring run: ``monitor/*``
     metrics, the thresholds as params, a figure, the verdict tag; a drift emits an event."""
     logger = get_run_logger()
-    stored = tracking.load_text(tracking.run_of_version(scored.model_version), REFERENCE_ARTIFACT) \
+    stored = mlflow_runs.load_text(model_registry.run_of_version(scored.model_version), REFERENCE_ARTIFACT) \
         if scored.model_version else None
     if stored is None:
         logger.warning("no monitoring reference for %s: batch not monitored", scored.model_uri)
@@ -86,12 +88,12 @@ def _monitor(scored: ScoredBatch, accuracy: float | None, thresholds: Thresholds
     pixels = scored.batch.digits.pixels.reshape(len(scored.batch.digits.names), -1).astype(np.float32)
     batch = BatchProfile.of(pixels, scored.probabilities)
     report = monitor(batch, accuracy, reference, thresholds)
-    tracking.log_metrics(run_id, report.metrics())
-    tracking.log_params(run_id, {f"monitor.{key}": value for key, value in thresholds.model_dump().items()})
+    mlflow_runs.log_metrics(run_id, report.metrics())
+    mlflow_runs.log_params(run_id, {f"monitor.{key}": value for key, value in thresholds.model_dump().items()})
     figure = figures.drift_panels(batch.brightness, reference.brightness, batch.predicted_distribution.tolist(),
                                   reference.predicted_distribution, report.verdict, out / "drift.png")
-    tracking.log_files(run_id, [figure], "monitoring")
-    tracking.set_tags(run_id, {MONITOR_VERDICT: report.verdict})
+    mlflow_runs.log_files(run_id, [figure], "monitoring")
+    mlflow_runs.set_tags(run_id, {MONITOR_VERDICT: report.verdict})
     if report.verdict == "drift":
         over = [check.name for check in report.checks if check.drift]
         logger.warning("batch drifts from the model's reference: %s", ", ".join(over))
@@ -107,10 +109,10 @@ def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, ex
                    work_dir: str, thresholds: Thresholds) -> ScoringSummary:
     tags = {ROLE: ROLE_SCORING, MODEL_URI: scored.model_uri, MODEL_VERSION: scored.model_version or "",
             **flow_run_tags()}
-    run_id = tracking.start_run(experiment, flow_run.name or "score", tags)
-    with tracking.ends_run(run_id):
+    run_id = mlflow_runs.start_run(experiment, flow_run.name or "score", tags)
+    with mlflow_runs.ends_run(run_id):
         images = len(scored.batch.digits.names)
-        tracking.log_params(run_id, {"source": source, "labels_file": labels_file or "",
+        mlflow_runs.log_params(run_id, {"source": source, "labels_file": labels_file or "",
                                      "model_uri": scored.model_uri, "images": images})
         measured = scores(scored.probabilities, scored.batch.labels) if scored.batch.labels is not None else None
         metrics = {"score/images": images, "score/skipped": len(scored.batch.skipped)}
@@ -118,21 +120,21 @@ def report_scoring(scored: ScoredBatch, source: str, labels_file: str | None, ex
             metrics["score/accuracy"] = measured.accuracy
             metrics.update({f"score/class_{digit}_accuracy": value
                             for digit, value in enumerate(measured.per_class_accuracy) if not math.isnan(value)})
-        tracking.log_metrics(run_id, metrics)
+        mlflow_runs.log_metrics(run_id, metrics)
         csv = Path(work_dir).resolve() / "scoring" / run_id / Path(PREDICTIONS_ARTIFACT).name
         csv.parent.mkdir(parents=True, exist_ok=True)
         monitored = _monitor(scored, measured.accuracy if measured else None, thresholds, run_id, csv.parent)
         pd.DataFrame(prediction_rows(scored.batch, scored.probabilities)).to_csv(csv, index=False)
-        tracking.log_files(run_id, [csv], str(Path(PREDICTIONS_ARTIFACT).parent))
+        mlflow_runs.log_files(run_id, [csv], str(Path(PREDICTIONS_ARTIFACT).parent))
         if scored.batch.skipped:
-            tracking.log_text(run_id, "\n".join(scored.batch.skipped) + "\n", "predictions/skipped.txt")
+            mlflow_runs.log_text(run_id, "\n".join(scored.batch.skipped) + "\n", "predictions/skipped.txt")
         accuracy = f"{measured.accuracy:.2f}%" if measured else "no labels"
         verdict = monitored.verdict if monitored else "not monitored (no reference)"
         headline = (f"**Scored {images} images** from `{source}` with `{scored.model_uri}` (version "
                     f"{scored.model_version}): accuracy {accuracy}; {len(scored.batch.skipped)} files skipped; "
                     f"monitoring: **{verdict}**.\n"
                     f"- Prefect flow run: {prefect_flow_run_link()}")
-        tracking.set_description(run_id, headline)
+        mlflow_runs.set_description(run_id, headline)
         create_table_artifact(_per_digit_table(scored, measured.per_class_accuracy if measured else None),
                               key="dae-scoring", description="Predictions per digit (and accuracy where labelled)")
         create_markdown_artifact(f"# Batch scoring\n\n{headline}\n- MLflow run: `{run_id}`, predictions in "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from adapters import progress, tracking
+from adapters import mlflow_runs, progress
 from dae_core import stages
 from dae_core.checkpoint import load_checkpoint
 from dae_core.config import ExperimentConfig
@@ -24,14 +24,14 @@ def _relog_restored(context: RunContext, phase: str, state_path: Path, empty: Hi
         return
     history = type(empty).from_dict(load_checkpoint(state_path)["history"])
     first_key = next(iter(epoch_metrics(phase, history.as_dict())))
-    if not tracking.client().get_metric_history(context.mlflow_run_id, first_key):
-        tracking.log_history(context.mlflow_run_id, phase, history)
+    if not mlflow_runs.has_metric(context.mlflow_run_id, first_key):
+        mlflow_runs.log_history(context.mlflow_run_id, phase, history)
         get_run_logger().info("resumed %s after epoch %d", phase, history.epochs)
 
 
 def _epoch_logger(context: RunContext, phase: progress.Phase, epochs_before: int, epochs: int) -> EpochCallback:
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        tracking.log_metrics(context.mlflow_run_id, epoch_metrics(phase, metrics), step=epoch)
+        mlflow_runs.log_metrics(context.mlflow_run_id, epoch_metrics(phase, metrics), step=epoch)
         report_progress(context, epochs_before + epoch)
         progress.notify(progress.ProgressEvent(phase, epoch, epochs, metrics))
 
@@ -69,5 +69,5 @@ def evaluate(config: ExperimentConfig, dataset: DatasetRef, classifier_path: Pat
              context: RunContext) -> Evaluation:
     result = stages.evaluate_stage(config, Path(dataset.raw_dir), classifier_path,
                                    Path(context.out_dir) / "evaluation.json")
-    tracking.log_metrics(context.mlflow_run_id, evaluation_metrics(result.scores()))
+    mlflow_runs.log_metrics(context.mlflow_run_id, evaluation_metrics(result.scores()))
     return result

@@ -15,7 +15,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from adapters import progress, tracking
+from adapters import mlflow_runs, mlflow_store, progress, run_search
 from adapters.tags import (
     CELL,
     FAILURE_DETAIL,
@@ -28,11 +28,12 @@ from adapters.tags import (
     STUDY,
     TRIAL,
     TRIAL_STATE,
-    TUNED,
     TUNING_KEY,
     WORKER,
     flow_run_tags,
     resumed_tags,
+    tuned_params,
+    tuned_tags,
 )
 from dae_core import tuning
 from dae_core.checkpoint import write_json
@@ -51,7 +52,7 @@ def study_storage(work_dir: str, given: str | None) -> str:
     an SQLite file beside a local tracking store, else in the work folder."""
     if given:
         return given
-    uri = tracking.tracking_uri()
+    uri = mlflow_store.tracking_uri()
     if uri.startswith("sqlite:///"):
         return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve().parent / 'optuna.db'}"
     return f"sqlite:///{Path(work_dir).resolve() / 'optuna.db'}"
@@ -66,17 +67,17 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
     record = Path(record_dir) / "parent.json"
     if record.exists():
         previous = json.loads(record.read_text())["mlflow_run_id"]
-        if tracking.reopen_run(previous, resumed_tags()):
+        if mlflow_runs.reopen_run(previous, resumed_tags()):
             if trials_in_process:
                 fail_killed_trials(previous)
             get_run_logger().info("continuing the interrupted tuning %s", previous)
             return previous
     tags = {ROLE: ROLE_TUNING, TUNING_KEY: key, **flow_run_tags()}
-    parent = tracking.start_run(experiment, flow_run.name or "tune", tags)
-    tracking.log_config(parent, base, {"tune.cells": ",".join(cells), "tune.trials": trials,
+    parent = mlflow_runs.start_run(experiment, flow_run.name or "tune", tags)
+    mlflow_runs.log_config(parent, base, {"tune.cells": ",".join(cells), "tune.trials": trials,
                                        "tune.objective": objective})
-    tracking.log_dataset(parent, dataset.name, dataset.digest, dataset.raw_dir, {})
-    tracking.set_description(parent, f"**Tuning** of {', '.join(f'`{c}`' for c in cells)}: {trials} trials each, "
+    mlflow_runs.log_dataset(parent, dataset.name, dataset.digest, dataset.raw_dir, {})
+    mlflow_runs.set_description(parent, f"**Tuning** of {', '.join(f'`{c}`' for c in cells)}: {trials} trials each, "
                                      f"objective validation {objective}; each trial is a child run "
                                      "`<cell>-trial<N>`.")
     write_json(record, {"mlflow_run_id": parent})
@@ -86,7 +87,7 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
 def fail_killed_trials(parent_run_id: str) -> list[str]:
     """End FAILED the trial runs still RUNNING under a tuning whose trials have all stopped
     (their process was killed); returns their ids."""
-    return tracking.fail_running_children(parent_run_id, {KILLED: "true", TRIAL_STATE: "killed"})
+    return run_search.fail_running_children(parent_run_id, {KILLED: "true", TRIAL_STATE: "killed"})
 
 
 def _epochs(config: ExperimentConfig, objective: Objective) -> int:
@@ -130,14 +131,14 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
     def objective_fn(trial: optuna.Trial) -> float:
         params = tuning.suggest(trial, space)
         trial_config = tuning.with_params(config, params)
-        run_id = tracking.start_run(experiment, f"{cell}-trial{trial.number}", {
+        run_id = mlflow_runs.start_run(experiment, f"{cell}-trial{trial.number}", {
             ROLE: ROLE_TRIAL, CELL: cell, STUDY: name, TRIAL: str(trial.number),
             WORKER: machine, FLOW_RUN_ID: prefect_flow_run},
             parent_run_id=parent_run_id)
-        tracking.log_config(run_id, trial_config)
+        mlflow_runs.log_config(run_id, trial_config)
 
         def report(epoch: int, value: float) -> None:
-            tracking.log_metrics(run_id, {metric: value}, step=epoch)
+            mlflow_runs.log_metrics(run_id, {metric: value}, step=epoch)
             trial.report(value, epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {value:.4g} is worse than the median of earlier trials")
@@ -146,22 +147,22 @@ def tune_cell(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...],
             value = tuning.train_trial(trial_config, Path(dataset.raw_dir), objective, report)
         except optuna.TrialPruned:
             # FINISHED: stopping a trial that fell behind is the search working, not a failure.
-            tracking.set_tags(run_id, {TRIAL_STATE: "pruned"})
-            tracking.end_run(run_id, succeeded=True)
+            mlflow_runs.set_tags(run_id, {TRIAL_STATE: "pruned"})
+            mlflow_runs.end_run(run_id, succeeded=True)
             trial_done(trial.number)
             raise
         except TrialDiverged as error:
             # Pruned for the sampler (a region to avoid), FAILED in MLflow with the reason.
-            tracking.set_tags(run_id, {TRIAL_STATE: "diverged", FAILURE_DETAIL: str(error)[:500]})
-            tracking.end_run(run_id, succeeded=False)
+            mlflow_runs.set_tags(run_id, {TRIAL_STATE: "diverged", FAILURE_DETAIL: str(error)[:500]})
+            mlflow_runs.end_run(run_id, succeeded=False)
             trial_done(trial.number)
             raise optuna.TrialPruned(f"diverged: {error}") from None
         except BaseException:
-            tracking.end_run(run_id, succeeded=False)
+            mlflow_runs.end_run(run_id, succeeded=False)
             raise
-        tracking.log_metrics(run_id, {"tune/value": value})
-        tracking.set_tags(run_id, {TRIAL_STATE: "complete"})
-        tracking.end_run(run_id, succeeded=True)
+        mlflow_runs.log_metrics(run_id, {"tune/value": value})
+        mlflow_runs.set_tags(run_id, {TRIAL_STATE: "complete"})
+        mlflow_runs.end_run(run_id, succeeded=True)
         trial_done(trial.number)
         return value
 
@@ -257,7 +258,7 @@ def finished_tuning(names: list[str], storage: str, trials: int) -> str | None:
             return None
         parents.add(study.user_attrs.get(PARENT_ATTR))
     parent = parents.pop() if len(parents) == 1 else None
-    run = tracking.finished_run(parent) if parent else None
+    run = run_search.finished_run(parent) if parent else None
     return parent if run is not None and run.data.params.get("tune.trials") == str(trials) else None
 
 
@@ -321,10 +322,10 @@ def _mark_unscored(parent_run_id: str, result: CellTuning, study) -> int:
     """Tag the runs of the cell's trials beyond its first ``result.trials`` counted ones;
     returns how many."""
     beyond = {str(trial.number) for trial in _counted_in_order(study)[result.trials:]}
-    runs = [run for run in tracking.child_runs(parent_run_id)
+    runs = [run for run in run_search.child_runs(parent_run_id)
             if run.data.tags.get(STUDY) == result.study and run.data.tags.get(TRIAL) in beyond]
     for run in runs:
-        tracking.set_tags(run.info.run_id, {SCORED: "false"})
+        mlflow_runs.set_tags(run.info.run_id, {SCORED: "false"})
     return len(runs)
 
 
@@ -364,19 +365,16 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
             pictures.append(path)
     report = TuningReport(cells={result.cell: result for result in cells}, mlflow_run_id=parent_run_id)
     write_json(out / "tuning.json", report.model_dump())
-    tracking.log_files(parent_run_id, [out / "tuning.json"], "tuning")
-    tracking.log_files(parent_run_id, pictures, "figures/tuning")
-    tags: dict[str, Any] = {}
+    mlflow_runs.log_files(parent_run_id, [out / "tuning.json"], "tuning")
+    mlflow_runs.log_files(parent_run_id, pictures, "figures/tuning")
     for result in cells:
-        tags.update({f"{TUNED}.{result.cell}.{key}": json.dumps(value)
-                     for key, value in result.best_params.items()})
         if math.isfinite(result.best_value):
-            tracking.log_metrics(parent_run_id, {f"tune/{result.cell}/best_value": result.best_value})
-    tracking.set_tags(parent_run_id, tags)
+            mlflow_runs.log_metrics(parent_run_id, {f"tune/{result.cell}/best_value": result.best_value})
+    mlflow_runs.set_tags(parent_run_id, tuned_tags({result.cell: result.best_params for result in cells}))
     table = tuning.markdown_table(report)
     beyond = (f"\n\n{unscored} trial runs finished past their cell's budget (workers sharing a study stop "
               f"together): tagged `{SCORED}=false`, not scored." if unscored else "")
-    tracking.set_description(parent_run_id, f"**Tuning**: each trial is a child run `<cell>-trial<N>`; "
+    mlflow_runs.set_description(parent_run_id, f"**Tuning**: each trial is a child run `<cell>-trial<N>`; "
                                             f"`dae compare --tuned {parent_run_id}` uses these.\n\n{table}{beyond}")
     create_markdown_artifact(f"# DAE tuning\n\n{table}\n\nMLflow parent run: `{parent_run_id}`",
                              key="dae-tuning-report")
@@ -386,16 +384,8 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
 @task(name="read-tuning")
 def read_tuning(run_id: str) -> dict[str, dict[str, Any]]:
     """The best parameters a finished tuning run found, per cell (from its tags)."""
-    try:
-        run = tracking.client().get_run(run_id)
-    except Exception:  # MLflow's "not found" differs between stores
-        run = None
-    if run is None or run.data.tags.get(ROLE) != ROLE_TUNING or run.info.status != "FINISHED":
-        raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking.tracking_uri()}",
-                          "pass the MLflow run id that `dae tune` printed at its end")
-    tuned: dict[str, dict[str, Any]] = {}
-    for name, value in run.data.tags.items():
-        if name.startswith(f"{TUNED}."):
-            cell, key = name.removeprefix(f"{TUNED}.").split(".", 1)
-            tuned.setdefault(cell, {})[key] = json.loads(value)
-    return tuned
+    run = run_search.finished_run(run_id)
+    if run is None or run.data.tags.get(ROLE) != ROLE_TUNING:
+        raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in "
+                          f"{mlflow_store.tracking_uri()}", "pass the MLflow run id that `dae tune` printed at its end")
+    return tuned_params(run.data.tags)

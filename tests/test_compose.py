@@ -300,11 +300,11 @@ def test_links_printed_in_the_worker_open_from_the_host():
     assert services["prefect-server"]["environment"]["PREFECT_UI_API_URL"] == "http://127.0.0.1:4200/api"
 
 
-def test_the_readme_shows_the_team_setup_script_as_it_is():
+def test_the_deployment_guide_shows_the_team_setup_script_as_it_is():
     script = (REPO / "docker" / "team-setup.sh").read_text()
-    readme = (REPO / "README.md").read_text()
-    shown = readme.split("```sh\n# docker/team-setup.sh\n", 1)[1].split("```", 1)[0]
-    assert shown == script.split("\n", 1)[1], "README's copy of docker/team-setup.sh differs from the file"
+    guide = (REPO / "docs" / "deployment.md").read_text()
+    shown = guide.split("```sh\n# docker/team-setup.sh\n", 1)[1].split("```", 1)[0]
+    assert shown == script.split("\n", 1)[1], "docs/deployment.md's copy of docker/team-setup.sh differs from the file"
 
 
 def test_team_setup_refuses_to_start_without_env(tmp_path):

@@ -218,7 +218,7 @@ def test_retrain_sets_champion_then_promotes_only_by_the_margin(data_root, tmp_p
     third = dae_retrain(margin=0.0, **common).decision
     assert third.action == "promoted" and alias("champion") == third.new_version
     # One recorded move each time @champion moved: crowned, then promoted.
-    from adapters.registry import champion_history
+    from adapters.champion import champion_history
 
     assert [(m.previous, m.version) for m in champion_history()] == [(None, first.new_version),
                                                                      (first.new_version, third.new_version)]

@@ -143,12 +143,12 @@ def test_dae_predict_without_a_champion_says_what_to_do(tmp_path):
 def test_serving_loads_on_the_cpu_where_mlflow_would_pick_cuda(champion_store, monkeypatch):
     """A GPU host: MLflow's loader picks CUDA and refuses the CPU-exported program; the
     project's loader pins the serving device."""
-    from adapters import tracking
+    from adapters import model_registry
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.raises(mlflow.exceptions.MlflowException, match="cuda"):
         mlflow.pyfunc.load_model(CHAMPION_URI)
-    model = tracking.load_serving_model(CHAMPION_URI)
+    model = model_registry.load_serving_model(CHAMPION_URI)
     probabilities = np.asarray(model.predict(np.zeros((4, 784), np.float32)))
     assert probabilities.shape == (4, 10) and np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 
@@ -190,7 +190,7 @@ def test_batch_scoring_records_predictions_accuracy_and_the_model_version(champi
 
 
 def test_the_registry_card_says_what_each_version_scored_and_why_it_is_champion(champion_store):
-    from adapters.registry import MODEL_DESCRIPTION, champion_history
+    from adapters.champion import MODEL_DESCRIPTION, champion_history
 
     client, first = champion_store["client"], champion_store["first"]
     model = client.get_registered_model(REGISTERED_MODEL)
@@ -279,7 +279,7 @@ def test_a_damaged_cache_entry_of_any_shape_is_loaded_from_the_registry_again(tm
     road then) or a working model, never an exception."""
     import hashlib
 
-    from adapters.served_model import ModelVersion, WeightCache
+    from adapters.model_registry import ModelVersion, WeightCache
     from dae_core.model import ClassProbabilities, EncoderClassifier
 
     cache = WeightCache(tmp_path / "cache")

@@ -37,7 +37,7 @@ def test_a_batch_larger_than_the_data_is_refused():
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp_path, monkeypatch):
-    from adapters.tracking import TrackingUnavailable
+    from adapters.mlflow_store import TrackingUnavailable
     from flows.experiment import dae_experiment
 
     uri, previous = f"http://127.0.0.1:{_free_port()}", mlflow.get_tracking_uri()
@@ -56,7 +56,7 @@ def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_a_nan_loss_fails_the_mlflow_run(data_root, tmp_path, monkeypatch):
-    from adapters import tracking
+    from adapters import mlflow_runs
     from dae_core import noise, pretrain_step, train
     from flows.experiment import dae_experiment
 
@@ -68,7 +68,7 @@ def test_a_nan_loss_fails_the_mlflow_run(data_root, tmp_path, monkeypatch):
     with pytest.raises(train.TrainingDiverged, match=r"pretrain epoch 1 step 1: loss is nan"):
         dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
                        experiment_name=experiment, work_dir=str(tmp_path))
-    (run,) = MlflowClient().search_runs([tracking.experiment_id(experiment)])
+    (run,) = MlflowClient().search_runs([mlflow_runs.experiment_id(experiment)])
     assert run.info.status == "FAILED"
     assert noise.corrupt is not poisoned  # only training saw the poison
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.model_server import message_line, tensor_rows
+from adapters.serving_app import message_line, tensor_rows
 from dae_core.summary import CHAMPION_URI
 from tests.conftest import framed_digits
 
@@ -148,7 +148,7 @@ def test_the_short_road_parses_and_answers_a_100_image_request_several_times_fas
     import mlflow
     from mlflow.pyfunc import scoring_server
 
-    from adapters.model_server import TensorRows
+    from adapters.serving_app import TensorRows
 
     model = mlflow.pyfunc.load_model(CHAMPION_URI, model_config={"device": "cpu"})
     schema = model.metadata.get_input_schema()

@@ -121,7 +121,7 @@ def _close_mlflow_assistant(page) -> None:
 
 
 def test_mlflow_opens_the_experiment_on_its_runs_and_children_carry_their_cell_names(ui_stack, page):
-    from adapters.tracking import experiment_link
+    from adapters.mlflow_links import experiment_link
 
     page.goto(experiment_link(ui_stack.mlflow_ui, ui_stack.experiment_id))
     parent_name = ui_stack.parent.info.run_name
@@ -138,7 +138,7 @@ def test_mlflow_opens_the_experiment_on_its_runs_and_children_carry_their_cell_n
 
 
 def test_mlflow_group_by_cell_draws_one_mean_curve_per_cell(ui_stack, page):
-    from adapters.tracking import experiment_link
+    from adapters.mlflow_links import experiment_link
 
     page.goto(experiment_link(ui_stack.mlflow_ui, ui_stack.experiment_id))
     page.get_by_text(ui_stack.parent.info.run_name).first.wait_for(timeout=60_000)
@@ -162,7 +162,7 @@ def test_mlflow_group_by_cell_draws_one_mean_curve_per_cell(ui_stack, page):
 
 
 def test_mlflow_run_page_shows_the_description_and_the_figures(ui_stack, page):
-    from adapters.tracking import run_link
+    from adapters.mlflow_links import run_link
 
     child = next(c for c in ui_stack.children if c.info.run_name == "adam-noise-seed0")
     page.goto(run_link(ui_stack.mlflow_ui, ui_stack.experiment_id, child.info.run_id))

@@ -19,20 +19,21 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
-    from adapters import registry, tracking
+    from adapters import champion
+    from adapters.mlflow_store import check_store
     from dae_cli.terminal import mlflow_warnings_only
 
     if args.version is not None:  # every value checked before the store is even opened
         if args.reason is None:
             raise ConfigError("--set needs --reason TEXT: every move of @champion says why",
                               f'dae champion --set {args.version} --reason "rollback: version 7 misreads sevens"')
-        version, reason = registry.version_named(args.version), registry.checked_reason(args.reason)
+        version, reason = champion.version_named(args.version), champion.checked_reason(args.reason)
     with mlflow_warnings_only(session.verbose):
-        tracking.check_store(create=False)
+        check_store(create=False)
         if args.version is not None:
-            registry.checked_version(version)
+            champion.checked_version(version)
             by = session.settings.user
-            move = registry.move_champion(version, reason, by, decision=("manual", f"**manual** by {by}: {reason}"))
+            move = champion.move_champion(version, reason, by, decision=("manual", f"**manual** by {by}: {reason}"))
             if move is None:
                 print(f"@champion is already version {version}: nothing moved")
                 return 0
@@ -41,20 +42,20 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
             print("dae predict and dae-score use it from now on; the stack's model server loads @champion when "
                   "it starts: `docker compose restart model-server` serves it")
             return 0
-        _print_champion(registry, tracking)
+        _print_champion()
     return 0
 
 
-def _print_champion(registry, tracking) -> None:
-    version = tracking.alias_version(registry.CHAMPION)
-    if version is None:
+def _print_champion() -> None:
+    from adapters import champion
+
+    card = champion.champion_card()
+    if card is None:
         print(f"{REGISTERED_MODEL} has no champion yet: `dae run` registers and crowns the first version")
         return
-    found = tracking.client().get_model_version(REGISTERED_MODEL, version)
-    scores = ", ".join(f"{name.replace('_', ' ')} {found.tags[name]}%"
-                       for name in (registry.TEST_ACCURACY, registry.NOISY_ACCURACY) if name in found.tags)
-    print(f"@champion: version {version}" + (f" ({scores})" if scores else "") + f", from run {found.run_id}")
-    moves = registry.champion_history()
+    scores = ", ".join(f"{name.replace('_', ' ')} {value}%" for name, value in card.scores.items())
+    print(f"@champion: version {card.version}" + (f" ({scores})" if scores else "") + f", from run {card.run_id}")
+    moves = champion.champion_history()
     if not moves:
         print("no recorded moves (it was set before dae recorded them)")
         return

@@ -4,24 +4,18 @@
 32 clients sending 100-image requests waited up to 2 s and timed out. Here the version is
 resolved and downloaded once, then this process becomes uvicorn (exec) with MLflow's
 scoring app in ``--workers`` processes (default: the cores this process may use) behind a
-request-size limit answered with 413 (adapters/model_server.py). An alias is read at start:
+request-size limit answered with 413 (adapters/serving_app.py). An alias is read at start:
 after a promotion, restart the server to serve the new champion.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
-import shutil
 import socket
 import sys
-import tempfile
-from pathlib import Path
 
-from adapters import served_model
-from adapters.model_server import BODY_TIMEOUT_ENV, MAX_BODY_ENV, MODEL_DIR_ENV
+from adapters.serving_app import BODY_TIMEOUT_ENV, MAX_BODY_ENV, MODEL_DIR_ENV
 from dae_cli.arguments import positive_number, whole_number
 from dae_cli.command import Command, Session
 from dae_core.config import ConfigError
@@ -52,33 +46,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
-    from adapters import tracking
-    from dae_cli.commands.predict import ModelUnavailable
+    from adapters.model_registry import download
     from dae_cli.terminal import mlflow_warnings_only
 
     _check_listening(args.host, args.port)
     with mlflow_warnings_only(session.verbose):
-        import mlflow
-
-        tracking.check_store(create=False)
-        folder = None
-        try:
-            version, uri = served_model.pinned_with_mlflow(args.model)
-            # A folder of the server's own (the image's working directory is not writable).
-            folder = tempfile.mkdtemp(prefix=f"dae-serve-v{version.version}-" if version else "dae-serve-")
-            # MLflow draws a progress bar per download on stderr; a few small files need none.
-            with contextlib.nullcontext() if session.verbose else contextlib.redirect_stderr(io.StringIO()):
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=folder)
-        except mlflow.exceptions.MlflowException as error:
-            if folder is not None:  # a refused command leaves nothing behind
-                shutil.rmtree(folder, ignore_errors=True)
-            raise ModelUnavailable.from_mlflow(args.model, tracking.tracking_uri(), error) from None
+        version, local = download(args.model, session.verbose)
     what = f"version {version.version} of {version.name}" if version is not None else args.model
     print(f"dae serve: {what} on http://{args.host}:{args.port}/invocations ({args.workers} workers, "
           f"bodies up to {args.max_body_mb:g} MiB)", flush=True)
-    environment = {**os.environ, MODEL_DIR_ENV: str(Path(local).resolve()),
+    environment = {**os.environ, MODEL_DIR_ENV: str(local),
                    MAX_BODY_ENV: str(int(args.max_body_mb * 2**20)), BODY_TIMEOUT_ENV: str(args.body_timeout_s)}
-    os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "--factory", "adapters.model_server:create_app",
+    os.execve(sys.executable, [sys.executable, "-m", "uvicorn", "--factory", "adapters.serving_app:create_app",
                                "--host", args.host, "--port", str(args.port), "--workers", str(args.workers),
                                "--log-level", "info" if session.verbose else "warning"], environment)
     return 0  # not reached: this process is uvicorn now

@@ -13,7 +13,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 def _execute(args: argparse.Namespace, session: Session) -> int:
     from adapters.access import admin_refused, identities_from_env, sync_identities
-    from adapters.tracking import TrackingRefused, check_store, tracking_uri
+    from adapters.mlflow_store import TrackingRefused, check_store, tracking_uri
     from dae_cli.terminal import mlflow_warnings_only
 
     identities = identities_from_env()

@@ -20,7 +20,10 @@ import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from pydantic import BaseModel
 
-from adapters import tracking
+from adapters.mlflow_client import client
+from adapters.mlflow_store import tracking_uri
+from adapters.model_registry import alias_version
+from adapters.run_search import finished_run
 from dae_core.errors import EXIT_CONFIG, EXIT_SERVER, DaeError
 from dae_core.summary import REGISTERED_MODEL
 
@@ -128,16 +131,16 @@ class VersionCard:
 def describe_model() -> None:
     """The registered model's description, written when it differs (the first registration,
     or a new text in a new release)."""
-    client = tracking.client()
-    if client.get_registered_model(REGISTERED_MODEL).description != MODEL_DESCRIPTION:
-        client.update_registered_model(REGISTERED_MODEL, description=MODEL_DESCRIPTION)
+    registry = client()
+    if registry.get_registered_model(REGISTERED_MODEL).description != MODEL_DESCRIPTION:
+        registry.update_registered_model(REGISTERED_MODEL, description=MODEL_DESCRIPTION)
 
 
 def describe_version(card: VersionCard) -> None:
-    client = tracking.client()
-    client.update_model_version(REGISTERED_MODEL, card.version, description=card.description())
+    registry = client()
+    registry.update_model_version(REGISTERED_MODEL, card.version, description=card.description())
     for key, value in card.tags().items():
-        client.set_model_version_tag(REGISTERED_MODEL, card.version, key, value)
+        registry.set_model_version_tag(REGISTERED_MODEL, card.version, key, value)
 
 
 def checked_reason(reason: str) -> str:
@@ -165,18 +168,18 @@ def record_decision(version: str, action: str, text: str, undo: list[Callable[[]
     """The champion decision about ``version`` (tag ``champion_decision``: the action) at the
     end of its description, replacing an earlier one. ``undo``: where each write, once made,
     leaves what puts it back."""
-    client = tracking.client()
-    found = client.get_model_version(REGISTERED_MODEL, version)
+    registry = client()
+    found = registry.get_model_version(REGISTERED_MODEL, version)
     current, earlier_action = found.description or "", found.tags.get(DECISION)
     card = current.split(f"\n\n{_DECISION_HEADING}")[0]
-    client.update_model_version(REGISTERED_MODEL, version, description=f"{card}\n\n{_DECISION_HEADING}\n{text}")
+    registry.update_model_version(REGISTERED_MODEL, version, description=f"{card}\n\n{_DECISION_HEADING}\n{text}")
     if undo is not None:
-        undo.append(lambda: client.update_model_version(REGISTERED_MODEL, version, description=current))
-    client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
+        undo.append(lambda: registry.update_model_version(REGISTERED_MODEL, version, description=current))
+    registry.set_model_version_tag(REGISTERED_MODEL, version, DECISION, action)
     if undo is not None:
-        undo.append(lambda: client.delete_model_version_tag(REGISTERED_MODEL, version, DECISION)
+        undo.append(lambda: registry.delete_model_version_tag(REGISTERED_MODEL, version, DECISION)
                     if earlier_action is None
-                    else client.set_model_version_tag(REGISTERED_MODEL, version, DECISION, earlier_action))
+                    else registry.set_model_version_tag(REGISTERED_MODEL, version, DECISION, earlier_action))
 
 
 def move_champion(version: str, reason: str, by: str, decision: tuple[str, str]) -> ChampionMove | None:
@@ -185,24 +188,24 @@ def move_champion(version: str, reason: str, by: str, decision: tuple[str, str])
     write, and a write that fails after the alias moved undoes the others (the alias back
     where it was). None, and nothing written, where it already points there."""
     reason = checked_reason(reason)
-    previous = tracking.alias_version(CHAMPION)
+    previous = alias_version(CHAMPION)
     if previous == version:
         return None
     move = ChampionMove(version=version, previous=previous,
                         at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), by=_one_line(by), reason=reason)
-    client = tracking.client()
+    registry = client()
     try:
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
+        registry.set_registered_model_alias(REGISTERED_MODEL, CHAMPION, version)
     except mlflow.exceptions.MlflowException as error:
         if error.error_code == "PERMISSION_DENIED" or "403" in str(error):
-            raise RegistryRefused(f"{tracking.tracking_uri()} refused to move @{CHAMPION} for this identity "
+            raise RegistryRefused(f"{tracking_uri()} refused to move @{CHAMPION} for this identity "
                                   f"({str(error).splitlines()[0]})") from None
         raise
     undo: list[Callable[[], None]] = [lambda: _point_champion_back(previous)]
     try:
         tag = f"{MOVE_TAG_PREFIX}{time.time_ns()}"
-        client.set_registered_model_tag(REGISTERED_MODEL, tag, move.line())
-        undo.append(lambda: client.delete_registered_model_tag(REGISTERED_MODEL, tag))
+        registry.set_registered_model_tag(REGISTERED_MODEL, tag, move.line())
+        undo.append(lambda: registry.delete_registered_model_tag(REGISTERED_MODEL, tag))
         record_decision(version, *decision, undo=undo)
     except Exception as error:
         raise _undone(undo, move, error) from None
@@ -211,9 +214,9 @@ def move_champion(version: str, reason: str, by: str, decision: tuple[str, str])
 
 def _point_champion_back(previous: str | None) -> None:
     if previous is None:
-        tracking.client().delete_registered_model_alias(REGISTERED_MODEL, CHAMPION)
+        client().delete_registered_model_alias(REGISTERED_MODEL, CHAMPION)
     else:
-        tracking.client().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, previous)
+        client().set_registered_model_alias(REGISTERED_MODEL, CHAMPION, previous)
 
 
 def _undone(undo: list[Callable[[], None]], move: ChampionMove, error: Exception) -> ChampionNotMoved:
@@ -242,7 +245,7 @@ def _first_line(error: Exception) -> str:
 
 def champion_history() -> list[ChampionMove]:
     """Every recorded move of ``@champion``, oldest first."""
-    tags = tracking.client().get_registered_model(REGISTERED_MODEL).tags
+    tags = client().get_registered_model(REGISTERED_MODEL).tags
     return [ChampionMove.from_line(tags[key])
             for key in sorted((k for k in tags if k.startswith(MOVE_TAG_PREFIX)),
                               key=lambda k: int(k.removeprefix(MOVE_TAG_PREFIX)))]
@@ -261,14 +264,14 @@ def version_named(text: str) -> str:
 def checked_version(version: str) -> ModelVersion:
     """The registered ``version``, if it may be champion: it exists, its training run
     finished, and it has a finite test accuracy (its tag, or its run's metric)."""
-    client = tracking.client()
+    registry = client()
     try:
-        found = client.get_model_version(REGISTERED_MODEL, version)
+        found = registry.get_model_version(REGISTERED_MODEL, version)
     except mlflow.exceptions.MlflowException:
-        known = sorted((str(v.version) for v in client.search_model_versions(f"name='{REGISTERED_MODEL}'")), key=int)
+        known = sorted((str(v.version) for v in registry.search_model_versions(f"name='{REGISTERED_MODEL}'")), key=int)
         raise ChampionRefused(f"{REGISTERED_MODEL} has no version {version!r}",
                               f"pick one of {', '.join(known) or 'none (run `dae run` first)'}") from None
-    run = tracking.finished_run(found.run_id)
+    run = finished_run(found.run_id)
     accuracy = float(found.tags.get(TEST_ACCURACY) or (run.data.metrics.get("test/accuracy", math.nan)
                                                         if run else math.nan))
     if run is None or not math.isfinite(accuracy):
@@ -276,3 +279,22 @@ def checked_version(version: str) -> ModelVersion:
                               + ("did not finish" if run is None else "has no test accuracy"),
                               "pick a version whose run finished (`dae champion` lists the moves)")
     return found
+
+
+@dataclass(frozen=True)
+class ChampionCard:
+    """What ``dae champion`` says of the champion: its version, its scores, its run."""
+
+    version: str
+    run_id: str
+    scores: dict[str, str]  # version tag -> percent, as recorded (test_accuracy, noisy_accuracy)
+
+
+def champion_card() -> ChampionCard | None:
+    """The version ``@champion`` names now, with its recorded scores; None where there is none."""
+    version = alias_version(CHAMPION)
+    if version is None:
+        return None
+    found = client().get_model_version(REGISTERED_MODEL, version)
+    return ChampionCard(version, found.run_id, {name: found.tags[name] for name in (TEST_ACCURACY, NOISY_ACCURACY)
+                                                if name in found.tags})

@@ -282,7 +282,7 @@ def create_app() -> App:
     import mlflow
     from mlflow.pyfunc import scoring_server
 
-    from adapters.tracking import SERVING_DEVICE
+    from adapters.model_registry import SERVING_DEVICE
 
     model = mlflow.pyfunc.load_model(os.environ[MODEL_DIR_ENV], model_config={"device": SERVING_DEVICE})
     scoring = TensorRows(scoring_server.init(model), model)

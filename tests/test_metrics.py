@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from dae_core.evaluate import confusion_matrix, per_class_accuracy
+from dae_core.metrics import confusion_matrix, per_class_accuracy
 
 
 def test_confusion_rows_are_true_classes():

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dae_core.summary import REGISTERED_MODEL
-from tasks.registry import decide
+from tasks.champion import decide
 
 
 def test_first_model_becomes_champion():
@@ -40,7 +40,7 @@ def two_versions(tmp_path, monkeypatch):
     import mlflow
     from mlflow import MlflowClient
 
-    from adapters import registry
+    from adapters import champion
 
     uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -53,16 +53,16 @@ def two_versions(tmp_path, monkeypatch):
         client.log_metric(run.info.run_id, "test/accuracy", 90.0)
         client.set_terminated(run.info.run_id)
         client.create_model_version(REGISTERED_MODEL, source=str(tmp_path / "model"), run_id=run.info.run_id)
-    registry.move_champion("1", "the first", "a test", decision=("first-champion", "the first"))
+    champion.move_champion("1", "the first", "a test", decision=("first-champion", "the first"))
     yield client
     mlflow.set_tracking_uri(previous)
 
 
 def _registry_state(client) -> tuple:
-    from adapters import registry
+    from adapters import champion
 
     versions = [client.get_model_version(REGISTERED_MODEL, v) for v in ("1", "2")]
-    return (registry.champion_history(), [(v.description or "", v.tags.get("champion_decision")) for v in versions],
+    return (champion.champion_history(), [(v.description or "", v.tags.get("champion_decision")) for v in versions],
             str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version))
 
 
@@ -117,7 +117,7 @@ def test_a_move_that_cannot_be_undone_says_it_is_half_made_and_how_to_mend_it(tw
 
 @given(reason=st.text(max_size=700))
 def test_a_reason_is_kept_as_one_line_of_the_history_exactly_or_refused_before_any_write(reason):
-    from adapters.registry import ChampionMove, ChampionRefused, checked_reason
+    from adapters.champion import ChampionMove, ChampionRefused, checked_reason
 
     try:
         kept = checked_reason(reason)
@@ -131,14 +131,14 @@ def test_a_reason_is_kept_as_one_line_of_the_history_exactly_or_refused_before_a
 
 @given(number=st.integers(1, 10**12), written=st.sampled_from(["{}", " {} ", "0{}", "v{}", "V{}", "version {}"]))
 def test_a_version_is_understood_however_a_person_writes_it(number, written):
-    from adapters.registry import version_named
+    from adapters.champion import version_named
 
     assert version_named(written.format(number)) == str(number)
 
 
 @given(text=st.text(max_size=20).filter(lambda text: not text.strip().lstrip("vV").strip().isdigit()))
 def test_anything_but_a_version_number_is_refused(text):
-    from adapters.registry import ChampionRefused, version_named
+    from adapters.champion import ChampionRefused, version_named
 
     with pytest.raises(ChampionRefused):
         version_named(text)

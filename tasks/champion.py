@@ -10,12 +10,12 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from adapters import registry, tracking
-from adapters.registry import CHAMPION
+from adapters import champion, mlflow_runs, model_registry
+from adapters.champion import CHAMPION
 from adapters.tags import CHAMPION_NOTE, RETRAIN
 from dae_core.config import ExperimentConfig
 from dae_core.data import load_split
-from dae_core.evaluate import accuracy_percent, predict
+from dae_core.metrics import accuracy_percent, predict
 from tasks.data import DatasetRef
 from tasks.run import flow_run_identity
 
@@ -41,15 +41,16 @@ class Decision:
     reason: str
 
 
+@task(name="crown-first-champion")
 def crown_first_version(version: str, run_id: str) -> bool:
     """The first registered version becomes ``champion`` when there is none (the rule of
     ``decide``), so that a model can be used after the very first run. True if it did."""
-    if tracking.alias_version(CHAMPION) is not None:
+    if model_registry.alias_version(CHAMPION) is not None:
         return False
     reason = "no champion yet: the first registered version becomes champion"
-    registry.move_champion(version, reason, flow_run_identity(),
+    champion.move_champion(version, reason, flow_run_identity(),
                            decision=(Action.FIRST_CHAMPION, f"**{Action.FIRST_CHAMPION}**: {reason}"))
-    tracking.set_tags(run_id, {CHAMPION_NOTE: f"version {version}: the first registered version"})
+    mlflow_runs.set_tags(run_id, {CHAMPION_NOTE: f"version {version}: the first registered version"})
     return True
 
 
@@ -60,7 +61,7 @@ def score_version(version: str, config: ExperimentConfig, dataset: DatasetRef) -
     import torch
 
     test = load_split(Path(dataset.raw_dir), train=False, limit=config.data.test_limit)
-    model = tracking.load_registered(version)
+    model = model_registry.load_registered(version)
     return accuracy_percent(predict(model, test.flat_pixels(torch.float32)), test.labels)
 
 
@@ -89,20 +90,20 @@ def apply_decision(decision: Decision, run_id: str) -> Decision:
     recorded = (decision.action, f"**{decision.action}** by retrain: {decision.new_accuracy:.2f}% against {against}, "
                                  f"margin {decision.margin:.2f} points; {decision.reason}")
     if alias == CHALLENGER:
-        tracking.set_alias(CHALLENGER, decision.new_version)
-        registry.record_decision(decision.new_version, *recorded)
-    elif registry.move_champion(decision.new_version, decision.reason, flow_run_identity(), recorded) is None:
-        registry.record_decision(decision.new_version, *recorded)  # already champion (its own run crowned it)
+        model_registry.set_alias(CHALLENGER, decision.new_version)
+        champion.record_decision(decision.new_version, *recorded)
+    elif champion.move_champion(decision.new_version, decision.reason, flow_run_identity(), recorded) is None:
+        champion.record_decision(decision.new_version, *recorded)  # already champion (its own run crowned it)
     tags = {f"{RETRAIN}.{key}": ("" if value is None else value) for key, value in asdict(decision).items()}
-    tracking.set_tags(run_id, tags)
-    champion = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"
-                if decision.champion_version else "none")
+    mlflow_runs.set_tags(run_id, tags)
+    before = (f"version {decision.champion_version}: {decision.champion_accuracy:.2f}%"
+              if decision.champion_version else "none")
     create_markdown_artifact(
         "\n".join([
             "# Retraining decision",
             f"- decision: **{decision.action}** (alias `{alias}` -> version {decision.new_version})",
             f"- new model: version {decision.new_version}: {decision.new_accuracy:.2f}%",
-            f"- champion before: {champion}",
+            f"- champion before: {before}",
             f"- margin: {decision.margin:.2f} points",
             f"- reason: {decision.reason}",
             f"- MLflow run: `{run_id}`",
