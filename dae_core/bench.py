@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from dae_core.config import build_config
 from dae_core.data import locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
-from dae_core.precision import MixedPrecision
-from dae_core.runtime import resolve_device
+from dae_core.runtime import Runtime, resolve_device
 from dae_core.setup import TrainingSetup
 from dae_core.train import (
     ClassifierRun,
@@ -138,7 +137,7 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
     generator = torch.Generator(device=device).manual_seed(0)
     runs = {}
     for mode in autocast_modes(device):
-        precision = MixedPrecision(mode, device)
+        precision = Runtime.start(config.runtime.model_copy(update={"device": device.type, "autocast": mode})).precision
         model = DenoisingAutoencoder().to(device)
         optimizer = make_pretrain_optimizer(model, config.pretrain)
         classifier = encoder_surgery(model)

@@ -188,3 +188,33 @@ def drift_panels(batch_brightness: np.ndarray, trained_brightness: Sequence[floa
     classes.legend(loc="upper center")
     figure.suptitle(f"Batch against the model's reference: {verdict}")
     return _save(figure, path)
+
+
+def tuning_history(numbers: Sequence[int], values: Sequence[float], minimize: bool, objective: str, path: Path,
+                   title: str) -> Path:
+    """A study's complete trials in the order they ran: each trial's value and the best so far."""
+    figure, axes = _canvas(WIDE_INCHES)
+    best = (np.minimum if minimize else np.maximum).accumulate(np.asarray(values, dtype=float)) if len(values) \
+        else np.array([])
+    axes.plot(numbers, values, "o", label="trial")
+    axes.step(numbers, best, where="post", color="tab:red", label="best so far")
+    axes.set(xlabel="trial", ylabel=f"validation {objective}", title=title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return _save(figure, path)
+
+
+def tuning_slices(params: dict[str, Sequence[float]], log_scale: set[str], numbers: Sequence[int],
+                  values: Sequence[float], objective: str, path: Path, title: str) -> Path:
+    """Each searched field against the value its complete trials reached, one panel a field,
+    coloured by trial number (later trials yellower)."""
+    figure, axes = _canvas(WIDE_INCHES, 1, max(1, len(params)), squeeze=False)
+    figure.set_layout_engine("constrained")
+    for panel, (key, points) in zip(axes[0], params.items(), strict=False):
+        scatter = panel.scatter(points, values, c=numbers, cmap="viridis")
+        panel.set(xlabel=key, ylabel=f"validation {objective}", xscale="log" if key in log_scale else "linear")
+        panel.grid(True, alpha=0.3)
+    if params:
+        figure.colorbar(scatter, ax=axes[0][-1], label="trial")
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -1,4 +1,6 @@
-"""Device, dtype, thread and seed plumbing shared by every stage."""
+"""How training computes, decided once from the config (``Runtime``: device, dtype, threads,
+mixed precision with its TF32 matmuls, the pretraining step's gradients and compilation),
+and the seed plumbing shared by every stage."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from dae_core.config import RuntimeConfig
+from dae_core.config import CompileStep, PretrainGradients, RuntimeConfig
+from dae_core.precision import MixedPrecision
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,6 +41,29 @@ class Placement:
     @classmethod
     def of(cls, runtime: RuntimeConfig) -> Placement:
         return cls(resolve_device(runtime.device), resolve_dtype(runtime.dtype))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How a stage, a tuning trial or a benchmark computes: where and in which dtype
+    (``place``), in how many torch threads, in which precision (``precision``: autocast,
+    loss scaling, TF32 matmuls while it is on), and how the pretraining step runs. Every
+    path that trains starts one here (stages and trials through ``TrainingSetup``)."""
+
+    place: Placement
+    threads: int | None
+    precision: MixedPrecision
+    gradients: PretrainGradients
+    compile_step: CompileStep
+
+    @classmethod
+    def start(cls, runtime: RuntimeConfig) -> Runtime:
+        """The runtime ``runtime`` asks for, with torch's thread count set to it first (see
+        ``set_thread_count``)."""
+        set_thread_count(runtime)
+        place = Placement.of(runtime)
+        return cls(place, runtime.threads, MixedPrecision(runtime.autocast, place.device), runtime.pretrain_gradients,
+                   runtime.compile_step)
 
 
 def set_thread_count(runtime: RuntimeConfig) -> None:

@@ -1,9 +1,10 @@
-"""One training setup built from the config: the thread count, where and in which
-precision training computes, the training images and the validation split held out of
-them, and from those each phase's run (model, optimizer, generators, noise).
+"""One training setup built from the config: its runtime (``dae_core.runtime.Runtime``:
+threads, where and in which precision training computes), the training images and the
+validation split held out of them, and from those each phase's run (model, optimizer,
+generators, noise).
 
-Stages (``dae_core.stages``), tuning trials (``dae_core.tuning``) and ``dae bench`` build
-their training here and nowhere else, so a trial trains exactly what a run with the same
+Stages (``dae_core.stages``), tuning trials (``dae_core.tuning``) and ``dae bench``'s
+whole-epoch timings build their training here and nowhere else, so a trial trains exactly what a run with the same
 config trains (tests/test_tuning.py compares their numbers).
 """
 
@@ -19,8 +20,7 @@ from dae_core.config import ExperimentConfig
 from dae_core.data import Split, hold_out, load_split
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.noise import corrupt
-from dae_core.precision import MixedPrecision
-from dae_core.runtime import Placement, make_generator, seeded, set_thread_count
+from dae_core.runtime import Placement, Runtime, make_generator, seeded
 from dae_core.train import ClassifierRun, PretrainRun, make_classifier_optimizer, make_pretrain_optimizer
 
 
@@ -50,23 +50,25 @@ class TrainingSetup:
 
     config: ExperimentConfig
     raw_dir: Path
-    place: Placement
-    precision: MixedPrecision
+    runtime: Runtime
     train: Split  # the training images minus the validation split, on the device
     validation: Split | None  # ``data.validation_size`` images held out of them; None when 0
 
     @classmethod
     def build(cls, config: ExperimentConfig, raw_dir: Path) -> TrainingSetup:
-        """Sets torch's thread count (process-wide, so first: cells sharing a process each
-        get their share), then reads the training split and holds the validation images out
+        """Starts the runtime (torch's thread count is process-wide, so first: cells sharing a
+        process each get their share), then reads the training split and holds the validation images out
         of it by a seeded draw (the same for every trial and stage of a seed)."""
-        set_thread_count(config.runtime)
-        place = Placement.of(config.runtime)
+        runtime = Runtime.start(config.runtime)
         train = load_split(raw_dir, True, config.data.train_limit)
         kept, held = hold_out(train, config.data.validation_size,
                               make_generator(config.seed, "validation-split", torch.device("cpu")))
-        return cls(config, Path(raw_dir), place, MixedPrecision(config.runtime.autocast, place.device),
-                   kept.to(place.device), held.to(place.device) if held is not None else None)
+        device = runtime.place.device
+        return cls(config, Path(raw_dir), runtime, kept.to(device), held.to(device) if held is not None else None)
+
+    @property
+    def place(self) -> Placement:
+        return self.runtime.place
 
     def test_split(self) -> Split:
         return test_split(self.config, self.raw_dir, self.place)
@@ -97,8 +99,8 @@ class TrainingSetup:
         return PretrainRun(
             model=model, optimizer=make_pretrain_optimizer(model, config.pretrain), pixels=self.train_pixels,
             generator=make_generator(config.seed, "pretrain", self.place.device), config=config.pretrain,
-            batch_size=config.data.batch_size, precision=self.precision,
-            gradients=config.runtime.pretrain_gradients, compile_step=config.runtime.compile_step,
+            batch_size=config.data.batch_size, precision=self.runtime.precision,
+            gradients=self.runtime.gradients, compile_step=self.runtime.compile_step,
             validation=validation)
 
     def classifier_training(self, model: EncoderClassifier, test: Split | None = None) -> ClassifierRun:
@@ -112,7 +114,8 @@ class TrainingSetup:
             optimizer=make_classifier_optimizer(model, config.classifier.lr, config.classifier.freeze_encoder),
             pixels=self.train_pixels, labels=self.train.labels, epochs=config.classifier.epochs,
             batch_size=config.data.batch_size,
-            generator=make_generator(config.seed, "classifier", self.place.device), precision=self.precision,
+            generator=make_generator(config.seed, "classifier", self.place.device),
+            precision=self.runtime.precision,
             test=(self.pixels(test), test.labels) if test is not None else None,
             validation=(self.validation_pixels, self.validation.labels) if self.validation is not None else None,
             train_noise=(noise, make_generator(config.seed, "classifier-noise", self.place.device))

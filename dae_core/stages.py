@@ -30,7 +30,7 @@ from dae_core.evaluate import Evaluation, evaluate
 from dae_core.model import DenoisingAutoencoder, EncoderClassifier, encoder_surgery
 from dae_core.monitoring import Reference, build_reference
 from dae_core.noise import corrupt
-from dae_core.runtime import Placement, make_generator, set_thread_count
+from dae_core.runtime import Placement, Runtime, make_generator
 from dae_core.setup import TrainingSetup, fresh_classifier, test_split
 from dae_core.train import (
     ClassifierHistory,
@@ -130,7 +130,7 @@ def load_autoencoder(config: ExperimentConfig, path: Path,
 
 def surgery_stage(config: ExperimentConfig, autoencoder_path: Path, output: Path) -> Path:
     """Replace the decoder with a fresh, seeded Linear(H, 10) + LogSoftmax head."""
-    place = Placement.of(config.runtime)
+    place = Runtime.start(config.runtime).place
     autoencoder, _ = load_autoencoder(config, autoencoder_path, place)
     save_checkpoint(output, {"model": fresh_classifier(config, autoencoder).state_dict()})
     return output
@@ -167,8 +167,7 @@ def classifier_stage(
 
 def evaluate_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Path,
                    output: Path) -> Evaluation:
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
+    place = Runtime.start(config.runtime).place
     test = test_split(config, raw_dir, place)
     result = evaluate(
         load_classifier(config, classifier_path, place), test.flat_pixels(place.dtype), test.labels,
@@ -187,8 +186,7 @@ def figures_stage(
     out_dir: Path,
 ) -> list[Path]:
     """Write every figure of the experiment into ``out_dir``; returns their paths."""
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
+    place = Runtime.start(config.runtime).place
     autoencoder, stored = load_autoencoder(config, autoencoder_path, place)
     classifier_history = ClassifierHistory.from_dict(load_checkpoint(classifier_path)["history"])
     samples = config.evaluation.figure_samples
@@ -225,8 +223,7 @@ def reference_stage(config: ExperimentConfig, raw_dir: Path, classifier_path: Pa
                     test_accuracy: float) -> Reference:
     """What this model's scored batches will be compared with (dae_core.monitoring): a seeded
     sample of its training images and its answers on the test images."""
-    set_thread_count(config.runtime)
-    place = Placement.of(config.runtime)
+    place = Runtime.start(config.runtime).place
     model = load_classifier(config, classifier_path, place)
     with torch.no_grad():
         probabilities = torch.cat([model(chunk).exp() for chunk in

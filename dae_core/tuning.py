@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from dae_core.comparison import CellName
+from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import ConfigError, ExperimentConfig, deep_merge, nested_fields, parse_value
 from dae_core.setup import TrainingSetup, fresh_classifier
 from dae_core.train import TrainingDiverged, pretrain, train_classifier
@@ -179,6 +179,47 @@ def suggest(trial, space: tuple[Dimension, ...]) -> dict[str, Any]:
             params[dimension.key] = trial.suggest_float(dimension.key, dimension.low, dimension.high,
                                                         log=dimension.kind == "log")
     return params
+
+
+# Held out of the 60,000 training images when the base config holds none out (a sixth, as
+# of a smaller training set).
+DEFAULT_VALIDATION_SIZE = 10_000
+
+
+@dataclass(frozen=True)
+class CellSearch:
+    """One cell's search: its config, the dimensions searched, and the study that holds its
+    trials (named so that a rerun of the same tuning finds it)."""
+
+    cell: str
+    config: ExperimentConfig
+    space: tuple[Dimension, ...]
+    objective: Objective
+    study: str
+
+
+def with_validation_split(base: ExperimentConfig) -> ExperimentConfig:
+    """``base`` holding out a validation split: its own, else ``DEFAULT_VALIDATION_SIZE``
+    images (a sixth of a smaller training set)."""
+    if base.data.validation_size > 0:
+        return base
+    held_out = DEFAULT_VALIDATION_SIZE if base.data.train_limit is None else max(1, base.data.train_limit // 6)
+    return ExperimentConfig.model_validate(
+        {**base.model_dump(), "data": {**base.data.model_dump(), "validation_size": held_out}})
+
+
+def plan_searches(base: ExperimentConfig, cells: list[str], space: list[str], objective: Objective,
+                  threads: int | None, data_digest: str, experiment: str) -> list[CellSearch]:
+    """Each cell's search: ``base`` (``with_validation_split``) as the cell trains it, with
+    ``threads`` torch threads, over the ``KEY=SPEC`` dimensions ``space`` (or the cell's default)."""
+    dimensions = [parse_dimension(text) for text in space]
+    searches = []
+    for cell in cells:
+        config = cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads)
+        dimensions_of_cell = search_space(config, dimensions, objective)
+        searches.append(CellSearch(cell, config, dimensions_of_cell, objective,
+                                   study_name(cell, config, dimensions_of_cell, objective, data_digest, experiment)))
+    return searches
 
 
 class CellTuning(BaseModel):

@@ -17,10 +17,10 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
 from adapters import progress
+from adapters.studies import StudyProgress
 from dae_core.comparison import CellRun
 from dae_core.config import ConfigError, ExperimentConfig
 from flows.experiment import cell_parameters, dae_experiment
-from tasks.tuning import StudyProgress
 
 POLL_S = 2.0
 

@@ -14,39 +14,27 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from adapters import studies
 from adapters.mlflow_runs import ends_run
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
-from dae_core.comparison import MAX_PARALLEL, MAX_TRIALS, SGD_PRETRAIN_LR, CellName, cell_config
+from dae_core.comparison import MAX_PARALLEL, MAX_TRIALS, CellName
 from dae_core.config import LECTURE_CONFIG, ConfigError, ExperimentConfig, closest_preset
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
-from dae_core.tuning import (
-    DEFAULT_TUNED_CELLS,
-    Objective,
-    TuningReport,
-    parse_dimension,
-    search_space,
-    study_name,
-)
+from dae_core.tuning import DEFAULT_TUNED_CELLS, Objective, TuningReport, plan_searches, with_validation_split
 from flows.dispatch import await_workers, dispatch
 from tasks.data import fetch_dataset
 from tasks.run import check_tracking
 from tasks.tuning import (
-    create_studies,
+    TuningPlace,
     fail_killed_trials,
     finished_tuning,
     open_tuning,
     read_studies,
     report_tuning,
-    shareable_storage,
-    study_storage,
     tune_cell,
 )
-
-# Held out of the 60,000 training images when the base config holds none out (a sixth, as
-# of a smaller training set).
-DEFAULT_VALIDATION_SIZE = 10_000
 
 
 def _flow_run_name() -> str:
@@ -88,54 +76,47 @@ def dae_tune(
     trials under its MLflow run and report nothing of their own."""
     check_tracking()
     chosen = cells or DEFAULT_TUNED_CELLS
-    dimensions = [parse_dimension(text) for text in space or []]
-    if base.data.validation_size == 0:
-        held_out = DEFAULT_VALIDATION_SIZE if base.data.train_limit is None else max(1, base.data.train_limit // 6)
-        base = ExperimentConfig.model_validate(
-            {**base.model_dump(), "data": {**base.data.model_dump(), "validation_size": held_out}})
+    base = with_validation_split(base)
     # In one process, parallel trials share its cores; fanned out, each worker runs one at a time.
     in_process = fan_out_deployment is None and worker == 0
     threads = thread_share(parallel, base.runtime.threads) if in_process else base.runtime.threads
-    configs = {cell: cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads) for cell in chosen}
-    spaces = {cell: search_space(config, dimensions, objective) for cell, config in configs.items()}
     settings = Settings.from_env()
-    data_dir = data_dir or str(settings.data_dir)
     work_dir = work_dir or str(settings.work_dir)
-    storage = study_storage(work_dir, storage or settings.tuning_storage)
+    storage = studies.storage_url(work_dir, storage or settings.tuning_storage)
     if fan_out_deployment and storage.startswith("sqlite"):
         raise ConfigError(f"--fan-out: the studies are in {storage}, a file of this machine that the workers "
                           "cannot share", "--storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
                           "a database this machine and every worker reach")
-    dataset = fetch_dataset(base.data.dataset, data_dir, download)
-    names = [study_name(cell, configs[cell], spaces[cell], objective, dataset.digest, experiment_name)
-             for cell in chosen]
+    dataset = fetch_dataset(base.data.dataset, data_dir or str(settings.data_dir), download)
+    searches = plan_searches(base, chosen, space or [], objective, threads, dataset.digest, experiment_name)
     if parent_run_id:
         # A fanned-out worker: trials only, one at a time, under the dispatcher's run.
-        results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, 1, dataset, storage,
-                             parent_run_id, experiment_name, settings.worker_name, worker) for cell in chosen]
+        place = TuningPlace(dataset, storage, parent_run_id, experiment_name, settings.worker_name)
+        results = [tune_cell(search, trials, 1, place, worker) for search in searches]
         return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=parent_run_id)
-    if earlier := finished_tuning(names, storage, trials):
+    if earlier := finished_tuning(searches, storage, trials):
         get_run_logger().info("the studies already hold %d trials per cell: tuning %s ran them", trials, earlier)
-        results = read_studies(chosen, names, storage, objective, trials)
+        results = read_studies(searches, storage, trials)
         return TuningReport(cells={result.cell: result for result in results}, mlflow_run_id=earlier, reused=True)
+    names = [search.study for search in searches]
     key = hashlib.sha256(f"{names}{trials}{experiment_name}".encode()).hexdigest()[:20]
     with held_state_folder(Path(work_dir).resolve() / "state" / f"tune-{key}") as record_dir:
         parent = open_tuning(base, dataset, chosen, trials, objective, experiment_name, key, str(record_dir),
                              trials_in_process=in_process)
         with ends_run(parent):
-            create_studies(names, [configs[cell] for cell in chosen], storage, objective, parent)
+            studies.create_studies(searches, storage, parent)
             if fan_out_deployment:
                 shared = {"base": base, "cells": chosen, "trials": trials, "objective": objective, "space": space,
                           "download": download, "experiment_name": experiment_name,
-                          "storage": shareable_storage(storage), "parent_run_id": parent}
+                          "storage": studies.shareable(storage), "parent_run_id": parent}
                 workers = {dispatch(fan_out_deployment, {**shared, "worker": index}, f"worker {index}"): index
                            for index in range(1, parallel + 1)}
                 await_workers(workers, names, storage, trials, worker_timeout_s)
                 fail_killed_trials(parent)
-                results = read_studies(chosen, names, storage, objective, trials)
+                results = read_studies(searches, storage, trials)
             else:
-                results = [tune_cell(cell, configs[cell], spaces[cell], objective, trials, parallel, dataset,
-                                     storage, parent, experiment_name, settings.worker_name) for cell in chosen]
+                place = TuningPlace(dataset, storage, parent, experiment_name, settings.worker_name)
+                results = [tune_cell(search, trials, parallel, place) for search in searches]
             report = report_tuning(results, storage, parent, work_dir)
         shutil.rmtree(record_dir, ignore_errors=True)
         return report

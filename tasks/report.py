@@ -15,7 +15,7 @@ from dae_core.checkpoint import write_json
 from dae_core.config import ExperimentConfig
 from dae_core.evaluate import Evaluation
 from dae_core.monitoring import REFERENCE_ARTIFACT
-from dae_core.runtime import Placement
+from dae_core.runtime import Runtime
 from dae_core.shapes import NUM_CLASSES
 from dae_core.summary import RunSummary, Timing, build_summary, timing_metrics
 from dae_core.train import ClassifierHistory, PretrainHistory
@@ -58,7 +58,7 @@ def register_classifier(config: ExperimentConfig, dataset: DatasetRef,
                         context: RunContext, register: bool = True) -> model_registry.LoggedClassifier:
     """The classifier logged as the run's model and, if ``register``, a new version of the
     registered model with its card (what it scored, on which data, from which run)."""
-    classifier = stages.load_classifier(config, classified.path, Placement.of(config.runtime))
+    classifier = stages.load_classifier(config, classified.path, Runtime.start(config.runtime).place)
     logged = model_registry.log_classifier(context.mlflow_run_id, classifier, register=register)
     if logged.version is not None:
         preset, changes = changed_fields(config)

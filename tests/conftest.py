@@ -83,6 +83,25 @@ def runs_of(experiment: str, filter_string: str = "") -> list:
     return MlflowClient().search_runs([found.experiment_id], filter_string)
 
 
+def task_runs_of(flow_run_id: str, until: str, timeout_s: float = 120) -> list:
+    """The task runs of a flow run, first started first, once one named ``until`` has reached
+    a final state (Prefect 3 records task runs from events, a moment after they happen)."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deadline = time.monotonic() + timeout_s
+    of_the_flow_run = FlowRunFilter(id=FlowRunFilterId(any_=[uuid.UUID(flow_run_id)]))
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=of_the_flow_run)
+            if any(run.name.startswith(until) and run.state and run.state.is_final() for run in runs):
+                return sorted(runs, key=lambda run: run.start_time or run.expected_start_time)
+            assert time.monotonic() < deadline, f"no final task run {until!r} of flow run {flow_run_id}"
+            time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")

@@ -11,7 +11,7 @@ import torch
 from mlflow import MlflowClient
 
 from dae_core.config import build_config
-from tests.conftest import TINY, make_dataset, runs_of, unique_experiment
+from tests.conftest import TINY, make_dataset, runs_of, task_runs_of, unique_experiment
 
 pytestmark = pytest.mark.usefixtures("prefect_server", "mlflow_store")
 
@@ -35,6 +35,17 @@ def test_the_caller_hears_every_epoch_of_its_run(experiment_run):
     pretrain_epochs, classifier_epochs = TINY["pretrain"]["epochs"], TINY["classifier"]["epochs"]
     assert PROGRESS == [("pretrain", epoch, pretrain_epochs) for epoch in range(1, pretrain_epochs + 1)] + [
         ("classifier", epoch, classifier_epochs) for epoch in range(1, classifier_epochs + 1)]
+
+
+def test_the_prefect_graph_shows_the_pipeline_step_by_step(experiment_run):
+    """Issue 35: each step of the design card is a task run of its own, in its order."""
+    name, _ = experiment_run
+    (run,) = runs_of(name)
+    steps = [task_run.name.rsplit("-", 1)[0] for task_run in
+             task_runs_of(run.data.tags["prefect.flow_run_id"], until="report")]
+    assert steps == ["check-tracking", "fetch-dataset", "start-tracking", "pretrain", "encoder-surgery",
+                     "train-classifier", "evaluate", "figures", "register-model", "crown-first-champion",
+                     "monitoring-reference", "report"], steps
 
 
 def test_experiment_records_params_metrics_and_tags(experiment_run):

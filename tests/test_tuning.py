@@ -22,7 +22,7 @@ from dae_core.comparison import cell_config
 from dae_core.config import ConfigError, build_config, nested_fields
 from dae_core.data import hold_out, load_split
 from dae_core.tuning import Dimension, parse_dimension, search_space, train_trial
-from tests.conftest import TINY
+from tests.conftest import TINY, task_runs_of
 from tests.gate import Gate
 from tests.gate import command as gate_command
 
@@ -199,6 +199,14 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
         report = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
                           data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
     best = report.cells["sgd-noise"].best_params["pretrain.lr"]
+    # Each trial is a task run of its own under its cell's, with the state it ended in.
+    parent = MlflowClient().get_run(report.mlflow_run_id)
+    steps = task_runs_of(parent.data.tags["prefect.flow_run_id"], until="report-tuning")
+    (cell,) = [step for step in steps if step.name == "tune sgd-noise"]
+    trials = [step for step in steps if step.name.startswith("sgd-noise trial ")]
+    assert sorted(step.name for step in trials) == ["sgd-noise trial 0", "sgd-noise trial 1"]
+    assert all(step.state.name in ("Completed", "Pruned", "Diverged") for step in trials)
+    assert all(step.task_inputs["__parents__"][0].id == cell.id for step in trials)
     assert not report.reused
     # The same tuning in another experiment runs trials of its own there; run again, it is reused.
     other = f"{name}-other"
@@ -249,11 +257,11 @@ def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join
     fanned-out worker pointed at a database without the study refuses instead of starting one."""
     import optuna
 
-    from tasks.tuning import _open_study, cell_result
+    from adapters.studies import cell_result, open_study
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = cell_config(build_config("smoke", QUICK), "adam-noise", 0)
-    study = _open_study("shared", storage, config, "mse", worker=0)
+    study = open_study("shared", storage, config, "mse", worker=0)
     distribution = {"pretrain.lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)}
     for lr, value, state in ((0.01, 0.5, "COMPLETE"), (0.02, None, "PRUNED"), (0.03, 0.3, "COMPLETE"),
                              (0.04, None, "FAIL"), (0.05, 0.1, "COMPLETE")):
@@ -264,6 +272,6 @@ def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join
     assert (result.trials, result.pruned, result.best_params) == (3, 1, {"pretrain.lr": 0.03})
     assert cell_result("adam-noise", study, "mse", trials=10).best_value == 0.1
     with pytest.raises(ConfigError, match="DAE_TUNING_STORAGE"):
-        _open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, "mse", worker=1)
-    proposed = [_open_study("shared", storage, config, "mse", worker).ask(distribution).params for worker in (1, 2)]
+        open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, "mse", worker=1)
+    proposed = [open_study("shared", storage, config, "mse", worker).ask(distribution).params for worker in (1, 2)]
     assert proposed[0] != proposed[1], "two workers with the same sampler seed would repeat each other's trials"
