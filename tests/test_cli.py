@@ -183,6 +183,7 @@ def test_cli_on_a_diverging_run_names_the_step_and_the_fix(data_root, tmp_path, 
 
 
 
+@pytest.mark.slow  # two grids of four runs: half a minute
 @IN_PROCESS
 def test_a_grid_goes_on_past_a_cell_whose_tuned_rate_diverges_and_says_which(data_root, tmp_path, capsys):
     """A tuned rate can sit at the edge of stability (issue 26: no-pretraining's diverged on

@@ -43,6 +43,7 @@ def _same_training(first, second, tolerance: float, weights: bool = True) -> Non
         assert torch.allclose(a, b, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.slow  # torch.compile's first compile: 20 s
 def test_the_compiled_step_trains_like_the_eager_one():
     """``runtime.compile_step``: torch.compile changes the kernels (fused, reordered), not the
     arithmetic: the same curve and weights as eager within float32 rounding."""

@@ -33,6 +33,8 @@ def predict_files(files: list[Path], model_uri: str, settings: Settings,
     """Predictions for every digit of every readable file, and one error line per file
     that could not be read (the others are still scored). MLflow's INFO lines only if
     ``verbose``."""
+    from adapters.model_registry import load_probabilities
+    from dae_cli.terminal import mlflow_warnings_only
     from dae_core.scoring import joined, read_files, rounded
 
     read, errors = read_files(files)
@@ -40,9 +42,6 @@ def predict_files(files: list[Path], model_uri: str, settings: Settings,
         return [], errors
     digits = joined(read)
     pixels = digits.pixels.reshape(len(digits.pixels), -1).astype(np.float32)
-    from adapters.model_registry import load_probabilities
-    from dae_cli.terminal import mlflow_warnings_only
-
     model = load_probabilities(model_uri, settings, Path.cwd(), lambda: mlflow_warnings_only(verbose))
     probabilities = rounded(model(pixels))
     return [Prediction(name, int(row.argmax()), float(row.max()), row.tolist())
