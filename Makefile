@@ -41,7 +41,7 @@ test-fast: $(BIN)/dae  ## the loop after every change: all but the slow, real-st
 test-under-load: $(BIN)/dae  ## before a release: the slow and real-stack tests 3 times beside a CPU hog (stress-ng if installed)
 	$(BIN)/python tests/under_load.py 3
 
-lint: $(BIN)/dae  ## ruff, and the layer contracts of pyproject.toml (import-linter)
+lint: $(BIN)/dae  ## ruff, and the contracts of pyproject.toml (import-linter: layers, no import circles, MLflow and Optuna through adapters)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
