@@ -25,16 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dae_core.config import build_config
-from dae_core.data import locate
+from dae_core.config import ExperimentConfig, build_config
+from dae_core.data import Split, locate
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
-from dae_core.runtime import Runtime, resolve_device
+from dae_core.runtime import resolve_device
 from dae_core.setup import TrainingSetup
 from dae_core.train import (
-    ClassifierRun,
-    PretrainRun,
-    make_classifier_optimizer,
-    make_pretrain_optimizer,
     pretrain,
     train_classifier,
 )
@@ -126,27 +122,23 @@ def autocast_modes(device: torch.device) -> list[str]:
 _GEMM_TYPES = {"none": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixels: torch.Tensor,
-                        test_labels: torch.Tensor, epochs: int, device: torch.device,
+def _epoch_config(device: torch.device, **runtime: str) -> ExperimentConfig:
+    """The lecture's training, one epoch per phase, on ``device`` with ``runtime``'s fields."""
+    return build_config("lecture", {"pretrain": {"epochs": 1}, "classifier": {"epochs": 1},
+                                    "runtime": {"device": device.type, **runtime}})
+
+
+def precision_benchmark(train: Split, test: Split, epochs: int, device: torch.device,
                         gemm_size: int = 2048) -> dict[str, dict[str, float]]:
     """Per mode: a pretraining and a classifier epoch (best of ``epochs``, the modes timed in
     alternation so that a slow spell of the machine hits all), the GEMM peak of the mode's
     type (``gemm_size`` square products), and what fraction of it the pretraining epoch
-    reaches."""
-    config = build_config("lecture", {"pretrain": {"epochs": 1}})
-    generator = torch.Generator(device=device).manual_seed(0)
-    runs = {}
+    reaches. Each mode trains as a run with ``runtime.autocast`` set to it would."""
+    test, runs = test.to(device), {}
     for mode in autocast_modes(device):
-        precision = Runtime.start(config.runtime.model_copy(update={"device": device.type, "autocast": mode})).precision
-        model = DenoisingAutoencoder().to(device)
-        optimizer = make_pretrain_optimizer(model, config.pretrain)
-        classifier = encoder_surgery(model)
-        sgd = make_classifier_optimizer(classifier, 0.1)
-        runs[mode] = (
-            PretrainRun(model, optimizer, pixels, generator, config.pretrain, 1000, precision),
-            ClassifierRun(classifier, sgd, pixels, train_labels, 1, 1000, generator, precision,
-                          test=(test_pixels, test_labels)),
-        )
+        setup = TrainingSetup.of_images(_epoch_config(device, autocast=mode), train)
+        pretraining = setup.pretraining()
+        runs[mode] = (pretraining, setup.classifier_training(encoder_surgery(pretraining.model), test))
     times: dict[str, dict[str, list[float]]] = {mode: {"pretrain": [], "classifier": []} for mode in runs}
     for round_ in range(epochs + 1):  # round 0 warms up (allocator, kernels, oneDNN's bf16 plans)
         for mode, (pretraining, classifier_training) in runs.items():
@@ -159,7 +151,7 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
     for mode in runs:
         peak = matmul_peak_gflops(device, size=gemm_size, dtype=_GEMM_TYPES[mode])
         pretrain_s, classifier_s = min(times[mode]["pretrain"]), min(times[mode]["classifier"])
-        gflops = PRETRAIN_FLOP_PER_SAMPLE * len(pixels) / pretrain_s / 1e9
+        gflops = PRETRAIN_FLOP_PER_SAMPLE * len(train) / pretrain_s / 1e9
         results[mode] = {"pretrain_epoch_s": pretrain_s, "classifier_epoch_s": classifier_s,
                          "matmul_peak_gflops": peak, "pretrain_gflops": gflops,
                          "pretrain_fraction_of_peak": gflops / peak}
@@ -171,21 +163,16 @@ def precision_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_p
     return results
 
 
-def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixels: torch.Tensor,
-                    test_labels: torch.Tensor, epochs: int, device: torch.device) -> dict[str, float]:
+def graph_benchmark(train: Split, test: Split, epochs: int, device: torch.device) -> dict[str, float]:
     """A pretraining epoch with the step as eager kernels and replayed as CUDA graphs
     (``runtime.compile_step = "reduce-overhead"``), timed in alternation after a warm-up
     round (which compiles and records the graphs), and the lecture's whole training (20
     pretraining and 10 classifier epochs, test accuracy after each) both ways: for a GPU,
     where a step's kernel launches are a large part of its time."""
-    config = build_config("lecture", {"pretrain": {"epochs": 1}})
-    generator = torch.Generator(device=device).manual_seed(0)
-    modes = ("none", "reduce-overhead")
+    test, modes = test.to(device), ("none", "reduce-overhead")
     epochs_of: dict[str, Callable[[], Any]] = {}
     for mode in modes:
-        model = DenoisingAutoencoder().to(device)
-        optimizer = make_pretrain_optimizer(model, config.pretrain)
-        run = PretrainRun(model, optimizer, pixels, generator, config.pretrain, 1000, compile_step=mode)
+        run = TrainingSetup.of_images(_epoch_config(device, compile_step=mode), train).pretraining()
         epochs_of[mode] = lambda r=run: pretrain(r)
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_ in range(epochs + 1):
@@ -193,16 +180,13 @@ def graph_benchmark(pixels: torch.Tensor, train_labels: torch.Tensor, test_pixel
             seconds = _best_seconds(epochs_of[mode], 1, device)
             if round_:
                 times[mode].append(seconds)
-    lecture = build_config("lecture", {})
 
     def whole_training(mode: str) -> None:
-        model = DenoisingAutoencoder().to(device)
-        pretrain(PretrainRun(model, make_pretrain_optimizer(model, lecture.pretrain), pixels, generator,
-                             lecture.pretrain, 1000, compile_step=mode))
-        classifier = encoder_surgery(model)
-        train_classifier(ClassifierRun(classifier, make_classifier_optimizer(classifier, lecture.classifier.lr),
-                                       pixels, train_labels, lecture.classifier.epochs, 1000, generator,
-                                       test=(test_pixels, test_labels)))
+        lecture = build_config("lecture", {"runtime": {"device": device.type, "compile_step": mode}})
+        setup = TrainingSetup.of_images(lecture, train)
+        pretraining = setup.pretraining()
+        pretrain(pretraining)
+        train_classifier(setup.classifier_training(encoder_surgery(pretraining.model), test))
 
     eager, graphed = min(times["none"]), min(times["reduce-overhead"])
     return {"eager_pretrain_epoch_s": eager, "graphed_pretrain_epoch_s": graphed,
@@ -242,7 +226,7 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
     # Project path: the training setup of a run, data resident on the device.
     setup = TrainingSetup.build(config, raw)
     test = setup.test_split()
-    train, pixels, test_pixels = setup.train, setup.pixels(setup.train), setup.pixels(test)
+    pixels = setup.pixels(setup.train)
     # The default step (autograd) and the hand-written one, each warmed up (allocator,
     # kernels), then timed in alternation so that a slow spell of the machine hits both.
     autograd = setup.pretraining()
@@ -259,9 +243,9 @@ def run_benchmark(data_root: Path, epochs: int = 2, dtype: str = "float32", devi
                                                           place)
 
     if setup.place.dtype == torch.float32:
-        results["autocast"] = precision_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
+        results["autocast"] = precision_benchmark(setup.train, test, epochs, place)
     if place.type == "cuda":
-        results["cuda_graphs"] = graph_benchmark(pixels, train.labels, test_pixels, test.labels, epochs, place)
+        results["cuda_graphs"] = graph_benchmark(setup.train, test, epochs, place)
 
     samples = len(pixels)
     pretrain_gflops = PRETRAIN_FLOP_PER_SAMPLE * samples / results["project_pretrain_epoch_s"] / 1e9
@@ -299,13 +283,14 @@ def speed_ratio(samples: int = 6_000, rounds: int = 9, seed: int = 0) -> float:
     slower machine, or a busy spell that lasts longer than a round, cancels out. The CI
     speed guard (tests/test_speed.py) compares it with the recorded one."""
     device = torch.device("cpu")
-    config = build_config("lecture", {"pretrain": {"epochs": 1}})
-    pixels = torch.rand(samples, 784, generator=torch.Generator().manual_seed(seed))
+    config = _epoch_config(device)
     generator = torch.Generator().manual_seed(seed)
-    reference_model, project_model = DenoisingAutoencoder(), DenoisingAutoencoder()
+    images = Split(torch.randint(0, 256, (samples, 28, 28), dtype=torch.uint8, generator=generator),
+                   torch.zeros(samples, dtype=torch.long))
+    project_run = TrainingSetup.of_images(config, images).pretraining()
+    pixels = project_run.pixels
+    reference_model = DenoisingAutoencoder()
     reference_optimizer = torch.optim.Adam(reference_model.parameters(), lr=config.pretrain.lr)
-    project_run = PretrainRun(project_model, make_pretrain_optimizer(project_model, config.pretrain), pixels,
-                              generator, config.pretrain, 1000)
     ratios = []
     for round_ in range(rounds + 1):  # round 0 warms up
         reference = _best_seconds(lambda: reference_pretrain_epoch(

@@ -3,9 +3,11 @@ threads, where and in which precision training computes), the training images an
 validation split held out of them, and from those each phase's run (model, optimizer,
 generators, noise).
 
-Stages (``dae_core.stages``), tuning trials (``dae_core.tuning``) and ``dae bench``'s
-whole-epoch timings build their training here and nowhere else, so a trial trains exactly what a run with the same
-config trains (tests/test_tuning.py compares their numbers).
+Stages (``dae_core.stages``), tuning trials (``dae_core.tuning``) and ``dae bench``
+(``dae_core.bench``: each runtime it compares, and the speed guard's project epoch) build
+their training here and nowhere else (the benchmark's yardsticks, the lecture's own code and
+the plainest autograd epoch, are written out on purpose), so a trial trains exactly what a
+run with the same config trains (tests/test_tuning.py compares their numbers).
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ class TrainingSetup:
                               make_generator(config.seed, "validation-split", torch.device("cpu")))
         device = runtime.place.device
         return cls(config, Path(raw_dir), runtime, kept.to(device), held.to(device) if held is not None else None)
+
+    @classmethod
+    def of_images(cls, config: ExperimentConfig, train: Split) -> TrainingSetup:
+        """The setup of ``config`` over training images already in memory, none held out:
+        how ``dae bench`` trains each runtime it compares on the same images."""
+        runtime = Runtime.start(config.runtime)
+        return cls(config, Path(), runtime, train.to(runtime.place.device), None)
 
     @property
     def place(self) -> Placement:

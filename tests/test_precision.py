@@ -8,6 +8,7 @@ import torch
 
 from dae_core import train
 from dae_core.config import ConfigError, build_config
+from dae_core.data import Split
 from dae_core.model import DenoisingAutoencoder, encoder_surgery
 from dae_core.precision import MixedPrecision
 from dae_core.runtime import make_generator
@@ -19,6 +20,11 @@ CPU = torch.device("cpu")
 def _pixels(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = synthetic_digits(count, seed)
     return torch.from_numpy(images).reshape(count, -1).float() / 255, torch.from_numpy(labels).long()
+
+
+def _split(count: int, seed: int) -> Split:
+    images, labels = synthetic_digits(count, seed)
+    return Split(torch.from_numpy(images), torch.from_numpy(labels).long())
 
 
 def _pretrained(mode: str, device: torch.device = CPU, epochs: int = 15, compile_step: str = "none"):
@@ -138,9 +144,7 @@ def test_the_cuda_graph_step_trains_like_the_eager_one_on_the_gpu(mode):
 def test_the_gpu_benchmark_times_eager_and_graphed_steps_and_the_whole_training():
     from dae_core.bench import graph_benchmark
 
-    train_x, train_y = _pixels(2000, 1)
-    test_x, test_y = _pixels(200, 2)
-    results = graph_benchmark(train_x.to(CUDA), train_y.to(CUDA), test_x.to(CUDA), test_y.to(CUDA), 1, CUDA)
+    results = graph_benchmark(_split(2000, 1), _split(200, 2), 1, CUDA)
     assert results["graphed_pretrain_epoch_s"] > 0 and results["whole_training_graphed_s"] > 0
 
 
@@ -154,11 +158,9 @@ def test_gpu_runs_repeat_within_float_rounding():
 def test_the_benchmark_times_each_precision_against_its_own_peak():
     from dae_core.bench import precision_benchmark
 
-    train_x, train_y = _pixels(2000, 1)
-    test_x, test_y = _pixels(200, 2)
     # Small products: a CPU without bfloat16 instructions multiplies 2048^2 bfloat16 matrices
     # in ~15 s each, and the peak takes eleven.
-    results = precision_benchmark(train_x, train_y, test_x, test_y, epochs=1, device=CPU, gemm_size=256)
+    results = precision_benchmark(_split(2000, 1), _split(200, 2), epochs=1, device=CPU, gemm_size=256)
     assert set(results) == {"none", "bfloat16"}
     for mode, measured in results.items():
         assert measured["pretrain_epoch_s"] > 0 and measured["classifier_epoch_s"] > 0
