@@ -14,6 +14,7 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # "Model training" lands on the GenAI overview whatever the experiment's kind tag says.
 _UI_WORKFLOW = "workflowType=machine_learning"
 
+
 def experiment_link(server: str, experiment: str) -> str:
     """The MLflow UI page of an experiment's runs table."""
     return f"{server.rstrip('/')}/#/experiments/{experiment}?{_UI_WORKFLOW}"

@@ -30,6 +30,7 @@ from dae_core.train import History
 
 PARENT_TAG = "mlflow.parentRunId"
 
+
 def git_commit() -> str | None:
     """The source commit: ``DAE_GIT_COMMIT`` (set in container builds) or the checkout's HEAD."""
     if commit := os.environ.get("DAE_GIT_COMMIT"):

@@ -3,8 +3,8 @@ resolver), and loaded, from the weights kept on disk where it can be, else throu
 
 One picture used to cost importing MLflow, opening its store, downloading the version's
 artifacts and loading its torch.export program: about 6 s around a forward pass of
-milliseconds. A registered version never changes, so its weights are kept
-(``adapters/model_cache.py``). Which version an alias names is asked every time, so a
+milliseconds. A registered version never changes, so its weights are kept on disk
+(``WeightCache``, below). Which version an alias names is asked every time, so a
 promotion is followed at the next call. The registry is asked without MLflow where that is
 one query: a SQLite store's two tables or the tracking server's REST API. Anything else
 (another database, a schema or answer not understood, an error) returns None, and MLflow's
@@ -251,13 +251,10 @@ def model_version_of_run(run_id: str) -> str | None:
     return str(versions[0].version) if versions else None
 
 
-def run_of_version(version: str) -> str:
-    """The training run that logged a registered version."""
-    return client().get_model_version(REGISTERED_MODEL, version).run_id
-
 # torch.export keeps global tracing state: two exports on different threads (cells of an
 # in-process comparison) corrupt each other. Exports in one process take turns.
 _EXPORT_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class LoggedClassifier:
@@ -302,10 +299,12 @@ def log_classifier(run_id: str, model, register: bool) -> LoggedClassifier:
     version = info.registered_model_version
     return LoggedClassifier(info.model_uri, str(version) if version is not None else None)
 
+
 # The serving device, pinned: MLflow's loader picks CUDA wherever a GPU is present, and a
 # pt2 program exported on the CPU refuses to load there. The classifier is 0.3 M weights:
 # on a CPU a batch of 10,000 images takes milliseconds.
 SERVING_DEVICE = "cpu"
+
 
 def load_serving_model(model_uri: str):
     """The registered model as MLflow serves it (pyfunc), on ``SERVING_DEVICE``."""

@@ -40,7 +40,11 @@ class ScoredBatch:
     batch: Batch
     probabilities: np.ndarray  # (N, 10)
     model_uri: str
-    model_version: str | None
+    version: model_registry.ModelVersion | None  # the registered version that scored it, resolved once
+
+    @property
+    def model_version(self) -> str | None:
+        return self.version.version if self.version is not None else None
 
 
 # Not cached: the inputs name files whose contents may change between runs.
@@ -54,9 +58,9 @@ def score_batch(source: str, labels_file: str | None, model_uri: str) -> ScoredB
     version = model_registry.resolve(model_uri)
     model = model_registry.load_serving_model(version.uri if version is not None else model_uri)
     pixels = batch.digits.pixels.reshape(len(batch.digits.names), -1).astype(np.float32)
-    logger.info("scoring %d images with %s (version %s)", len(pixels), model_uri,
-                version.version if version else None)
-    return ScoredBatch(batch, np.asarray(model.predict(pixels)), model_uri, version.version if version else None)
+    scored = ScoredBatch(batch, np.asarray(model.predict(pixels)), model_uri, version)
+    logger.info("scoring %d images with %s (version %s)", len(pixels), model_uri, scored.model_version)
+    return scored
 
 
 def _per_digit_table(scored: ScoredBatch, per_class: list[float] | None) -> list[dict]:
@@ -79,8 +83,9 @@ def _monitor(scored: ScoredBatch, accuracy: float | None, thresholds: Thresholds
     """The batch against its model's reference, logged to the scoring run: ``monitor/*``
     metrics, the thresholds as params, a figure, the verdict tag; a drift emits an event."""
     logger = get_run_logger()
-    stored = mlflow_runs.load_text(model_registry.run_of_version(scored.model_version), REFERENCE_ARTIFACT) \
-        if scored.model_version else None
+    # The reference of the run that trained the version, found from the version already resolved.
+    stored = mlflow_runs.load_text(scored.version.run_id, REFERENCE_ARTIFACT) \
+        if scored.version is not None and scored.version.run_id else None
     if stored is None:
         logger.warning("no monitoring reference for %s: batch not monitored", scored.model_uri)
         return None

@@ -186,20 +186,20 @@ def read_studies(searches: list[CellSearch], storage: str, trials: int) -> list[
     return studies.read_results(searches, storage, trials)
 
 
-def _mark_unscored(parent_run_id: str, result: CellTuning, storage: str) -> int:
-    """Tag the runs of the cell's trials beyond its first ``result.trials`` counted ones;
-    returns how many."""
-    beyond = studies.beyond_budget(studies.load(result.study, storage), result.trials)
-    runs = [run for run in run_search.child_runs(parent_run_id)
+def _mark_unscored(result: CellTuning, study, trial_runs: list) -> int:
+    """Tag the runs (among the tuning's ``trial_runs``) of the cell's trials beyond its first
+    ``result.trials`` counted ones; returns how many."""
+    beyond = studies.beyond_budget(study, result.trials)
+    runs = [run for run in trial_runs
             if run.data.tags.get(STUDY) == result.study and run.data.tags.get(TRIAL) in beyond]
     for run in runs:
         mlflow_runs.set_tags(run.info.run_id, {SCORED: "false"})
     return len(runs)
 
 
-def _draw(result: CellTuning, storage: str, out: Path) -> list[Path]:
+def _draw(result: CellTuning, study, out: Path) -> list[Path]:
     """The cell's optimization history and its slices (each searched field against the value)."""
-    drawn = studies.points(studies.load(result.study, storage))
+    drawn = studies.points(study)
     minimize = tuning.DIRECTIONS[result.objective] == "minimize"
     return [
         figures.tuning_history(drawn.numbers, drawn.values, minimize, result.objective,
@@ -217,8 +217,11 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
     best parameters and a markdown table, on the parent run and in Prefect."""
     out = Path(work_dir).resolve() / "tunings" / parent_run_id
     out.mkdir(parents=True, exist_ok=True)
-    pictures = [picture for result in cells for picture in _draw(result, storage, out)]
-    unscored = sum(_mark_unscored(parent_run_id, result, storage) for result in cells)
+    trial_runs, pictures, unscored = run_search.child_runs(parent_run_id), [], 0
+    for result in cells:
+        study = studies.load(result.study, storage)
+        pictures += _draw(result, study, out)
+        unscored += _mark_unscored(result, study, trial_runs)
     report = TuningReport(cells={result.cell: result for result in cells}, mlflow_run_id=parent_run_id)
     write_json(out / "tuning.json", report.model_dump())
     mlflow_runs.log_files(parent_run_id, [out / "tuning.json"], "tuning")
