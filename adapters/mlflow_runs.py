@@ -124,7 +124,14 @@ def log_dataset(run_id: str, name: str, digest: str, source: str, sizes: dict[st
         name=name, digest=digest[:36], source_type="local",
         source=json.dumps({"uri": source}), profile=json.dumps(sizes),
     )
-    client().log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])]
+    try:
+        client().log_inputs(run_id, datasets=inputs)
+    except mlflow.exceptions.MlflowException:
+        # MLflow's store looks the dataset up and inserts it when missing, so runs of one
+        # experiment logging it at once can all insert, and all but one are refused for a
+        # duplicate key. The row is there by then: a second try links it to the run.
+        client().log_inputs(run_id, datasets=inputs)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:

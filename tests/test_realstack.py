@@ -10,8 +10,10 @@ Skipped with a reason where PostgreSQL is unreachable, except under CI, which mu
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import http.server
 import json
 import os
@@ -31,6 +33,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from adapters import mlflow_runs
 from tests import stack
 from tests.conftest import TINY, make_dataset, write_idx
 from tests.gate import Gate, after_epochs
@@ -326,6 +329,27 @@ def test_eight_runs_at_once_against_the_tracking_server(real_stack):
     assert len(finished) == 8 and {r.info.status for r in finished} == {"FINISHED"}
     for run in finished:
         assert len(client.get_metric_history(run.info.run_id, "pretrain/mse")) == 2
+
+
+def _log_dataset_at(start: threading.Barrier, run_id: str) -> None:
+    start.wait()
+    mlflow_runs.log_dataset(run_id, "mnist", "ab" * 20, "/data/MNIST/raw", {"train": 60})
+
+
+def test_runs_of_a_new_experiment_logging_its_dataset_at_once_all_record_it(real_stack, monkeypatch):
+    """MLflow's server looks the dataset up, then inserts it if missing: two runs at once can
+    both insert, and one is refused for a duplicate key (CI saw it once in eight runs)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", real_stack.mlflow_uri)
+    client = real_stack.mlflow()
+    for attempt in range(6):
+        experiment = client.create_experiment(f"stack-dataset-race-{attempt}")
+        runs = [client.create_run(experiment).info.run_id for _ in range(8)]
+        start = threading.Barrier(len(runs))
+        with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+            list(pool.map(functools.partial(_log_dataset_at, start), runs))  # raises what a thread raised
+        inputs = [client.get_run(run_id).inputs.dataset_inputs for run_id in runs]
+        assert {(i.dataset.name, i.dataset.digest) for logged in inputs for i in logged} == {("mnist", "ab" * 18)}
+        assert [len(logged) for logged in inputs] == [1] * len(runs)
 
 
 def test_a_tracking_server_that_goes_away_mid_run_loses_no_epoch(real_stack, tmp_path):
