@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 from adapters.mlflow_store import tracking_uri
 from dae_core.config import ConfigError, ExperimentConfig
 from dae_core.errors import EXIT_SERVER, DaeError
+from dae_core.pareto import DIRECTIONS, FrontPoint, Objective
 from dae_core.runtime import derive_seed
-from dae_core.tuning import DIRECTIONS, CellSearch, CellTuning, Objective
+from dae_core.tuning import CellSearch, CellTuning, cell_tuning
 
 if TYPE_CHECKING:
     import optuna
@@ -79,24 +80,31 @@ def _counted_in_order(study: optuna.Study) -> list:
     return sorted(study.get_trials(deepcopy=False, states=_counted()), key=lambda trial: trial.number)
 
 
-def _epochs(config: ExperimentConfig, objective: Objective) -> int:
-    """How many values a trial reports: one per epoch of the stage its objective scores."""
-    return config.pretrain.epochs if objective == "mse" else config.classifier.epochs
-
-
-def open_study(name: str, storage: str, config: ExperimentConfig, objective: Objective,
-               worker: int = 0) -> optuna.Study:
-    """The study ``name``, created where missing by the process that owns the tuning
-    (``worker`` 0); a fanned-out worker only joins it."""
+def _pruner(config: ExperimentConfig, objectives: tuple[Objective, ...]) -> optuna.pruners.BasePruner:
+    """Pruning compares a trial's epoch with the median of earlier trials at that epoch, after
+    a few complete ones and only in the second half of training: early on every curve is
+    ranked by its step size (a first run pruned at epoch 2 every Adam rate below the best,
+    0.0043 next to 0.0044). A study of several objectives prunes nothing: a trial behind on
+    one objective may be on the front by another (Optuna's pruners take one value)."""
     import optuna
 
-    # Pruning compares a trial's epoch with the median of earlier trials at that epoch, after
-    # a few complete ones and only in the second half of training: early on every curve is
-    # ranked by its step size (a first run pruned at epoch 2 every Adam rate below the best,
-    # 0.0043 next to 0.0044).
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=_epochs(config, objective) // 2)
+    if len(objectives) > 1:
+        return optuna.pruners.NopPruner()
+    epochs = config.pretrain.epochs if objectives == ("mse",) else config.classifier.epochs
+    return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=epochs // 2)
+
+
+def open_study(name: str, storage: str, config: ExperimentConfig, objectives: tuple[Objective, ...],
+               worker: int = 0) -> optuna.Study:
+    """The study ``name``, created where missing by the process that owns the tuning
+    (``worker`` 0); a fanned-out worker only joins it. Several objectives: a multi-objective
+    study, which TPE samples as well (Optuna's MOTPE)."""
+    import optuna
+
+    pruner = _pruner(config, objectives)
     if worker == 0:
-        study = optuna.create_study(study_name=name, storage=storage, direction=DIRECTIONS[objective],
+        study = optuna.create_study(study_name=name, storage=storage,
+                                    directions=[DIRECTIONS[objective] for objective in objectives],
                                     load_if_exists=True, pruner=pruner)
     else:
         try:
@@ -120,7 +128,7 @@ def create_studies(searches: list[CellSearch], storage: str, parent_run_id: str)
     database fails instead of tuning on its own), each recording the MLflow run its trials
     are filed under: the first tuning that opened it."""
     for search in searches:
-        study = open_study(search.study, storage, search.config, search.objective)
+        study = open_study(search.study, storage, search.config, search.objectives)
         if PARENT_ATTR not in study.user_attrs:
             study.set_user_attr(PARENT_ATTR, parent_run_id)
 
@@ -157,11 +165,12 @@ def report(trial: optuna.Trial, epoch: int, value: float) -> None:
 
 @dataclass(frozen=True)
 class TrialEnd:
-    """How a trial ended: ``complete`` with its value, ``pruned`` or ``diverged`` (both
-    pruned for the sampler: a region to avoid), or ``failed`` (an error, raised after)."""
+    """How a trial ended: ``complete`` with its values (one per objective, in order),
+    ``pruned`` or ``diverged`` (both pruned for the sampler: a region to avoid), or
+    ``failed`` (an error, raised after)."""
 
     state: str
-    value: float | None = None
+    values: tuple[float, ...] = ()
 
 
 def tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd) -> None:
@@ -169,26 +178,26 @@ def tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd) -> None:
     import optuna
 
     if end.state == "complete":
-        study.tell(trial, end.value)
+        study.tell(trial, end.values[0] if len(end.values) == 1 else list(end.values))
     else:
         study.tell(trial, state=optuna.trial.TrialState.FAIL if end.state == "failed"
                    else optuna.trial.TrialState.PRUNED)
 
 
-def cell_result(cell: str, study: optuna.Study, objective: Objective, trials: int) -> CellTuning:
+def _front_point(trial, objectives: tuple[Objective, ...]) -> FrontPoint:
+    return FrontPoint(trial=trial.number, values=dict(zip(objectives, trial.values, strict=True)),
+                      params=trial.params)
+
+
+def cell_result(cell: str, study: optuna.Study, objectives: tuple[Objective, ...], trials: int) -> CellTuning:
     """The cell's result over its first ``trials`` complete or pruned trials: workers sharing
     a study may finish a few more (each stops only when the count is reached), and every
     cell gets the same budget."""
     import optuna
 
     scored = _counted_in_order(study)[:trials]
-    complete = [trial for trial in scored if trial.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise RuntimeError(f"cell {cell}: no trial completed (all pruned or diverged); widen or move --space")
-    pick = min if DIRECTIONS[objective] == "minimize" else max
-    best = pick(complete, key=lambda trial: trial.value)
-    return CellTuning(cell=cell, study=study.study_name, objective=objective, best_params=best.params,
-                      best_value=best.value, trials=len(scored), pruned=len(scored) - len(complete))
+    complete = [_front_point(trial, objectives) for trial in scored if trial.state == optuna.trial.TrialState.COMPLETE]
+    return cell_tuning(cell, study.study_name, objectives, complete, len(scored))
 
 
 def load(name: str, storage: str) -> optuna.Study:
@@ -202,7 +211,7 @@ def read_results(searches: list[CellSearch], storage: str, trials: int) -> list[
     fewer than ``trials`` (the workers that shared it ended early)."""
     results = []
     for search in searches:
-        result = cell_result(search.cell, load(search.study, storage), search.objective, trials)
+        result = cell_result(search.cell, load(search.study, storage), search.objectives, trials)
         if result.trials < trials:
             raise TuningIncomplete(f"cell {search.cell}: {result.trials} of {trials} trials done when the workers "
                                    "ended (see their flow runs)")
@@ -218,15 +227,16 @@ def beyond_budget(study: optuna.Study, trials: int) -> set[str]:
 
 @dataclass(frozen=True)
 class StudyPoints:
-    """What a study's figures draw: its complete trials in order, their values and points."""
+    """What a study's figures draw: its complete trials in order, their values (by
+    objective) and points."""
 
     numbers: list[int]
-    values: list[float]
+    values: dict[str, list[float]]
     params: dict[str, list[Any]]
     log_scale: set[str]
 
 
-def points(study: optuna.Study) -> StudyPoints:
+def points(study: optuna.Study, objectives: tuple[Objective, ...]) -> StudyPoints:
     import optuna
 
     complete = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
@@ -234,7 +244,9 @@ def points(study: optuna.Study) -> StudyPoints:
     keys = sorted({key for trial in complete for key in trial.params})
     log_scale = {key for trial in complete for key, distribution in trial.distributions.items()
                  if getattr(distribution, "log", False)}
-    return StudyPoints([trial.number for trial in complete], [trial.value for trial in complete],
+    return StudyPoints([trial.number for trial in complete],
+                       {objective: [trial.values[index] for trial in complete]
+                        for index, objective in enumerate(objectives)},
                        {key: [trial.params.get(key) for trial in complete] for key in keys}, log_scale)
 
 

@@ -40,6 +40,8 @@ SCORED = "dae.scored"
 # names the tuning it used and the parameters it applied the same way.
 TUNED = "dae.tuned"
 TUNED_FROM = "dae.tuned_from"
+# The point of each cell's front a comparison took from a multi-objective tuning (e.g. knee).
+TUNED_POINT = "dae.tuned_point"
 # A comparison's `--set-cell` overrides, which win over the tuned values: dae.cell_override.<cell>.<field>.
 CELL_OVERRIDE = "dae.cell_override"
 # The registry: the first version's crowning, a retrain's decision (dae.retrain.<field>),

@@ -218,3 +218,20 @@ def tuning_slices(params: dict[str, Sequence[float]], log_scale: set[str], numbe
         figure.colorbar(scatter, ax=axes[0][-1], label="trial")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def tuning_front(trials: tuple[Sequence[float], Sequence[float]], front: tuple[Sequence[float], Sequence[float]],
+                 named: dict[str, tuple[float, float]], labels: tuple[str, str], path: Path, title: str) -> Path:
+    """A multi-objective study on its first two objectives: every complete trial, the front
+    (the trials no other beats) joined in order, and its named points ringed, named in the
+    legend (a label beside a point at the plot's edge would be cut)."""
+    figure, axes = _canvas(SQUARE_INCHES)
+    axes.scatter(*trials, color="tab:gray", alpha=0.5, label="trial")
+    axes.plot(*front, "o-", color="tab:red", label="front")
+    for (name, (x, y)), marker in zip(named.items(), ("s", "D", "^", "v"), strict=False):
+        axes.plot([x], [y], marker, markersize=14, markerfacecolor="none", markeredgewidth=1.5, linestyle="none",
+                  label=name)
+    axes.set(xlabel=f"validation {labels[0]}", ylabel=f"validation {labels[1]}", title=title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="best", fontsize="small")
+    return _save(figure, path)

@@ -1,6 +1,7 @@
 """What ``dae tune`` searches and how one trial trains: search spaces over config fields,
 and a trial's training on the training split minus a held-out validation split, which
-reports the validation value after every epoch (so that hopeless trials can be pruned).
+reports the validation values after every epoch (so that hopeless trials can be pruned)
+and ends with one value per objective (several: a multi-objective study, ``pareto``).
 
 A trial never opens the test split: ``train_trial`` loads the training images only, and
 the test set stays for the final comparison table (docs/comparison.md).
@@ -18,19 +19,21 @@ from pydantic import BaseModel
 
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import ConfigError, ExperimentConfig, deep_merge, nested_fields, parse_value
+from dae_core.metrics import accuracy_percent, predict
+from dae_core.noise import corrupt
+from dae_core.pareto import KNEE, FrontPoint, Objective, choose, pareto_front
+from dae_core.runtime import make_generator
 from dae_core.setup import TrainingSetup, fresh_classifier
 from dae_core.train import TrainingDiverged, pretrain, train_classifier
 
-Objective = Literal["mse", "accuracy"]
 # The cells whose pretraining optimizer the lecture's verdict is about.
 DEFAULT_TUNED_CELLS: list[CellName] = ["adam-noise", "sgd-noise"]
-# Which way each objective improves (Optuna's study direction).
-DIRECTIONS: dict[str, str] = {"mse": "minimize", "accuracy": "maximize"}
 # "default": the range that suits each cell's optimizer (DEFAULT_SPACES), resolved per cell.
 DimensionKind = Literal["log", "float", "int", "choice", "default"]
 
-# Called after each epoch with (epoch, validation value); it may stop the trial by raising.
-EpochReport = Callable[[int, float], None]
+# Called after each epoch with (what it measures: "mse" in pretraining, "accuracy" in the
+# classifier's training; epoch; validation value); it may stop the trial by raising.
+EpochReport = Callable[[Objective, int, float], None]
 
 
 class TrialDiverged(RuntimeError):
@@ -104,20 +107,31 @@ DEFAULT_RANGES: dict[str, dict[str, Dimension]] = {
 NO_PRETRAINING_SPACE = (Dimension("classifier.lr", "log", 1e-2, 1.0),)
 
 
-def search_space(config: ExperimentConfig, given: list[Dimension], objective: Objective = "mse"
-                 ) -> tuple[Dimension, ...]:
-    """The dimensions searched for a cell: ``given`` if any (``default`` ones resolved to the
-    cell's optimizer's range), else its optimizer's default. A cell without pretraining
-    searches only what is not pretraining's: those dimensions would change nothing it trains.
-    Vanilla SGD stays vanilla: its momentum is never searched."""
-    if config.pretrain.epochs == 0 and objective == "mse":
+def cell_objectives(config: ExperimentConfig, objectives: tuple[Objective, ...]) -> tuple[Objective, ...]:
+    """The objectives a cell is tuned for: all of ``objectives`` but the MSE in a cell
+    without pretraining, which has no reconstruction to score."""
+    if config.pretrain.epochs > 0:
+        return objectives
+    kept = tuple(objective for objective in objectives if objective != "mse")
+    if not kept:
         raise ConfigError("a cell without pretraining has no reconstruction MSE to tune: use --objective accuracy "
                           "or leave the cell out")
+    return kept
+
+
+def search_space(config: ExperimentConfig, given: list[Dimension]) -> tuple[Dimension, ...]:
+    """The dimensions searched for a cell: ``given`` if any (``default`` ones resolved to the
+    cell's optimizer's range), else its optimizer's default. A cell without pretraining
+    searches only what is not pretraining's, and a cell pretrained on clean images not the
+    noise's level: those dimensions would change nothing it trains. Vanilla SGD stays
+    vanilla: its momentum is never searched."""
     if config.pretrain.optimizer == "sgd" and any(d.key == "pretrain.momentum" for d in given):
         raise ConfigError("--space pretrain.momentum: the SGD cells are vanilla SGD (momentum 0); "
                           "search momentum in a cell of its own with --set pretrain.momentum")
     if config.pretrain.epochs == 0:
         return tuple(d for d in given if not d.key.startswith("pretrain.")) or NO_PRETRAINING_SPACE
+    if not config.pretrain.noise.enabled:
+        given = [d for d in given if d.key not in ("pretrain.noise.mean", "pretrain.noise.std")]
     resolved = tuple(DEFAULT_RANGES[d.key][config.pretrain.optimizer] if d.kind == "default" else d for d in given)
     return resolved or DEFAULT_SPACES[config.pretrain.optimizer]
 
@@ -130,41 +144,55 @@ def with_params(config: ExperimentConfig, params: dict[str, Any]) -> ExperimentC
         raise ConfigError(f"tuned parameters {params} refused: {error}") from None
 
 
-def study_name(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objective: Objective,
+def objectives_label(objectives: tuple[Objective, ...]) -> str:
+    """``accuracy`` or ``accuracy+noisy-accuracy``: in study names, parameters and tables."""
+    return "+".join(objectives)
+
+
+def study_name(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objectives: tuple[Objective, ...],
                data_digest: str, experiment: str) -> str:
     """A study's identity: a rerun of the same tuning finds and continues it. The MLflow
     experiment is part of it: a study's trials are runs of one experiment, and a tuning in
-    another experiment runs trials of its own there."""
-    identity = "|".join([cell, config.model_dump_json(), *(d.spec() for d in space), objective, data_digest,
-                         experiment])
-    return f"dae-{cell}-{objective}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+    another experiment runs trials of its own there. (One objective's name is the one the
+    studies recorded before several could be tuned at once.)"""
+    label = objectives_label(objectives)
+    identity = "|".join([cell, config.model_dump_json(), *(d.spec() for d in space), label, data_digest, experiment])
+    return f"dae-{cell}-{label}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
 
 
-def train_trial(config: ExperimentConfig, raw_dir: Path, objective: Objective, report: EpochReport) -> float:
+def train_trial(config: ExperimentConfig, raw_dir: Path, objectives: tuple[Objective, ...],
+                report: EpochReport) -> dict[Objective, float]:
     """Train ``config`` on the training split minus ``data.validation_size`` images and
-    return the objective on the validation images: the final validation MSE of pretraining
-    (``mse``; the classifier is not trained) or the final validation accuracy of the
-    classifier (``accuracy``). ``report`` gets each epoch's value. Never reads the test split."""
+    return each objective on the validation images: the final validation MSE of
+    pretraining (``mse``; alone, the classifier is not trained), the final validation
+    accuracy of the classifier (``accuracy``), its accuracy on the validation images
+    corrupted as the test's noisy digits are (``noisy-accuracy``, ``evaluation.test_noise``).
+    ``report`` gets each epoch's value. Never reads the test split."""
     if config.data.validation_size == 0:
         raise ConfigError("tuning needs a validation split: set data.validation_size (e.g. 10000)")
     setup = TrainingSetup.build(config, raw_dir)
 
     def pretrain_report(epoch: int, metrics: dict[str, float]) -> None:
-        if objective == "mse":
-            report(epoch, metrics["val_mse"])
+        report("mse", epoch, metrics["val_mse"])
 
     def classifier_report(epoch: int, metrics: dict[str, float]) -> None:
-        report(epoch, metrics["val_accuracy"])
+        report("accuracy", epoch, metrics["val_accuracy"])
 
     try:
         pretraining = setup.pretraining()
         history = pretrain(pretraining, on_epoch=pretrain_report)
-        if objective == "mse":
-            return history.val_mse[-1]
+        values: dict[Objective, float] = {"mse": history.val_mse[-1]} if history.val_mse else {}
+        if objectives == ("mse",):
+            return values
         classifier = setup.classifier_training(fresh_classifier(config, pretraining.model))
-        return train_classifier(classifier, on_epoch=classifier_report).val_accuracy[-1]
+        values["accuracy"] = train_classifier(classifier, on_epoch=classifier_report).val_accuracy[-1]
     except TrainingDiverged as error:
         raise TrialDiverged(error.message) from None
+    if "noisy-accuracy" in objectives:
+        noisy = corrupt(setup.validation_pixels, config.evaluation.test_noise,
+                        make_generator(config.seed, "noisy-validation", setup.place.device))
+        values["noisy-accuracy"] = accuracy_percent(predict(classifier.model, noisy), setup.validation.labels)
+    return {objective: values[objective] for objective in objectives}
 
 
 def suggest(trial, space: tuple[Dimension, ...]) -> dict[str, Any]:
@@ -194,7 +222,7 @@ class CellSearch:
     cell: str
     config: ExperimentConfig
     space: tuple[Dimension, ...]
-    objective: Objective
+    objectives: tuple[Objective, ...]  # several: a multi-objective study
     study: str
 
 
@@ -208,30 +236,60 @@ def with_validation_split(base: ExperimentConfig) -> ExperimentConfig:
         {**base.model_dump(), "data": {**base.data.model_dump(), "validation_size": held_out}})
 
 
-def plan_searches(base: ExperimentConfig, cells: list[str], space: list[str], objective: Objective,
+def plan_searches(base: ExperimentConfig, cells: list[str], space: list[str], objectives: tuple[Objective, ...],
                   threads: int | None, data_digest: str, experiment: str) -> list[CellSearch]:
     """Each cell's search: ``base`` (``with_validation_split``) as the cell trains it, with
-    ``threads`` torch threads, over the ``KEY=SPEC`` dimensions ``space`` (or the cell's default)."""
+    ``threads`` torch threads, over the ``KEY=SPEC`` dimensions ``space`` (or the cell's
+    default), for ``objectives`` (``cell_objectives``)."""
     dimensions = [parse_dimension(text) for text in space]
     searches = []
     for cell in cells:
         config = cell_config(base, cell, base.seed, SGD_PRETRAIN_LR, threads)
-        dimensions_of_cell = search_space(config, dimensions, objective)
-        searches.append(CellSearch(cell, config, dimensions_of_cell, objective,
-                                   study_name(cell, config, dimensions_of_cell, objective, data_digest, experiment)))
+        scored = cell_objectives(config, objectives)
+        dimensions_of_cell = search_space(config, dimensions)
+        searches.append(CellSearch(cell, config, dimensions_of_cell, scored,
+                                   study_name(cell, config, dimensions_of_cell, scored, data_digest, experiment)))
     return searches
 
 
 class CellTuning(BaseModel):
-    """One cell's study: the best parameters (named by config field) and its trial counts."""
+    """One cell's study: the best parameters (named by config field) and its trial counts.
+    A study of several objectives has no best: its ``front`` holds the trials no other
+    trial beats on every objective, and ``best_params``, ``best_value`` are its knee's (the
+    first objective's value)."""
 
     cell: str
     study: str
-    objective: Objective
+    objective: str  # ``objectives_label``: accuracy, or accuracy+noisy-accuracy
     best_params: dict[str, Any]
     best_value: float
     trials: int  # complete or pruned (diverged trials count as pruned)
     pruned: int
+    front: list[FrontPoint] = []  # best on the first objective first; empty for one objective
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return tuple(self.objective.split("+"))  # type: ignore[return-value]
+
+    def point(self, name: str) -> FrontPoint:
+        """The point of the front that ``name`` names (``pareto.check_point``)."""
+        if not self.front:
+            raise ConfigError(f"--point {name}: cell {self.cell} was tuned for {self.objective} alone, which has a "
+                              "best and no front", "leave --point out, or tune several objectives "
+                              "(--objective accuracy noisy-accuracy)")
+        return choose(self.front, self.objectives, name)
+
+
+def cell_tuning(cell: str, study: str, objectives: tuple[Objective, ...], scored: list[FrontPoint],
+                trials: int) -> CellTuning:
+    """The result of a cell's ``trials`` counted trials, of which ``scored`` completed: the
+    best one, or with several objectives the front and its knee."""
+    if not scored:
+        raise RuntimeError(f"cell {cell}: no trial completed (all pruned or diverged); widen or move --space")
+    front = pareto_front(scored, objectives) if len(objectives) > 1 else []
+    best = choose(front, objectives, KNEE) if front else choose(scored, objectives, f"best-{objectives[0]}")
+    return CellTuning(cell=cell, study=study, objective=objectives_label(objectives), best_params=best.params,
+                      best_value=best.values[objectives[0]], trials=trials, pruned=trials - len(scored), front=front)
 
 
 class TuningReport(BaseModel):
@@ -245,11 +303,33 @@ class TuningReport(BaseModel):
     reused: bool = False
 
 
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"`{key}` = {value:.4g}" if isinstance(value, float) else f"`{key}` = {value}"
+                     for key, value in params.items())
+
+
+def _values(values: dict[str, float]) -> str:
+    return ", ".join(f"{objective} {value:.4g}" for objective, value in values.items())
+
+
 def markdown_table(report: TuningReport) -> str:
+    """Each cell's best (a front's knee, with its size) in one table."""
     lines = ["| cell | objective | best value | best parameters | trials | pruned |", "|---|---|---|---|---|---|"]
     for result in report.cells.values():
-        params = ", ".join(f"`{key}` = {value:.4g}" if isinstance(value, float) else f"`{key}` = {value}"
-                           for key, value in result.best_params.items())
-        lines.append(f"| {result.cell} | validation {result.objective} | {result.best_value:.4g} | {params} | "
+        best = f"{result.best_value:.4g}"
+        if result.front:
+            knee = result.point(KNEE)
+            best = f"knee of {len(result.front)} on the front: {_values(knee.values)}"
+        lines.append(f"| {result.cell} | validation {result.objective} | {best} | {_params(result.best_params)} | "
                      f"{result.trials} | {result.pruned} |")
+    return "\n".join(lines)
+
+
+def front_table(result: CellTuning) -> str:
+    """A cell's front, a row per trial, best on the first objective first."""
+    objectives = result.objectives
+    lines = [f"| trial | {' | '.join(objectives)} | parameters |", "|---|" + "---|" * (len(objectives) + 1)]
+    for point in result.front:
+        lines.append(f"| {point.trial} | {' | '.join(f'{point.values[o]:.4g}' for o in objectives)} | "
+                     f"{_params(point.params)} |")
     return "\n".join(lines)

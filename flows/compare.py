@@ -15,7 +15,7 @@ from pydantic import Field
 from adapters.mlflow_runs import ends_run
 from adapters.settings import Settings
 from adapters.state_folders import held_state_folder
-from adapters.tags import CELL_OVERRIDE, TUNED_FROM, tuned_tags
+from adapters.tags import CELL_OVERRIDE, TUNED_FROM, TUNED_POINT, tuned_tags
 from dae_core.comparison import (
     DEFAULT_CELLS,
     MAX_PARALLEL,
@@ -28,7 +28,15 @@ from dae_core.comparison import (
     cell_config,
     grid_key,
 )
-from dae_core.config import LECTURE_CONFIG, ExperimentConfig, closest_preset, deep_merge, flat_fields, nested_fields
+from dae_core.config import (
+    LECTURE_CONFIG,
+    ConfigError,
+    ExperimentConfig,
+    closest_preset,
+    deep_merge,
+    flat_fields,
+    nested_fields,
+)
 from dae_core.runtime import thread_share
 from dae_core.summary import DEFAULT_EXPERIMENT
 from dae_core.train import TrainingDiverged
@@ -65,6 +73,7 @@ def dae_compare(
     cell_timeout_s: Annotated[int, Field(ge=60, le=7 * 24 * 3600)] = 24 * 3600,
     fresh: bool = False,
     tuned_run_id: str | None = None,
+    tuned_point: str | None = None,
     cell_overrides: dict[CellName, dict[str, Any]] | None = None,
 ) -> ComparisonReport:
     """Cells run ``parallel`` at a time in this process, each with its share of the cores;
@@ -74,18 +83,22 @@ def dae_compare(
     the interrupted comparison: finished cells are reused, the interrupted one resumes
     from its last epoch; ``fresh`` starts a new grid instead. ``tuned_run_id``: a
     ``dae-tune`` run whose best parameters replace the fixed settings of the cells it tuned
-    (recorded on the parent run). ``cell_overrides``: config fields of single cells (nested,
+    (recorded on the parent run); ``tuned_point``: of a tuning of several objectives, the
+    point of each cell's front to take instead (``knee``, ``best-noisy-accuracy``,
+    ``noisy-within:0.5``: dae_core/pareto.py), recorded too. ``cell_overrides``: config fields of single cells (nested,
     ``{"no-pretraining": {"classifier": {"lr": 0.5}}}``), over ``base`` and the tuned ones."""
     check_tracking()
     chosen = cells or list(DEFAULT_CELLS)
     seed_list = [base.seed + offset for offset in range(seeds)]
     threads = thread_share(parallel, base.runtime.threads)
-    tuned = read_tuning(tuned_run_id) if tuned_run_id else {}
+    if tuned_point and not tuned_run_id:
+        raise ConfigError(f"--point {tuned_point}: a point of whose fronts?", "add --tuned RUN_ID of a `dae tune` run")
+    tuned = read_tuning(tuned_run_id, tuned_point) if tuned_run_id else {}
     overridden = cell_overrides or {}
     changes = {cell: deep_merge(nested_fields(tuned.get(cell, {})), overridden.get(cell, {})) for cell in chosen}
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads, changes[cell] or None))
             for cell in chosen for seed in seed_list]
-    settings_tags = {TUNED_FROM: tuned_run_id or "",
+    settings_tags = {TUNED_FROM: tuned_run_id or "", **({TUNED_POINT: tuned_point} if tuned_point else {}),
                      **tuned_tags({cell: tuned[cell] for cell in chosen if cell in tuned}),
                      **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
                         for key, value in flat_fields(overridden[cell]).items()}}

@@ -50,7 +50,7 @@ def dae_tune(
     base: ExperimentConfig = LECTURE_CONFIG,
     cells: list[CellName] | None = None,
     trials: Annotated[int, Field(ge=1, le=MAX_TRIALS)] = 12,
-    objective: Objective = "mse",
+    objective: Objective | list[Objective] = "mse",
     space: list[str] | None = None,
     parallel: Annotated[int, Field(ge=1, le=MAX_PARALLEL)] = 1,
     data_dir: str | None = None,
@@ -65,7 +65,10 @@ def dae_tune(
 ) -> TuningReport:
     """``space``: ``KEY=SPEC`` entries (``pretrain.lr=log:0.1:1000``; ``pretrain.lr=default``: the
     range that suits each cell's optimizer; default: that pretraining rate alone). ``objective``: the validation
-    MSE of pretraining or the validation accuracy of the classifier. ``storage``: the
+    MSE of pretraining, the validation accuracy of the classifier, or its accuracy on noisy
+    validation digits (``noisy-accuracy``); several: a multi-objective study per cell, whose
+    Pareto front the report draws and ``dae compare --tuned RUN --point NAME`` takes a point
+    of (a cell without pretraining leaves the MSE out). ``storage``: the
     studies' database URL (default: ``DAE_TUNING_STORAGE``, else SQLite beside a local
     tracking store, else in the work folder). Run again with the same arguments, it
     continues the studies; once they hold their trials, it trains nothing and reports the
@@ -76,6 +79,9 @@ def dae_tune(
     trials under its MLflow run and report nothing of their own."""
     check_tracking()
     chosen = cells or DEFAULT_TUNED_CELLS
+    objectives = tuple(dict.fromkeys([objective] if isinstance(objective, str) else objective))
+    if not objectives:
+        raise ConfigError("objective: name at least one of mse, accuracy, noisy-accuracy")
     base = with_validation_split(base)
     # In one process, parallel trials share its cores; fanned out, each worker runs one at a time.
     in_process = fan_out_deployment is None and worker == 0
@@ -88,7 +94,7 @@ def dae_tune(
                           "cannot share", "--storage postgresql://USER@HOST/DATABASE (or DAE_TUNING_STORAGE), "
                           "a database this machine and every worker reach")
     dataset = fetch_dataset(base.data.dataset, data_dir or str(settings.data_dir), download)
-    searches = plan_searches(base, chosen, space or [], objective, threads, dataset.digest, experiment_name)
+    searches = plan_searches(base, chosen, space or [], objectives, threads, dataset.digest, experiment_name)
     if parent_run_id:
         # A fanned-out worker: trials only, one at a time, under the dispatcher's run.
         place = TuningPlace(dataset, storage, parent_run_id, experiment_name, settings.worker_name)
@@ -101,7 +107,7 @@ def dae_tune(
     names = [search.study for search in searches]
     key = hashlib.sha256(f"{names}{trials}{experiment_name}".encode()).hexdigest()[:20]
     with held_state_folder(Path(work_dir).resolve() / "state" / f"tune-{key}") as record_dir:
-        parent = open_tuning(base, dataset, chosen, trials, objective, experiment_name, key, str(record_dir),
+        parent = open_tuning(base, dataset, chosen, trials, objectives, experiment_name, key, str(record_dir),
                              trials_in_process=in_process)
         with ends_run(parent):
             studies.create_studies(searches, storage, parent)

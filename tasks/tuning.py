@@ -40,7 +40,8 @@ from adapters.tags import (
 from dae_core import figures, tuning
 from dae_core.checkpoint import write_json
 from dae_core.config import ConfigError, ExperimentConfig
-from dae_core.tuning import CellSearch, CellTuning, Objective, TrialDiverged, TuningReport
+from dae_core.pareto import DIRECTIONS, KNEE, Objective, check_point
+from dae_core.tuning import CellSearch, CellTuning, TrialDiverged, TuningReport, front_table, objectives_label
 from tasks.data import DatasetRef
 
 
@@ -57,8 +58,9 @@ class TuningPlace:
 
 
 @task(name="open-tuning")
-def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], trials: int, objective: Objective,
-                experiment: str, key: str, record_dir: str, trials_in_process: bool = True) -> str:
+def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], trials: int,
+                objectives: tuple[Objective, ...], experiment: str, key: str, record_dir: str,
+                trials_in_process: bool = True) -> str:
     """The parent MLflow run: the one an interrupted run of this tuning left (recorded in
     ``record_dir``), whose unfinished trial runs died with it if they ran in its process
     (fanned-out ones may still be running, and are left to their workers), or a new one."""
@@ -72,11 +74,12 @@ def open_tuning(base: ExperimentConfig, dataset: DatasetRef, cells: list[str], t
             return previous
     tags = {ROLE: ROLE_TUNING, TUNING_KEY: key, **flow_run_tags()}
     parent = mlflow_runs.start_run(experiment, flow_run.name or "tune", tags)
+    label = objectives_label(objectives)
     mlflow_runs.log_config(parent, base, {"tune.cells": ",".join(cells), "tune.trials": trials,
-                                          "tune.objective": objective})
+                                          "tune.objective": label})
     mlflow_runs.log_dataset(parent, dataset.name, dataset.digest, dataset.raw_dir, {})
     mlflow_runs.set_description(parent, f"**Tuning** of {', '.join(f'`{c}`' for c in cells)}: {trials} trials "
-                                        f"each, objective validation {objective}; each trial is a child run "
+                                        f"each, objective validation {label}; each trial is a child run "
                                         "`<cell>-trial<N>`.")
     write_json(record, {"mlflow_run_id": parent})
     return parent
@@ -98,7 +101,17 @@ def finished_tuning(searches: list[CellSearch], storage: str, trials: int) -> st
     return parent if run is not None and run.data.params.get("tune.trials") == str(trials) else None
 
 
-_METRIC = {"mse": "pretrain/val_mse", "accuracy": "classifier/val_accuracy"}
+# Each epoch's validation value of a trial, by what it measures.
+_EPOCH_METRIC = {"mse": "pretrain/val_mse", "accuracy": "classifier/val_accuracy"}
+
+
+def _value_metric(objective: Objective) -> str:
+    """A trial's final value of one objective, e.g. ``tune/noisy_accuracy``."""
+    return f"tune/{objective.replace('-', '_')}"
+
+
+def _values_text(objectives: tuple[Objective, ...], values: tuple[float, ...]) -> str:
+    return ", ".join(f"{objective} {value:.4g}" for objective, value in zip(objectives, values, strict=True))
 
 
 @task(name="trial", task_run_name="{search.cell} trial {number}", cache_policy=NO_CACHE)
@@ -114,12 +127,13 @@ def run_trial(search: CellSearch, number: int, trial, place: TuningPlace, prefec
         FLOW_RUN_ID: prefect_flow_run}, parent_run_id=place.parent_run_id)
     mlflow_runs.log_config(run_id, config)
 
-    def report(epoch: int, value: float) -> None:
-        mlflow_runs.log_metrics(run_id, {_METRIC[search.objective]: value}, step=epoch)
-        studies.report(trial, epoch, value)
+    def report(measured: Objective, epoch: int, value: float) -> None:
+        mlflow_runs.log_metrics(run_id, {_EPOCH_METRIC[measured]: value}, step=epoch)
+        if search.objectives == (measured,):  # the pruner watches a study of one objective
+            studies.report(trial, epoch, value)
 
     try:
-        value = tuning.train_trial(config, Path(place.dataset.raw_dir), search.objective, report)
+        scored = tuning.train_trial(config, Path(place.dataset.raw_dir), search.objectives, report)
     except studies.TrialPruned as pruned:
         # FINISHED: stopping a trial that fell behind is the search working, not a failure.
         mlflow_runs.set_tags(run_id, {TRIAL_STATE: "pruned"})
@@ -133,10 +147,13 @@ def run_trial(search: CellSearch, number: int, trial, place: TuningPlace, prefec
     except BaseException:
         mlflow_runs.end_run(run_id, succeeded=False)
         raise
-    mlflow_runs.log_metrics(run_id, {"tune/value": value})
+    values = tuple(scored[objective] for objective in search.objectives)
+    one = {"tune/value": values[0]} if len(values) == 1 else {}
+    mlflow_runs.log_metrics(run_id, {**one, **{_value_metric(o): scored[o] for o in search.objectives}})
     mlflow_runs.set_tags(run_id, {TRIAL_STATE: "complete"})
     mlflow_runs.end_run(run_id, succeeded=True)
-    return Completed(message=f"validation {search.objective} {value:.4g}", data=studies.TrialEnd("complete", value))
+    return Completed(message=f"validation {_values_text(search.objectives, values)}",
+                     data=studies.TrialEnd("complete", values))
 
 
 @task(name="tune-cell", task_run_name="tune {search.cell}")
@@ -145,7 +162,7 @@ def tune_cell(search: CellSearch, trials: int, parallel: int, place: TuningPlace
     those already in the study, and so do other processes sharing it), ``parallel`` trial
     tasks at a time. ``worker`` > 0: one of several deployment runs sharing the study,
     which its dispatcher created."""
-    study = studies.open_study(search.study, place.storage, search.config, search.objective, worker)
+    study = studies.open_study(search.study, place.storage, search.config, search.objectives, worker)
     earlier = min(trials, studies.counted(study))
     remaining = trials - earlier
     if earlier:
@@ -177,7 +194,7 @@ def tune_cell(search: CellSearch, trials: int, parallel: int, place: TuningPlace
     finally:
         for future in running:  # an error ended the study: the trials in flight end with it
             future.wait()
-    return studies.cell_result(search.cell, study, search.objective, trials)
+    return studies.cell_result(search.cell, study, search.objectives, trials)
 
 
 @task(name="read-studies")
@@ -197,18 +214,40 @@ def _mark_unscored(result: CellTuning, study, trial_runs: list) -> int:
     return len(runs)
 
 
+# The front's points each figure names (those a comparison most often takes).
+_NAMED_POINTS = ("best-accuracy", "best-noisy-accuracy", KNEE)
+
+
 def _draw(result: CellTuning, study, out: Path) -> list[Path]:
-    """The cell's optimization history and its slices (each searched field against the value)."""
-    drawn = studies.points(study)
-    minimize = tuning.DIRECTIONS[result.objective] == "minimize"
-    return [
-        figures.tuning_history(drawn.numbers, drawn.values, minimize, result.objective,
-                               out / f"{result.cell}-history.png",
-                               f"{result.cell}: optimization history (validation {result.objective})"),
-        figures.tuning_slices(drawn.params, drawn.log_scale, drawn.numbers, drawn.values, result.objective,
-                              out / f"{result.cell}-slice.png",
-                              f"{result.cell}: slice (validation {result.objective})"),
-    ]
+    """The cell's optimization history and its slices (each searched field against the
+    value); with several objectives, its front and a slices figure per objective."""
+    objectives = result.objectives
+    drawn = studies.points(study, objectives)
+    if len(objectives) == 1:
+        minimize = DIRECTIONS[result.objective] == "minimize"
+        values = drawn.values[result.objective]
+        return [
+            figures.tuning_history(drawn.numbers, values, minimize, result.objective,
+                                   out / f"{result.cell}-history.png",
+                                   f"{result.cell}: optimization history (validation {result.objective})"),
+            figures.tuning_slices(drawn.params, drawn.log_scale, drawn.numbers, values, result.objective,
+                                  out / f"{result.cell}-slice.png",
+                                  f"{result.cell}: slice (validation {result.objective})"),
+        ]
+    x, y = objectives[:2]
+    named: dict[tuple[float, float], list[str]] = {}
+    for name in _NAMED_POINTS:
+        if name == KNEE or name.removeprefix("best-") in objectives:
+            point = result.point(name)
+            named.setdefault((point.values[x], point.values[y]), []).append(name)
+    front = figures.tuning_front(
+        (drawn.values[x], drawn.values[y]), ([p.values[x] for p in result.front], [p.values[y] for p in result.front]),
+        {", ".join(names): where for where, names in named.items()}, (x, y), out / f"{result.cell}-front.png",
+        f"{result.cell}: {len(result.front)} of {result.trials} trials on the front")
+    return [front, *(figures.tuning_slices(drawn.params, drawn.log_scale, drawn.numbers, drawn.values[objective],
+                                           objective, out / f"{result.cell}-slice-{objective}.png",
+                                           f"{result.cell}: slice (validation {objective})")
+                     for objective in objectives)]
 
 
 @task(name="report-tuning")
@@ -224,27 +263,46 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
         unscored += _mark_unscored(result, study, trial_runs)
     report = TuningReport(cells={result.cell: result for result in cells}, mlflow_run_id=parent_run_id)
     write_json(out / "tuning.json", report.model_dump())
-    mlflow_runs.log_files(parent_run_id, [out / "tuning.json"], "tuning")
+    tables = []
+    for result in cells:
+        if result.front:
+            tables.append(out / f"{result.cell}-front.md")
+            tables[-1].write_text(f"# Front of {result.cell}\n\n{front_table(result)}\n")
+    mlflow_runs.log_files(parent_run_id, [out / "tuning.json", *tables], "tuning")
     mlflow_runs.log_files(parent_run_id, pictures, "figures/tuning")
     for result in cells:
         if math.isfinite(result.best_value):
             mlflow_runs.log_metrics(parent_run_id, {f"tune/{result.cell}/best_value": result.best_value})
     mlflow_runs.set_tags(parent_run_id, tuned_tags({result.cell: result.best_params for result in cells}))
     table = tuning.markdown_table(report)
+    fronts = "".join(f"\n\nFront of `{result.cell}` (`dae compare --tuned {parent_run_id} --point NAME` takes one "
+                     f"of its points: best-<objective>, knee, noisy-within:MARGIN):\n\n{front_table(result)}"
+                     for result in cells if result.front)
     beyond = (f"\n\n{unscored} trial runs finished past their cell's budget (workers sharing a study stop "
               f"together): tagged `{SCORED}=false`, not scored." if unscored else "")
     mlflow_runs.set_description(parent_run_id, f"**Tuning**: each trial is a child run `<cell>-trial<N>`; "
-                                               f"`dae compare --tuned {parent_run_id}` uses these.\n\n{table}{beyond}")
-    create_markdown_artifact(f"# DAE tuning\n\n{table}\n\nMLflow parent run: `{parent_run_id}`",
+                                               f"`dae compare --tuned {parent_run_id}` uses these.\n\n"
+                                               f"{table}{fronts}{beyond}")
+    create_markdown_artifact(f"# DAE tuning\n\n{table}{fronts}\n\nMLflow parent run: `{parent_run_id}`",
                              key="dae-tuning-report")
     return report
 
 
 @task(name="read-tuning")
-def read_tuning(run_id: str) -> dict[str, dict[str, object]]:
-    """The best parameters a finished tuning run found, per cell (from its tags)."""
+def read_tuning(run_id: str, point: str | None = None) -> dict[str, dict[str, object]]:
+    """The parameters a finished tuning run found, per cell: each cell's best (from the
+    run's tags; a front's knee), or the point of each cell's front that ``point`` names
+    (from the run's ``tuning/tuning.json``)."""
     run = run_search.finished_run(run_id)
     if run is None or run.data.tags.get(ROLE) != ROLE_TUNING:
         raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking_uri()}",
                           "pass the MLflow run id that `dae tune` printed at its end")
-    return tuned_params(run.data.tags)
+    if point is None:
+        return tuned_params(run.data.tags)
+    check_point(point)
+    text = mlflow_runs.load_text(run_id, "tuning/tuning.json")
+    if text is None:
+        raise ConfigError(f"--point {point}: tuning {run_id} logged no tuning/tuning.json to read its fronts from",
+                          "leave --point out (its tags give each cell's best)")
+    report = TuningReport.model_validate_json(text)
+    return {cell: result.point(point).params for cell, result in report.cells.items()}

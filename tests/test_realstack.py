@@ -236,13 +236,15 @@ def test_compare_fans_cells_out_over_two_workers(real_stack):
 
 def test_tune_fans_trials_out_over_two_workers_sharing_a_postgresql_study(real_stack):
     """`dae tune --fan-out`: two deployment runs of dae-tune/optimizers take the trials of
-    both studies from PostgreSQL, each cell gets exactly its budget, and the dispatcher
-    reports under one parent run; SQLite storage and an unknown deployment are refused."""
+    both studies (of two objectives each) from PostgreSQL, each cell gets exactly its budget,
+    and the dispatcher reports each cell's front under one parent run; SQLite storage and an
+    unknown deployment are refused."""
     import optuna
 
     dae = [str(BIN / "dae"), "tune", "--preset", "smoke", "--set=data.train_limit=null", "--set=data.test_limit=null",
            "--set=data.validation_size=40", "--set=pretrain.epochs=4", "--set=pretrain.hidden_units=32",
-           "--set=runtime.threads=1", "--trials", "4", "--experiment", "stack-tune", "--no-download",
+           "--set=runtime.threads=1", "--trials", "4", "--objective", "accuracy", "noisy-accuracy",
+           "--experiment", "stack-tune", "--no-download",
            "--data-dir", real_stack.env["DAE_DATA_DIR"]]
     summary = real_stack.root / "tune.json"
     done = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--parallel", "2", "--summary-json", str(summary)],
@@ -250,7 +252,7 @@ def test_tune_fans_trials_out_over_two_workers_sharing_a_postgresql_study(real_s
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(summary.read_text())
     assert sorted(report["cells"]) == ["adam-noise", "sgd-noise"]
-    assert all(cell["trials"] == 4 for cell in report["cells"].values())
+    assert all(cell["trials"] == 4 and cell["front"] for cell in report["cells"].values())
     client = real_stack.mlflow()
     experiment = client.get_experiment_by_name("stack-tune").experiment_id
     (parent,) = client.search_runs([experiment], "tags.`dae.role` = 'tuning'")
@@ -267,6 +269,7 @@ def test_tune_fans_trials_out_over_two_workers_sharing_a_postgresql_study(real_s
         counted = [t for t in optuna.load_study(study_name=name, storage=storage).trials
                    if t.state.name in ("COMPLETE", "PRUNED")]
         assert len(counted) >= 4 and found["best_params"] in [t.params for t in counted]
+        assert {point["trial"] for point in found["front"]} <= {t.number for t in counted}
 
     refused = subprocess.run([*dae, "--fan-out", "dae-tune/optimizers", "--storage", "sqlite:///optuna.db"],
                              env=real_stack.env, cwd=real_stack.root, capture_output=True, text=True, timeout=300)

@@ -4,6 +4,8 @@ split. The full tuned comparison is docs/comparison.md."""
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
 import re
@@ -21,7 +23,10 @@ from dae_core import stages
 from dae_core.comparison import cell_config
 from dae_core.config import ConfigError, build_config, nested_fields
 from dae_core.data import hold_out, load_split
-from dae_core.tuning import Dimension, parse_dimension, search_space, train_trial
+from dae_core.evaluate import evaluate
+from dae_core.runtime import make_generator
+from dae_core.setup import TrainingSetup
+from dae_core.tuning import Dimension, cell_objectives, parse_dimension, search_space, train_trial
 from tests.conftest import TINY, task_runs_of
 from tests.gate import Gate
 from tests.gate import command as gate_command
@@ -94,10 +99,19 @@ def test_a_trial_trains_exactly_what_a_run_with_its_config_trains(raw_dir, tmp_p
     initial = stages.surgery_stage(config, pretrained.path, tmp_path / "initial.pt")
     classified = stages.classifier_stage(config, raw_dir, initial, tmp_path / "clf.pt", tmp_path / "clf-state.pt")
     reported: dict[str, list[float]] = {"mse": [], "accuracy": []}
-    for objective in reported:
-        train_trial(config, raw_dir, objective, lambda _epoch, value, o=objective: reported[o].append(value))
+    values = train_trial(config, raw_dir, ("noisy-accuracy", "mse", "accuracy"),
+                         lambda measured, _epoch, value: reported[measured].append(value))
     assert reported["mse"] == pretrained.history.val_mse and len(reported["mse"]) == 6
     assert reported["accuracy"] == classified.history.val_accuracy and len(reported["accuracy"]) == 3
+    assert list(values) == ["noisy-accuracy", "mse", "accuracy"], "one value per objective, in their order"
+    assert (values["mse"], values["accuracy"]) == (reported["mse"][-1], reported["accuracy"][-1])
+    # Noisy accuracy: the trained classifier on the validation digits corrupted as the noisy test's are.
+    setup = TrainingSetup.build(config, raw_dir)
+    model = stages.load_classifier(config, classified.path, setup.place)
+    noisy = evaluate(model, setup.validation_pixels, setup.validation.labels, config.evaluation.test_noise,
+                     make_generator(config.seed, "noisy-validation", setup.place.device)).noisy_accuracy
+    assert values["noisy-accuracy"] == noisy
+    assert train_trial(config, raw_dir, ("mse",), lambda *_: None) == {"mse": reported["mse"][-1]}
 
 
 def _tune_command(data_root: Path, work: Path, experiment: str, trials: int) -> list[str]:
@@ -226,13 +240,95 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
     assert float(child.data.params["pretrain.lr"]) == pytest.approx(best)
     parent = MlflowClient().get_run(compared.mlflow_run_id)
     assert parent.data.tags["dae.tuned_from"] == report.mlflow_run_id
+    with pytest.raises(ConfigError, match="tuned for accuracy alone, which has a best and no front"):
+        dae_compare(base=build_config("smoke", QUICK), seeds=1, cells=["sgd-noise"], data_dir=str(data_root),
+                    download=False, experiment_name=name, work_dir=str(tmp_path), tuned_run_id=report.mlflow_run_id,
+                    tuned_point="knee")
+
+
+@pytest.mark.usefixtures("prefect_server", "mlflow_store")
+def test_a_tuning_of_clean_and_noisy_accuracy_maps_each_front_continues_and_compare_takes_a_named_point(
+        data_root, tmp_path):
+    """Two objectives: the study is Optuna's multi-objective one; a trial whose classifier
+    diverges (rate 10) is recorded and stays off the front; the parent run logs the front as
+    a table and a figure; a larger budget continues the study; `dae compare --point` trains
+    the named point of the front and records which, and refuses a point of a single objective."""
+    from flows.compare import dae_compare
+    from flows.tune import dae_tune
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    tune = functools.partial(dae_tune, base=build_config("smoke", QUICK), cells=["adam-noise"],
+                             objective=["accuracy", "noisy-accuracy"],
+                             space=["pretrain.noise.std=float:0.05:0.5", "classifier.lr=choice:0.1,0.5,10"],
+                             data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
+    first = tune(trials=4)
+    client = MlflowClient()
+    trials = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.`dae.role` = 'trial'")
+    states = collections.Counter(run.data.tags["dae.trial_state"] for run in trials)
+    assert states["diverged"] >= 1 and states["complete"] >= 2, f"the seeded sampler's four trials: {states}"
+    result = first.cells["adam-noise"]
+    assert result.objective == "accuracy+noisy-accuracy" and result.pruned == states["diverged"]
+    diverged = {int(run.data.tags["dae.trial"]) for run in trials if run.data.tags["dae.trial_state"] == "diverged"}
+    assert result.front and not diverged & {point.trial for point in result.front}
+    complete = [run for run in trials if run.data.tags["dae.trial_state"] == "complete"]
+    for run in complete:
+        assert {"tune/accuracy", "tune/noisy_accuracy"} <= set(run.data.metrics)
+        assert "tune/value" not in run.data.metrics
+    on_front = {point.trial: point.values for point in result.front}
+    for run in complete:
+        number = int(run.data.tags["dae.trial"])
+        if number in on_front:
+            assert on_front[number] == {"accuracy": run.data.metrics["tune/accuracy"],
+                                        "noisy-accuracy": run.data.metrics["tune/noisy_accuracy"]}
+    parent = client.get_run(first.mlflow_run_id)
+    assert parent.data.params["tune.objective"] == "accuracy+noisy-accuracy"
+    assert "Front of `adam-noise`" in parent.data.tags["mlflow.note.content"]
+    artifacts = {f.path for folder in ("tuning", "figures/tuning") for f in client.list_artifacts(parent.info.run_id,
+                                                                                               folder)}
+    assert {"tuning/adam-noise-front.md", "figures/tuning/adam-noise-front.png",
+            "figures/tuning/adam-noise-slice-noisy-accuracy.png"} <= artifacts
+
+    more = tune(trials=5)
+    assert more.cells["adam-noise"].trials == 5
+    assert len(client.search_runs([client.get_experiment_by_name(name).experiment_id],
+                                  "tags.`dae.role` = 'trial'")) == 5, "the study continues: one more trial"
+
+    point = more.cells["adam-noise"].point("best-noisy-accuracy")
+    compared = dae_compare(base=build_config("smoke", {**QUICK, "data": {**QUICK["data"], "validation_size": 0}}),
+                           seeds=1, cells=["adam-noise"], data_dir=str(data_root), download=False,
+                           experiment_name=name, work_dir=str(tmp_path), tuned_run_id=more.mlflow_run_id,
+                           tuned_point="best-noisy-accuracy")
+    (child,) = [client.get_run(ref.mlflow_run_id) for ref in compared.runs]
+    assert float(child.data.params["pretrain.noise.std"]) == pytest.approx(point.params["pretrain.noise.std"])
+    assert float(child.data.params["classifier.lr"]) == pytest.approx(point.params["classifier.lr"])
+    assert client.get_run(compared.mlflow_run_id).data.tags["dae.tuned_point"] == "best-noisy-accuracy"
+
+
+def test_a_multi_objective_study_keeps_diverged_trials_off_its_front_and_prunes_nothing(tmp_path):
+    import optuna
+
+    from adapters.studies import cell_result, open_study
+
+    config = cell_config(build_config("smoke", QUICK), "adam-noise", 0)
+    study = open_study("two", f"sqlite:///{tmp_path / 'optuna.db'}", config, ("accuracy", "noisy-accuracy"))
+    assert isinstance(study.pruner, optuna.pruners.NopPruner) and len(study.directions) == 2
+    distribution = {"classifier.lr": optuna.distributions.FloatDistribution(0.01, 10, log=True)}
+    for lr, values, state in ((0.1, [90.0, 70.0], "COMPLETE"), (10.0, None, "PRUNED"), (0.3, [88.0, 80.0], "COMPLETE"),
+                              (0.5, [85.0, 75.0], "COMPLETE")):
+        study.add_trial(optuna.trial.create_trial(params={"classifier.lr": lr}, distributions=distribution,
+                                                  values=values, state=optuna.trial.TrialState[state]))
+    result = cell_result("adam-noise", study, ("accuracy", "noisy-accuracy"), trials=4)
+    assert [point.trial for point in result.front] == [0, 2] and result.pruned == 1
+    assert result.best_params == result.point("knee").params and result.best_value == result.point("knee").values[
+        "accuracy"]
 
 
 def test_a_cell_without_pretraining_is_tuned_on_accuracy_only():
     baseline = cell_config(build_config("smoke"), "no-pretraining", 0)
-    assert search_space(baseline, [], "accuracy")[0].key == "classifier.lr"
+    assert search_space(baseline, [])[0].key == "classifier.lr"
+    assert cell_objectives(baseline, ("mse", "accuracy", "noisy-accuracy")) == ("accuracy", "noisy-accuracy")
     with pytest.raises(ConfigError, match="no reconstruction MSE"):
-        search_space(baseline, [], "mse")
+        cell_objectives(baseline, ("mse",))
 
 
 def test_one_search_over_every_cell_gives_each_its_optimizers_pretraining_range_and_the_classifiers_rate():
@@ -241,7 +337,7 @@ def test_one_search_over_every_cell_gives_each_its_optimizers_pretraining_range_
     given = [parse_dimension("pretrain.lr=default"), parse_dimension("classifier.lr=log:0.01:3")]
     classifier_rate = Dimension("classifier.lr", "log", 0.01, 3.0)
     base = build_config("smoke")
-    spaces = {cell: search_space(cell_config(base, cell, 0), given, "accuracy")
+    spaces = {cell: search_space(cell_config(base, cell, 0), given)
               for cell in ("adam-clean-frozen", "sgd-noise", "no-pretraining")}
     assert spaces == {"adam-clean-frozen": (Dimension("pretrain.lr", "log", 1e-4, 0.1), classifier_rate),
                       "sgd-noise": (Dimension("pretrain.lr", "log", 0.1, 1000.0), classifier_rate),
@@ -261,17 +357,17 @@ def test_each_cell_is_scored_on_its_first_budget_of_trials_and_workers_only_join
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     config = cell_config(build_config("smoke", QUICK), "adam-noise", 0)
-    study = open_study("shared", storage, config, "mse", worker=0)
+    study = open_study("shared", storage, config, ("mse",), worker=0)
     distribution = {"pretrain.lr": optuna.distributions.FloatDistribution(1e-4, 0.1, log=True)}
     for lr, value, state in ((0.01, 0.5, "COMPLETE"), (0.02, None, "PRUNED"), (0.03, 0.3, "COMPLETE"),
                              (0.04, None, "FAIL"), (0.05, 0.1, "COMPLETE")):
         study.add_trial(optuna.trial.create_trial(
             params={"pretrain.lr": lr}, distributions=distribution, value=value,
             state=optuna.trial.TrialState[state], intermediate_values={1: 0.9}))
-    result = cell_result("adam-noise", study, "mse", trials=3)
+    result = cell_result("adam-noise", study, ("mse",), trials=3)
     assert (result.trials, result.pruned, result.best_params) == (3, 1, {"pretrain.lr": 0.03})
-    assert cell_result("adam-noise", study, "mse", trials=10).best_value == 0.1
+    assert cell_result("adam-noise", study, ("mse",), trials=10).best_value == 0.1
     with pytest.raises(ConfigError, match="DAE_TUNING_STORAGE"):
-        open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, "mse", worker=1)
-    proposed = [open_study("shared", storage, config, "mse", worker).ask(distribution).params for worker in (1, 2)]
+        open_study("shared", f"sqlite:///{tmp_path / 'elsewhere.db'}", config, ("mse",), worker=1)
+    proposed = [open_study("shared", storage, config, ("mse",), worker).ask(distribution).params for worker in (1, 2)]
     assert proposed[0] != proposed[1], "two workers with the same sampler seed would repeat each other's trials"

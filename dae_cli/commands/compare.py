@@ -24,6 +24,7 @@ from dae_cli.command import (
 )
 from dae_core.comparison import CELLS, DEFAULT_CELLS, MAX_PARALLEL, MAX_SEEDS, diverged_names
 from dae_core.config import ConfigError, build_config, deep_merge, parse_overrides
+from dae_core.pareto import check_point
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +44,11 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                              "could be continued (default: continue it, reusing its finished cells)")
     parser.add_argument("--tuned", metavar="RUN_ID",
                         help="train each cell that this `dae tune` run tuned with its best parameters")
+    parser.add_argument("--point", metavar="NAME",
+                        help="with --tuned of a tuning of several objectives: the point of each cell's front to "
+                             "train, knee, best-<objective> (e.g. best-noisy-accuracy) or noisy-within:MARGIN (the "
+                             "best noisy accuracy within MARGIN points of the front's best clean accuracy); "
+                             "default: the knee")
     parser.add_argument("--set-cell", dest="cell_overrides", action="append", default=[],
                         metavar="CELL:SECTION.FIELD=VALUE",
                         help="override one config field of one cell, over --set and --tuned; repeatable "
@@ -84,6 +90,11 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     config = config_from(args)
     check_outputs(args, session)
     overrides = _cell_overrides(args.cell_overrides, args.preset, args.overrides)
+    if args.point is not None:
+        if args.tuned is None:
+            raise ConfigError(f"--point {args.point}: a point of whose fronts?",
+                              "add --tuned RUN_ID of a `dae tune` run")
+        check_point(args.point)
     check_fan_out(args.fan_out)
     check_data(args, session, config)
     cells = functools.partial(CountBar, len(args.cells or DEFAULT_CELLS) * args.seeds, "cells", "run",
@@ -91,7 +102,7 @@ def _execute(args: argparse.Namespace, session: Session) -> int:
     report = run_flow(session, _load, cells, base=config, seeds=args.seeds, parallel=args.parallel, cells=args.cells,
                       data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
                       work_dir=args.work_dir, fan_out_deployment=args.fan_out, fresh=args.fresh,
-                      tuned_run_id=args.tuned, cell_overrides=overrides or None)
+                      tuned_run_id=args.tuned, tuned_point=args.point, cell_overrides=overrides or None)
     write_json(args.summary_json, report.model_dump())
     if report.reused:
         print(f"continued the interrupted comparison {report.mlflow_run_id}: {report.reused} of "

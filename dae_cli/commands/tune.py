@@ -11,6 +11,7 @@ from dae_cli import command
 from dae_cli.arguments import whole_number
 from dae_core.comparison import CELLS, MAX_PARALLEL, MAX_TRIALS
 from dae_core.config import ConfigError
+from dae_core.pareto import OBJECTIVES
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +20,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
                         help="the cells to tune (default: adam-noise sgd-noise)")
     parser.add_argument("--trials", type=whole_number(1, MAX_TRIALS), default=12,
                         help=f"trials per cell, complete or pruned, 1..{MAX_TRIALS} (default 12)")
-    parser.add_argument("--objective", default="mse", choices=["mse", "accuracy"],
-                        help="validation MSE of pretraining (default) or validation accuracy of the classifier")
+    parser.add_argument("--objective", nargs="+", default=["mse"], choices=list(OBJECTIVES),
+                        help="validation MSE of pretraining (default), validation accuracy of the classifier, or "
+                             "its accuracy on noisy validation digits; several (e.g. accuracy noisy-accuracy): "
+                             "a Pareto front per cell, whose points dae compare --tuned RUN --point NAME takes")
     parser.add_argument("--space", action="append", default=[], metavar="KEY=SPEC",
                         help="a searched field, e.g. pretrain.lr=log:0.1:1000, classifier.lr=float:0.01:1, "
                              "pretrain.hidden_units=int:100:800, pretrain.noise.enabled=choice:true,false, "
@@ -62,29 +65,38 @@ def _check_storage(url: str | None) -> None:
 
 
 def _execute(args: argparse.Namespace, session: command.Session) -> int:
-    from dae_core.tuning import DEFAULT_TUNED_CELLS, markdown_table, parse_dimension
+    from dae_core.tuning import DEFAULT_TUNED_CELLS, front_table, markdown_table, parse_dimension
 
     config = command.config_from(args)
+    if len(set(args.objective)) < len(args.objective):
+        raise ConfigError(f"--objective {' '.join(args.objective)}: an objective named twice",
+                          "name each objective once, e.g. --objective accuracy noisy-accuracy")
     command.check_outputs(args, session)
     command.check_fan_out(args.fan_out)
     command.check_data(args, session, config)
     _check_storage(args.storage or session.settings.tuning_storage)
     for text in args.space:
         parse_dimension(text)  # refused here, before any server or import, naming the entry
+    objective = args.objective[0] if len(args.objective) == 1 else args.objective
     trials = functools.partial(command.CountBar, len(args.cells or DEFAULT_TUNED_CELLS) * args.trials, "trials",
                                "trial", lambda event: event.phase == Phase.TRIAL)
     report = command.run_flow(session, _load, trials, tuning=True, base=config, cells=args.cells, trials=args.trials,
-                      objective=args.objective, space=args.space or None, parallel=args.parallel,
+                      objective=objective, space=args.space or None, parallel=args.parallel,
                       data_dir=args.data_dir, download=not args.no_download, experiment_name=args.experiment,
                       work_dir=args.work_dir, storage=args.storage, fan_out_deployment=args.fan_out)
     command.write_json(args.summary_json, report.model_dump(include={"cells": {"__all__": {"best_params", "best_value",
-                                                                                   "trials", "pruned"}},
+                                                                                   "trials", "pruned", "front"}},
                                                              "mlflow_run_id": True, "reused": True}))
     if report.reused:
         print(f"already tuned: nothing trained, the studies hold {args.trials} trials per cell from MLflow run "
               f"{report.mlflow_run_id} (more trials: --trials; a new search: another --seed or --experiment)\n")
     print(markdown_table(report))
-    print(f"\nMLflow run {report.mlflow_run_id}; compare at these settings: dae compare --tuned {report.mlflow_run_id}")
+    fronts = [result for result in report.cells.values() if result.front]
+    for result in fronts:
+        print(f"\nfront of {result.cell}:\n{front_table(result)}")
+    point = " --point knee (or best-<objective>, noisy-within:MARGIN)" if fronts else ""
+    print(f"\nMLflow run {report.mlflow_run_id}; compare at these settings: "
+          f"dae compare --tuned {report.mlflow_run_id}{point}")
     return 0
 
 

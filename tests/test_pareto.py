@@ -1,0 +1,87 @@
+"""Fronts and their named points on generated trials: the front is exactly the trials no
+other beats, every named point is on it, and the names mean what they say."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dae_core.config import ConfigError
+from dae_core.pareto import FrontPoint, check_point, choose, dominates, knee, pareto_front
+
+TRADE_OFF = ("accuracy", "noisy-accuracy")
+percent = st.floats(0, 100, allow_nan=False)
+
+
+@st.composite
+def trials(draw, objectives: tuple[str, ...] = TRADE_OFF, values=percent) -> list[FrontPoint]:
+    rows = draw(st.lists(st.tuples(*(values for _ in objectives)), min_size=1, max_size=30))
+    return [FrontPoint(trial=number, values=dict(zip(objectives, row, strict=True)), params={"pretrain.lr": number})
+            for number, row in enumerate(rows)]
+
+
+@given(trials(("accuracy", "noisy-accuracy", "mse"), st.floats(0, 1, allow_nan=False)))
+def test_the_front_is_exactly_the_trials_no_other_trial_beats(points):
+    objectives = ("accuracy", "noisy-accuracy", "mse")
+    front = pareto_front(points, objectives)
+    assert front, "some trial is always undominated"
+    for point in points:
+        beaten = any(dominates(other, point, objectives) for other in points)
+        assert (point in front) == (not beaten)
+    assert [p.values["accuracy"] for p in front] == sorted((p.values["accuracy"] for p in front), reverse=True)
+
+
+@given(trials())
+def test_every_named_point_is_on_the_front_and_the_names_mean_what_they_say(points):
+    front = pareto_front(points, TRADE_OFF)
+    best_clean = max(p.values["accuracy"] for p in points)
+    best_noisy = max(p.values["noisy-accuracy"] for p in points)
+    for name in ("knee", "best-accuracy", "best-noisy-accuracy", "noisy-within:0", "noisy-within:0.5",
+                 "noisy-within:100"):
+        assert choose(front, TRADE_OFF, name) in front
+    assert choose(front, TRADE_OFF, "best-accuracy").values["accuracy"] == best_clean
+    assert choose(front, TRADE_OFF, "best-noisy-accuracy").values["noisy-accuracy"] == best_noisy
+    # No margin: the front's one point at the best clean accuracy; any margin: the best noisy.
+    assert choose(front, TRADE_OFF, "noisy-within:0") == choose(front, TRADE_OFF, "best-accuracy")
+    assert choose(front, TRADE_OFF, "noisy-within:100").values["noisy-accuracy"] == best_noisy
+    within = choose(front, TRADE_OFF, "noisy-within:0.5")
+    assert within.values["accuracy"] >= best_clean - 0.5
+    assert all(p.values["noisy-accuracy"] <= within.values["noisy-accuracy"]
+               for p in front if p.values["accuracy"] >= best_clean - 0.5)
+
+
+def test_the_knee_is_the_balanced_point_of_a_bent_front():
+    values = [(98.0, 60.0), (97.5, 85.0), (96.0, 88.0), (90.0, 89.0)]
+    front = pareto_front([FrontPoint(trial=n, values=dict(zip(TRADE_OFF, v, strict=True)), params={})
+                          for n, v in enumerate(values)], TRADE_OFF)
+    assert knee(front, TRADE_OFF).trial == 1
+    assert choose(front, TRADE_OFF, "noisy-within:0.5").trial == 1
+    assert choose(front, TRADE_OFF, "noisy-within:2").trial == 2
+
+
+def test_a_minimized_objective_counts_lower_as_better():
+    low, high = (FrontPoint(trial=n, values={"mse": v, "accuracy": 90.0}, params={})
+                 for n, v in enumerate((0.01, 0.02)))
+    assert dominates(low, high, ("mse", "accuracy")) and pareto_front([high, low], ("mse", "accuracy")) == [low]
+    assert choose([high, low], ("mse", "accuracy"), "best-mse") == low
+
+
+@given(st.text(max_size=30))
+def test_any_text_is_a_point_name_or_refused_with_the_names(name):
+    try:
+        assert check_point(name) == name
+    except ConfigError as error:
+        assert "knee" in error.fix
+
+
+@pytest.mark.parametrize("name, objectives, says", [
+    ("best-noisy-accuracy", ("mse", "accuracy"), "objectives are mse, accuracy"),
+    ("noisy-within:0.5", ("accuracy", "mse"), "needs a tuning of accuracy and noisy-accuracy"),
+    ("noisy-within:-1", None, "0..100"),
+    ("noisy-within:nan", None, "0..100"),
+    ("best-loss", None, "no objective"),
+])
+def test_a_point_the_tuning_cannot_have_is_refused_naming_why(name, objectives, says):
+    with pytest.raises(ConfigError, match=says):
+        check_point(name, objectives)
