@@ -235,3 +235,36 @@ def tuning_front(trials: tuple[Sequence[float], Sequence[float]], front: tuple[S
     axes.grid(True, alpha=0.3)
     axes.legend(loc="best", fontsize="small")
     return _save(figure, path)
+
+
+# One seeded point of a front: its name, then (mean, CI low, CI high) of clean and of noisy accuracy.
+SeededPoint = tuple[str, tuple[float, float, float], tuple[float, float, float]]
+
+
+def fronts_with_seed_bands(validation: dict[str, tuple[Sequence[float], Sequence[float]]],
+                           seeded: dict[str, list[SeededPoint]], path: Path, title: str) -> Path:
+    """Several recipes' trade-offs in one figure, a colour per recipe: each one's front on
+    the validation split (dotted) and its points trained over seeds and scored on the test
+    set (solid, joined in order of clean accuracy), each with its 95% interval over seeds
+    as a shaded box (the seed band) and its name."""
+    from matplotlib.patches import Rectangle
+
+    figure, axes = _canvas(SQUARE_INCHES)
+    for index, recipe in enumerate(validation | seeded):
+        colour = f"C{index}"
+        if recipe in validation:
+            axes.plot(*validation[recipe], ":", marker=".", color=colour, alpha=0.6,
+                      label=f"{recipe} (validation front)")
+        points = sorted(seeded.get(recipe, []), key=lambda point: point[1][0])
+        if not points:
+            continue
+        axes.plot([p[1][0] for p in points], [p[2][0] for p in points], "o-", color=colour,
+                  label=f"{recipe} (test, mean over seeds)")
+        for name, (x, x_low, x_high), (y, y_low, y_high) in points:
+            if all(map(math.isfinite, (x_low, x_high, y_low, y_high))):
+                axes.add_patch(Rectangle((x_low, y_low), x_high - x_low, y_high - y_low, color=colour, alpha=0.2))
+            axes.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize="x-small", color=colour)
+    axes.set(xlabel="clean accuracy (%)", ylabel="accuracy on noisy digits (%)", title=title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="lower left", fontsize="x-small")
+    return _save(figure, path)

@@ -214,10 +214,6 @@ def _mark_unscored(result: CellTuning, study, trial_runs: list) -> int:
     return len(runs)
 
 
-# The front's points each figure names (those a comparison most often takes).
-_NAMED_POINTS = ("best-accuracy", "best-noisy-accuracy", KNEE)
-
-
 def _draw(result: CellTuning, study, out: Path) -> list[Path]:
     """The cell's optimization history and its slices (each searched field against the
     value); with several objectives, its front and a slices figure per objective."""
@@ -236,10 +232,9 @@ def _draw(result: CellTuning, study, out: Path) -> list[Path]:
         ]
     x, y = objectives[:2]
     named: dict[tuple[float, float], list[str]] = {}
-    for name in _NAMED_POINTS:
-        if name == KNEE or name.removeprefix("best-") in objectives:
-            point = result.point(name)
-            named.setdefault((point.values[x], point.values[y]), []).append(name)
+    for name in (*(f"best-{objective}" for objective in objectives), KNEE):
+        point = result.point(name)
+        named.setdefault((point.values[x], point.values[y]), []).append(name)
     front = figures.tuning_front(
         (drawn.values[x], drawn.values[y]), ([p.values[x] for p in result.front], [p.values[y] for p in result.front]),
         {", ".join(names): where for where, names in named.items()}, (x, y), out / f"{result.cell}-front.png",
@@ -276,7 +271,7 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
     mlflow_runs.set_tags(parent_run_id, tuned_tags({result.cell: result.best_params for result in cells}))
     table = tuning.markdown_table(report)
     fronts = "".join(f"\n\nFront of `{result.cell}` (`dae compare --tuned {parent_run_id} --point NAME` takes one "
-                     f"of its points: best-<objective>, knee, noisy-within:MARGIN):\n\n{front_table(result)}"
+                     f"of its points: `best-<objective>`, `knee`, `noisy-within:MARGIN`):\n\n{front_table(result)}"
                      for result in cells if result.front)
     beyond = (f"\n\n{unscored} trial runs finished past their cell's budget (workers sharing a study stop "
               f"together): tagged `{SCORED}=false`, not scored." if unscored else "")

@@ -85,3 +85,23 @@ def test_any_text_is_a_point_name_or_refused_with_the_names(name):
 def test_a_point_the_tuning_cannot_have_is_refused_naming_why(name, objectives, says):
     with pytest.raises(ConfigError, match=says):
         check_point(name, objectives)
+
+
+def test_the_fronts_figure_draws_every_recipe_even_a_point_of_one_seed(tmp_path):
+    """A point trained on one seed has no interval (NaN): it is drawn without its band."""
+    import math
+
+    import numpy as np
+    from PIL import Image
+
+    from dae_core import figures
+
+    nan = math.nan
+    path = figures.fronts_with_seed_bands(
+        {"adam-noise": ([95.0, 93.0], [60.0, 85.0]), "adam-clean": ([95.2], [90.0])},
+        {"adam-noise": [("knee", (94.4, 94.2, 94.6), (76.0, 74.0, 78.0))],
+         "sgd-clean": [("best-accuracy", (96.1, nan, nan), (85.0, nan, nan))]},
+        tmp_path / "fronts.png", "fronts")
+    with Image.open(path) as image:
+        assert image.size == tuple(round(side * figures.DPI) for side in figures.SQUARE_INCHES)
+        assert np.asarray(image.convert("L")).std() > 1

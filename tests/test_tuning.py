@@ -19,6 +19,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from dae_core import setup as training_setup
 from dae_core import stages
 from dae_core.comparison import cell_config
 from dae_core.config import ConfigError, build_config, nested_fields
@@ -201,7 +202,7 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
     from flows.compare import dae_compare
     from flows.tune import dae_tune
 
-    real_load_split = stages.load_split
+    real_load_split = training_setup.load_split
 
     def training_images_only(directory, train, limit=None):
         assert train, "tuning opened the test split"
@@ -209,7 +210,7 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
 
     name = f"test-{uuid.uuid4().hex[:8]}"
     with monkeypatch.context() as patched:
-        patched.setattr(stages, "load_split", training_images_only)
+        patched.setattr(training_setup, "load_split", training_images_only)
         report = dae_tune(base=build_config("smoke", QUICK), cells=["sgd-noise"], trials=2, objective="accuracy",
                           data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
     best = report.cells["sgd-noise"].best_params["pretrain.lr"]
@@ -248,20 +249,28 @@ def test_tuning_never_reads_the_test_split_and_compare_uses_what_it_found(data_r
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
 def test_a_tuning_of_clean_and_noisy_accuracy_maps_each_front_continues_and_compare_takes_a_named_point(
-        data_root, tmp_path):
-    """Two objectives: the study is Optuna's multi-objective one; a trial whose classifier
-    diverges (rate 10) is recorded and stays off the front; the parent run logs the front as
-    a table and a figure; a larger budget continues the study; `dae compare --point` trains
-    the named point of the front and records which, and refuses a point of a single objective."""
+        data_root, tmp_path, monkeypatch):
+    """Two objectives: the study is Optuna's multi-objective one, scored on validation
+    digits only; a trial whose classifier diverges (rate 10) is recorded and stays off the
+    front; the parent run logs the front as a table and a figure; a larger budget continues
+    the study; `dae compare --point` trains the named point of the front and records which."""
     from flows.compare import dae_compare
     from flows.tune import dae_tune
+
+    real_load_split = training_setup.load_split
+
+    def training_images_only(directory, train, limit=None):
+        assert train, "tuning opened the test split"
+        return real_load_split(directory, train, limit)
 
     name = f"test-{uuid.uuid4().hex[:8]}"
     tune = functools.partial(dae_tune, base=build_config("smoke", QUICK), cells=["adam-noise"],
                              objective=["accuracy", "noisy-accuracy"],
                              space=["pretrain.noise.std=float:0.05:0.5", "classifier.lr=choice:0.1,0.5,10"],
                              data_dir=str(data_root), download=False, experiment_name=name, work_dir=str(tmp_path))
-    first = tune(trials=4)
+    with monkeypatch.context() as patched:
+        patched.setattr(training_setup, "load_split", training_images_only)
+        first = tune(trials=4)
     client = MlflowClient()
     trials = client.search_runs([client.get_experiment_by_name(name).experiment_id], "tags.`dae.role` = 'trial'")
     states = collections.Counter(run.data.tags["dae.trial_state"] for run in trials)
