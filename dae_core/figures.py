@@ -22,6 +22,7 @@ DPI = 100
 MOSAIC_INCHES = (8.0, 8.6)
 WIDE_INCHES = (10.0, 4.0)
 SQUARE_INCHES = (6.0, 5.6)
+FRONTS_INCHES = (9.0, 7.0)
 _SIDE = 28
 
 
@@ -237,33 +238,46 @@ def tuning_front(trials: tuple[Sequence[float], Sequence[float]], front: tuple[S
     return _save(figure, path)
 
 
-# One seeded point of a front: its name, then (mean, CI low, CI high) of clean and of noisy accuracy.
-SeededPoint = tuple[str, tuple[float, float, float], tuple[float, float, float]]
+# One seeded point of a front: its name; (mean, CI low, CI high) of clean and of noisy
+# accuracy; and each seed's (clean, noisy).
+SeededPoint = tuple[str, tuple[float, float, float], tuple[float, float, float], list[tuple[float, float]]]
 
 
 def fronts_with_seed_bands(validation: dict[str, tuple[Sequence[float], Sequence[float]]],
                            seeded: dict[str, list[SeededPoint]], path: Path, title: str) -> Path:
     """Several recipes' trade-offs in one figure, a colour per recipe: each one's front on
     the validation split (dotted) and its points trained over seeds and scored on the test
-    set (solid, joined in order of clean accuracy), each with its 95% interval over seeds
-    as a shaded box (the seed band) and its name."""
-    from matplotlib.patches import Rectangle
-
-    figure, axes = _canvas(SQUARE_INCHES)
+    set (solid, joined in order of clean accuracy, with their 95% intervals over seeds as
+    error bars and each seed as a faint dot). The axes frame the fronts and the means: an
+    interval or a seed far outside them runs off the plot rather than shrink the rest."""
+    figure, axes = _canvas(FRONTS_INCHES)
+    framed_x: list[float] = []
+    framed_y: list[float] = []
     for index, recipe in enumerate(validation | seeded):
         colour = f"C{index}"
         if recipe in validation:
             axes.plot(*validation[recipe], ":", marker=".", color=colour, alpha=0.6,
                       label=f"{recipe} (validation front)")
+            framed_x += list(validation[recipe][0])
+            framed_y += list(validation[recipe][1])
         points = sorted(seeded.get(recipe, []), key=lambda point: point[1][0])
         if not points:
             continue
-        axes.plot([p[1][0] for p in points], [p[2][0] for p in points], "o-", color=colour,
-                  label=f"{recipe} (test, mean over seeds)")
-        for name, (x, x_low, x_high), (y, y_low, y_high) in points:
+        means_x, means_y = [p[1][0] for p in points], [p[2][0] for p in points]
+        framed_x += means_x
+        framed_y += means_y
+        axes.plot(means_x, means_y, "o-", color=colour, label=f"{recipe} (test, mean over seeds)")
+        for name, (x, x_low, x_high), (y, y_low, y_high), seeds in points:
             if all(map(math.isfinite, (x_low, x_high, y_low, y_high))):
-                axes.add_patch(Rectangle((x_low, y_low), x_high - x_low, y_high - y_low, color=colour, alpha=0.2))
-            axes.annotate(name, (x, y), xytext=(4, 4), textcoords="offset points", fontsize="x-small", color=colour)
+                axes.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]],
+                              color=colour, alpha=0.5, capsize=3, linestyle="none")
+            axes.scatter([s[0] for s in seeds], [s[1] for s in seeds], color=colour, alpha=0.35, s=12)
+            axes.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize="x-small", color=colour)
+    if framed_x:
+        margin_x = max(0.5, 0.1 * (max(framed_x) - min(framed_x)))
+        margin_y = max(0.5, 0.1 * (max(framed_y) - min(framed_y)))
+        axes.set_xlim(min(framed_x) - margin_x, max(framed_x) + margin_x)
+        axes.set_ylim(min(framed_y) - margin_y, max(framed_y) + margin_y)
     axes.set(xlabel="clean accuracy (%)", ylabel="accuracy on noisy digits (%)", title=title)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower left", fontsize="x-small")

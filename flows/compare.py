@@ -45,7 +45,7 @@ from flows.experiment import cell_parameters
 from tasks.comparison import open_comparison, read_cell, report_comparison
 from tasks.data import fetch_dataset
 from tasks.run import check_tracking
-from tasks.tuning import read_tuning
+from tasks.tuning import TunedSettings, read_tuning
 
 Grid = list[tuple[str, ExperimentConfig]]
 
@@ -93,12 +93,13 @@ def dae_compare(
     threads = thread_share(parallel, base.runtime.threads)
     if tuned_point and not tuned_run_id:
         raise ConfigError(f"--point {tuned_point}: a point of whose fronts?", "add --tuned RUN_ID of a `dae tune` run")
-    tuned = read_tuning(tuned_run_id, tuned_point) if tuned_run_id else {}
+    from_tuning = read_tuning(tuned_run_id, tuned_point) if tuned_run_id else TunedSettings({}, None)
+    tuned = from_tuning.params
     overridden = cell_overrides or {}
     changes = {cell: deep_merge(nested_fields(tuned.get(cell, {})), overridden.get(cell, {})) for cell in chosen}
     grid = [(cell, cell_config(base, cell, seed, sgd_lr, threads, changes[cell] or None))
             for cell in chosen for seed in seed_list]
-    settings_tags = {TUNED_FROM: tuned_run_id or "", **({TUNED_POINT: tuned_point} if tuned_point else {}),
+    settings_tags = {TUNED_FROM: tuned_run_id or "", **({TUNED_POINT: from_tuning.point} if from_tuning.point else {}),
                      **tuned_tags({cell: tuned[cell] for cell in chosen if cell in tuned}),
                      **{f"{CELL_OVERRIDE}.{cell}.{key}": value for cell in chosen if cell in overridden
                         for key, value in flat_fields(overridden[cell]).items()}}

@@ -283,8 +283,17 @@ def report_tuning(cells: list[CellTuning], storage: str, parent_run_id: str, wor
     return report
 
 
+@dataclass(frozen=True)
+class TunedSettings:
+    """What a comparison takes from a tuning: each cell's parameters, and the point of the
+    fronts they are (None for a tuning of one objective, which has a best)."""
+
+    params: dict[str, dict[str, object]]
+    point: str | None
+
+
 @task(name="read-tuning")
-def read_tuning(run_id: str, point: str | None = None) -> dict[str, dict[str, object]]:
+def read_tuning(run_id: str, point: str | None = None) -> TunedSettings:
     """The parameters a finished tuning run found, per cell: each cell's best (from the
     run's tags; a front's knee), or the point of each cell's front that ``point`` names
     (from the run's ``tuning/tuning.json``)."""
@@ -293,11 +302,12 @@ def read_tuning(run_id: str, point: str | None = None) -> dict[str, dict[str, ob
         raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking_uri()}",
                           "pass the MLflow run id that `dae tune` printed at its end")
     if point is None:
-        return tuned_params(run.data.tags)
+        several = "+" in run.data.params.get("tune.objective", "")
+        return TunedSettings(tuned_params(run.data.tags), KNEE if several else None)
     check_point(point)
     text = mlflow_runs.load_text(run_id, "tuning/tuning.json")
     if text is None:
         raise ConfigError(f"--point {point}: tuning {run_id} logged no tuning/tuning.json to read its fronts from",
                           "leave --point out (its tags give each cell's best)")
     report = TuningReport.model_validate_json(text)
-    return {cell: result.point(point).params for cell, result in report.cells.items()}
+    return TunedSettings({cell: result.point(point).params for cell, result in report.cells.items()}, point)

@@ -99,9 +99,9 @@ def test_the_fronts_figure_draws_every_recipe_even_a_point_of_one_seed(tmp_path)
     nan = math.nan
     path = figures.fronts_with_seed_bands(
         {"adam-noise": ([95.0, 93.0], [60.0, 85.0]), "adam-clean": ([95.2], [90.0])},
-        {"adam-noise": [("knee", (94.4, 94.2, 94.6), (76.0, 74.0, 78.0))],
-         "sgd-clean": [("best-accuracy", (96.1, nan, nan), (85.0, nan, nan))]},
+        {"adam-noise": [("knee", (94.4, 94.2, 94.6), (76.0, 74.0, 78.0), [(94.3, 75.0), (94.5, 77.0)])],
+         "sgd-clean": [("best-accuracy", (96.1, nan, nan), (85.0, nan, nan), [(96.1, 85.0)])]},
         tmp_path / "fronts.png", "fronts")
     with Image.open(path) as image:
-        assert image.size == tuple(round(side * figures.DPI) for side in figures.SQUARE_INCHES)
+        assert image.size == tuple(round(side * figures.DPI) for side in figures.FRONTS_INCHES)
         assert np.asarray(image.convert("L")).std() > 1

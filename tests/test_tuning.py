@@ -311,6 +311,13 @@ def test_a_tuning_of_clean_and_noisy_accuracy_maps_each_front_continues_and_comp
     assert float(child.data.params["pretrain.noise.std"]) == pytest.approx(point.params["pretrain.noise.std"])
     assert float(child.data.params["classifier.lr"]) == pytest.approx(point.params["classifier.lr"])
     assert client.get_run(compared.mlflow_run_id).data.tags["dae.tuned_point"] == "best-noisy-accuracy"
+    at_knee = dae_compare(base=build_config("smoke", {**QUICK, "data": {**QUICK["data"], "validation_size": 0}}),
+                          seeds=1, cells=["adam-noise"], data_dir=str(data_root), download=False,
+                          experiment_name=name, work_dir=str(tmp_path), tuned_run_id=more.mlflow_run_id)
+    (child,) = [client.get_run(ref.mlflow_run_id) for ref in at_knee.runs]
+    knee = more.cells["adam-noise"].point("knee")
+    assert float(child.data.params["classifier.lr"]) == pytest.approx(knee.params["classifier.lr"])
+    assert client.get_run(at_knee.mlflow_run_id).data.tags["dae.tuned_point"] == "knee", "a front's default is said"
 
 
 def test_a_multi_objective_study_keeps_diverged_trials_off_its_front_and_prunes_nothing(tmp_path):
