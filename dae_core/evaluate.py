@@ -30,6 +30,13 @@ class Evaluation:
                                 noisy_accuracy=self.noisy_accuracy)
 
 
+def noisy_accuracy(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor, noise: NoiseConfig,
+                   generator: torch.Generator) -> float:
+    """Accuracy (percent) on ``pixels`` corrupted by ``noise``: the noisy test's, and a
+    trial's noisy validation objective."""
+    return accuracy_percent(predict(model, corrupt(pixels, noise, generator)), labels)
+
+
 def evaluate(
     model: nn.Module,
     pixels: torch.Tensor,
@@ -42,6 +49,6 @@ def evaluate(
     return Evaluation(
         accuracy=accuracy_percent(predicted, labels),
         per_class_accuracy=per_class_accuracy(confusion),
-        noisy_accuracy=accuracy_percent(predict(model, corrupt(pixels, noise, generator)), labels),
+        noisy_accuracy=noisy_accuracy(model, pixels, labels, noise, generator),
         confusion=confusion.tolist(),
     )

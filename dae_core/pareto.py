@@ -87,14 +87,14 @@ def check_point(name: str, objectives: tuple[str, ...] | None = None) -> str:
 def knee(front: list[FrontPoint], objectives: tuple[str, ...]) -> FrontPoint:
     """The point closest to the ideal, each objective scaled to the front's range (ties:
     the earlier trial)."""
+    ideal, spread = {}, {}
+    for objective in objectives:
+        values = [p.values[objective] for p in front]
+        ideal[objective] = min(values) if DIRECTIONS[objective] == "minimize" else max(values)
+        spread[objective] = max(values) - min(values)
+
     def scaled_gap(point: FrontPoint) -> float:
-        total = 0.0
-        for objective in objectives:
-            values = [p.values[objective] for p in front]
-            best = min(values) if DIRECTIONS[objective] == "minimize" else max(values)
-            spread = max(values) - min(values)
-            total += (abs(point.values[objective] - best) / spread) ** 2 if spread > 0 else 0.0
-        return total
+        return sum((abs(point.values[o] - ideal[o]) / spread[o]) ** 2 for o in objectives if spread[o] > 0)
 
     return min(front, key=lambda point: (scaled_gap(point), point.trial))
 

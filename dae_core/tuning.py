@@ -19,8 +19,7 @@ from pydantic import BaseModel
 
 from dae_core.comparison import SGD_PRETRAIN_LR, CellName, cell_config
 from dae_core.config import ConfigError, ExperimentConfig, deep_merge, nested_fields, parse_value
-from dae_core.metrics import accuracy_percent, predict
-from dae_core.noise import corrupt
+from dae_core.evaluate import noisy_accuracy
 from dae_core.pareto import KNEE, FrontPoint, Objective, choose, pareto_front
 from dae_core.runtime import make_generator
 from dae_core.setup import TrainingSetup, fresh_classifier
@@ -189,9 +188,9 @@ def train_trial(config: ExperimentConfig, raw_dir: Path, objectives: tuple[Objec
     except TrainingDiverged as error:
         raise TrialDiverged(error.message) from None
     if "noisy-accuracy" in objectives:
-        noisy = corrupt(setup.validation_pixels, config.evaluation.test_noise,
-                        make_generator(config.seed, "noisy-validation", setup.place.device))
-        values["noisy-accuracy"] = accuracy_percent(predict(classifier.model, noisy), setup.validation.labels)
+        values["noisy-accuracy"] = noisy_accuracy(
+            classifier.model, setup.validation_pixels, setup.validation.labels, config.evaluation.test_noise,
+            make_generator(config.seed, "noisy-validation", setup.place.device))
     return {objective: values[objective] for objective in objectives}
 
 
@@ -308,7 +307,8 @@ def _params(params: dict[str, Any]) -> str:
                      for key, value in params.items())
 
 
-def _values(values: dict[str, float]) -> str:
+def values_text(values: dict[str, float]) -> str:
+    """``accuracy 95.06, noisy-accuracy 79.86``: a trial's values by objective, in order."""
     return ", ".join(f"{objective} {value:.4g}" for objective, value in values.items())
 
 
@@ -319,7 +319,7 @@ def markdown_table(report: TuningReport) -> str:
         best = f"{result.best_value:.4g}"
         if result.front:
             knee = result.point(KNEE)
-            best = f"knee of {len(result.front)} on the front: {_values(knee.values)}"
+            best = f"knee of {len(result.front)} on the front: {values_text(knee.values)}"
         lines.append(f"| {result.cell} | validation {result.objective} | {best} | {_params(result.best_params)} | "
                      f"{result.trials} | {result.pruned} |")
     return "\n".join(lines)

@@ -110,10 +110,6 @@ def _value_metric(objective: Objective) -> str:
     return f"tune/{objective.replace('-', '_')}"
 
 
-def _values_text(objectives: tuple[Objective, ...], values: tuple[float, ...]) -> str:
-    return ", ".join(f"{objective} {value:.4g}" for objective, value in zip(objectives, values, strict=True))
-
-
 @task(name="trial", task_run_name="{search.cell} trial {number}", cache_policy=NO_CACHE)
 def run_trial(search: CellSearch, number: int, trial, place: TuningPlace, prefect_flow_run: str) -> State:
     """One trial: its point drawn, trained on the validation split as a child MLflow run
@@ -152,7 +148,7 @@ def run_trial(search: CellSearch, number: int, trial, place: TuningPlace, prefec
     mlflow_runs.log_metrics(run_id, {**one, **{_value_metric(o): scored[o] for o in search.objectives}})
     mlflow_runs.set_tags(run_id, {TRIAL_STATE: "complete"})
     mlflow_runs.end_run(run_id, succeeded=True)
-    return Completed(message=f"validation {_values_text(search.objectives, values)}",
+    return Completed(message=f"validation {tuning.values_text(scored)}",
                      data=studies.TrialEnd("complete", values))
 
 
