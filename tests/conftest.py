@@ -159,6 +159,24 @@ def prefect_api_url(prefect_server) -> str:
     return PREFECT_API_URL.value()
 
 
+@pytest.fixture
+def track_at(monkeypatch):
+    """Points this test process's MLflow at a store until the test ends: the environment (what
+    a subprocess reads) and MLflow's process-wide URI, which outranks the environment once
+    anything set it (``mlflow_store`` does, for the rest of the session)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+
+    def point(uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        mlflow.set_tracking_uri(uri)
+
+    yield point
+    # Restored, not reset: set_tracking_uri(None) means ./mlflow.db, whatever the environment says.
+    mlflow.set_tracking_uri(previous)
+
+
 @pytest.fixture(scope="session")
 def mlflow_store(tmp_path_factory) -> str:
     """One SQLite tracking store, migrated once up front (parallel first use races)."""

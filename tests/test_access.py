@@ -24,9 +24,9 @@ def test_a_missing_or_short_password_is_named_with_the_fix(password, says):
         identities_from_env({**PASSWORDS, "DAE_SERVING_PASSWORD": password})
 
 
-def test_dae_users_needs_a_server(monkeypatch, capsys):
+def test_dae_users_needs_a_server(monkeypatch, track_at, capsys):
     for name, value in PASSWORDS.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///never-created.db")
+    track_at("sqlite:///never-created.db")
     assert main(["users"]) == 4
     assert "needs an MLflow server" in capsys.readouterr().err

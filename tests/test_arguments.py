@@ -77,10 +77,10 @@ def test_an_unknown_flag_or_command_is_refused_in_two_lines():
 
 
 @pytest.fixture
-def untouched_store(tmp_path, monkeypatch):
+def untouched_store(tmp_path, monkeypatch, track_at):
     """The tracking store a refused command must not create."""
     store = tmp_path / "store" / "mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    track_at(f"sqlite:///{store}")
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
     yield store
     assert not store.parent.exists(), "a refused command made a store"

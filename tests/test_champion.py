@@ -34,18 +34,15 @@ def test_a_non_finite_score_never_gets_an_alias():
 # value is checked before the first write; a write refused after the alias moved undoes the rest.
 
 @pytest.fixture
-def two_versions(tmp_path, monkeypatch):
+def two_versions(tmp_path, monkeypatch, track_at):
     """A store of its own holding versions 1 (champion, with one recorded move) and 2 of the
     registered model, each from a finished run with a test accuracy: no training needed."""
-    import mlflow
     from mlflow import MlflowClient
 
     from adapters import champion
 
-    uri, previous = f"sqlite:///{tmp_path / 'mlflow.db'}", mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    track_at(f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
-    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     client.create_registered_model(REGISTERED_MODEL)
     for _ in range(2):
@@ -54,8 +51,7 @@ def two_versions(tmp_path, monkeypatch):
         client.set_terminated(run.info.run_id)
         client.create_model_version(REGISTERED_MODEL, source=str(tmp_path / "model"), run_id=run.info.run_id)
     champion.move_champion("1", "the first", "a test", decision=("first-champion", "the first"))
-    yield client
-    mlflow.set_tracking_uri(previous)
+    return client
 
 
 def _registry_state(client) -> tuple:
@@ -144,10 +140,10 @@ def test_anything_but_a_version_number_is_refused(text):
         version_named(text)
 
 
-def test_a_bad_version_or_reason_is_refused_before_the_store_is_opened(tmp_path, monkeypatch, capsys):
+def test_a_bad_version_or_reason_is_refused_before_the_store_is_opened(tmp_path, track_at, capsys):
     from dae_cli.main import main as dae_main
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    track_at(f"sqlite:///{tmp_path / 'never.db'}")
     for arguments, says in ((["--set", "two", "--reason", "x"], "'two' is not a version number"),
                             (["--set", "2", "--reason", "x" * 100_000], "the history keeps at most 500"),
                             (["--set", "2", "--reason", "ok\n2026-01-01 | 1 -> 9 | admin | forged"], "line break"),

@@ -200,13 +200,11 @@ def test_compare_creates_a_parent_and_a_child_per_cell_and_seed(data_root, tmp_p
 
 
 @pytest.fixture
-def fresh_registry(tmp_path, monkeypatch):
+def fresh_registry(tmp_path, track_at):
     """A store of its own: alias decisions must not see other tests' model versions."""
-    uri, previous = f"sqlite:///{tmp_path / 'registry.db'}", mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(tracking_uri=uri, registry_uri=uri)
-    mlflow.set_tracking_uri(previous)
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    track_at(uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 @pytest.mark.slow  # a whole grid / three retrains: CI runs it, the quick loop does not

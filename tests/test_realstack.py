@@ -339,10 +339,10 @@ def _log_dataset_at(start: threading.Barrier, run_id: str) -> None:
     mlflow_runs.log_dataset(run_id, "mnist", "ab" * 20, "/data/MNIST/raw", {"train": 60})
 
 
-def test_runs_of_a_new_experiment_logging_its_dataset_at_once_all_record_it(real_stack, monkeypatch):
+def test_runs_of_a_new_experiment_logging_its_dataset_at_once_all_record_it(real_stack, track_at):
     """MLflow's server looks the dataset up, then inserts it if missing: two runs at once can
     both insert, and one is refused for a duplicate key (CI saw it once in eight runs)."""
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", real_stack.mlflow_uri)
+    track_at(real_stack.mlflow_uri)
     client = real_stack.mlflow()
     for attempt in range(6):
         experiment = client.create_experiment(f"stack-dataset-race-{attempt}")

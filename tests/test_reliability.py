@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -36,20 +35,16 @@ def test_a_batch_larger_than_the_data_is_refused():
 
 
 @pytest.mark.usefixtures("prefect_server", "mlflow_store")
-def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp_path, monkeypatch):
+def test_an_unreachable_tracking_server_fails_fast_naming_the_uri(data_root, tmp_path, track_at):
     from adapters.mlflow_store import TrackingUnavailable
     from flows.experiment import dae_experiment
 
-    uri, previous = f"http://127.0.0.1:{_free_port()}", mlflow.get_tracking_uri()
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
+    uri = f"http://127.0.0.1:{_free_port()}"
+    track_at(uri)
     started = time.monotonic()
-    try:
-        with pytest.raises(TrackingUnavailable, match=re.escape(uri)):
-            dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
-                           work_dir=str(tmp_path / "work"))
-    finally:
-        mlflow.set_tracking_uri(previous)
+    with pytest.raises(TrackingUnavailable, match=re.escape(uri)):
+        dae_experiment(config=build_config("smoke", TINY), data_dir=str(data_root), download=False,
+                       work_dir=str(tmp_path / "work"))
     assert time.monotonic() - started < 10
     assert not (tmp_path / "work").exists(), "nothing may be trained or written"
 
