@@ -251,8 +251,10 @@ def findings(rows: list[ComparisonRow], diverged: Sequence[DivergedRun] = ()) ->
                         f"{row.diff_mean:+.4g} (95% CI {low:+.4g} to {high:+.4g}, n={row.n}{left_out})")
     sgd = lookup.get(("sgd-noise", "final_mse"))
     if sgd is not None and not math.isnan(sgd.mean):
+        spread = (f"95% CI {sgd.ci_low:.4f} to {sgd.ci_high:.4f}" if sgd.n > 1
+                  else "one seed: two or more give an interval")
         verdicts.append(f"- Vanilla SGD pretraining's MSE stays near or above 0.01: final MSE "
-                        f"{sgd.mean:.4f} (95% CI {sgd.ci_low:.4f} to {sgd.ci_high:.4f})")
+                        f"{sgd.mean:.4f} ({spread})")
     verdicts.extend(f"- Diverged at its settings, left out of every statistic: {diverged_names([run])} "
                     f"({run.detail})" for run in diverged)
     return verdicts

@@ -102,3 +102,11 @@ def test_a_verdict_names_the_seeds_its_cells_lost_to_divergence():
             "(95% CI -2 to -2, n=3; no-pretraining seed 2 diverged, left out)") in verdicts
     assert verdicts.endswith("- Diverged at its settings, left out of every statistic: no-pretraining seed 2 "
                              "(classifier epoch 1: mean loss 24)")
+
+
+@pytest.mark.parametrize("seeds, says", [(1, "final MSE 0.0500 (one seed: two or more give an interval)"),
+                                         (2, "final MSE 0.0500 (95% CI 0.0500 to 0.0500)")])
+def test_the_sgd_mse_finding_gives_an_interval_only_from_two_seeds(seeds, says):
+    records = [CellRun("sgd-noise", seed, _summary(90, 80, 85, [0.05])) for seed in range(seeds)]
+    verdicts = findings(comparison_table(records))
+    assert verdicts[-1] == f"- Vanilla SGD pretraining's MSE stays near or above 0.01: {says}"
