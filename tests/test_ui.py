@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from mlflow import MlflowClient
 
@@ -182,10 +183,25 @@ def test_mlflow_run_page_shows_the_description_and_the_figures(ui_stack, page):
 
 
 def test_prefect_flow_run_page_shows_the_task_graph_and_the_logs(ui_stack, page):
+    from playwright.sync_api import TimeoutError as PageTimeout
+
     child = next(c for c in ui_stack.children if c.info.run_name == "adam-noise-seed0")
-    page.goto(f"{ui_stack.prefect_ui}/runs/flow-run/{child.data.tags['prefect.flow_run_id']}")
-    page.get_by_text("adam-noise-seed0").first.wait_for(timeout=60_000)
-    page.get_by_text(f"MLflow run {child.info.run_id}").first.wait_for(timeout=60_000)  # a log line
+    flow_run_id = child.data.tags["prefect.flow_run_id"]
+    log_line = f"MLflow run {child.info.run_id}"
+    logged = httpx.post(f"{ui_stack.prefect_ui}/api/logs/filter", timeout=30,
+                        json={"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200}).json()
+    assert any(log["message"].startswith(log_line) for log in logged), "the run's log line reached Prefect's API"
+    # The page asks for the logs once as it loads, and a machine busy enough (CI builds
+    # images beside this test) can see that one request fail: a person would reload.
+    for attempt in range(3):
+        page.goto(f"{ui_stack.prefect_ui}/runs/flow-run/{flow_run_id}")
+        page.get_by_text("adam-noise-seed0").first.wait_for(timeout=60_000)
+        try:
+            page.get_by_text(log_line).first.wait_for(timeout=30_000)
+            break
+        except PageTimeout:
+            if attempt == 2:
+                raise
     assert page.locator("canvas").count() >= 1, "the task graph is drawn on a canvas"
     page.get_by_text("compare-lecture-2cells-2seeds").or_(page.get_by_text("compare-smoke-2cells-2seeds")).first \
         .wait_for(timeout=30_000)  # the parent flow run, linked

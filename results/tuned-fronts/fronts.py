@@ -1,19 +1,23 @@
 """The fronts of issue 36 for docs/comparison.md, "The trade-off itself": one figure of every
 recipe's front with its points trained over seeds, and the tables of those points.
 
-    python results/tuned-fronts/fronts.py
+    python results/tuned-fronts/fronts.py          # the four recipes
+    python results/tuned-fronts/fronts.py frozen   # the frozen pair (a linear probe)
 
-reads the tuning's summary here (``tuning.json``: each recipe's front on the validation
-split), the comparisons' (``comparison-<point>.json``, one per named point, each over the
-same recipes and seeds) and their runs' test metrics (``mlflow.db``), writes
-``docs/images/comparison-fronts.png`` and prints the tables, with the differences the
-lecture's claims are about paired by seed.
+reads a tuning's summary here (``tuning.json``, ``tuning-frozen.json``: each recipe's front
+on the validation split), its comparisons' (``comparison-<point>.json``,
+``comparison-frozen-<point>.json``: one per named point, each over the same recipes and
+seeds) and their runs' test metrics (``mlflow.db``), writes the figure
+(``docs/images/comparison-fronts.png``, ``comparison-fronts-frozen.png``) and prints the
+tables, with the differences the lecture's claims are about paired by seed.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from dae_core.comparison import interval
@@ -21,16 +25,34 @@ from dae_core.figures import fronts_with_seed_bands
 from dae_core.pareto import FrontPoint, choose
 
 HERE = Path(__file__).resolve().parent
-FIGURE = HERE.parents[1] / "docs" / "images" / "comparison-fronts.png"
+IMAGES = HERE.parents[1] / "docs" / "images"
 OBJECTIVES = ("accuracy", "noisy-accuracy")
 POINTS = ("best-accuracy", "knee", "best-noisy-accuracy")
-# Clean validation accuracies at which the fronts are compared: the best noisy accuracy each
-# recipe reaches while keeping at least that much clean accuracy.
-LEVELS = (92.0, 93.0, 94.0, 95.0, 96.0)
-# The claims' pairs: (recipe, against it): noise during pretraining, then the optimizer.
-PAIRS = (("adam-clean", "adam-noise"), ("sgd-clean", "sgd-noise"), ("sgd-noise", "adam-noise"),
-         ("sgd-clean", "adam-clean"))
 METRICS = {"clean": "test/accuracy", "noisy": "test/noisy_accuracy"}
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One tuning's fronts and the seeded comparisons of their points, by the files' suffix."""
+
+    suffix: str
+    # The claims' pairs: (recipe, against it).
+    pairs: tuple[tuple[str, str], ...]
+    title: str
+    # Clean validation accuracies at which the fronts are compared: the best noisy accuracy
+    # each recipe reaches while keeping at least that much clean accuracy.
+    levels: tuple[float, ...]
+
+
+MAPPINGS = {
+    "recipes": Mapping("", (("adam-clean", "adam-noise"), ("sgd-clean", "sgd-noise"), ("sgd-noise", "adam-noise"),
+                            ("sgd-clean", "adam-clean")),
+                       "Clean against noisy accuracy: each recipe's front (validation) and its points over seeds "
+                       "(test)", (92.0, 93.0, 94.0, 95.0, 96.0)),
+    "frozen": Mapping("-frozen", (("adam-clean-frozen", "adam-noise-frozen"),),
+                      "A frozen encoder (a linear probe): each recipe's front (validation) and its points over "
+                      "seeds (test)", (88.0, 89.0, 90.0, 91.0, 92.0)),
+}
 
 
 def _ci(row: dict) -> str:
@@ -54,10 +76,10 @@ def _paired(metrics: dict[tuple[str, int], dict[str, float]], cell: str, referen
     return f"{difference.mean:+.2f} ({difference.ci_low:+.2f} to {difference.ci_high:+.2f})"
 
 
-def at_levels(fronts: dict[str, list[FrontPoint]]) -> str:
+def at_levels(fronts: dict[str, list[FrontPoint]], levels: tuple[float, ...]) -> str:
     """The best noisy validation accuracy of each front at or above each clean level."""
     lines = [f"| clean accuracy at least | {' | '.join(fronts)} |", "|---|" + "---|" * len(fronts)]
-    for level in LEVELS:
+    for level in levels:
         cells = []
         for front in fronts.values():
             kept = [p.values["noisy-accuracy"] for p in front if p.values["accuracy"] >= level]
@@ -66,8 +88,9 @@ def at_levels(fronts: dict[str, list[FrontPoint]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    tuning = json.loads((HERE / "tuning.json").read_text())
+def main(mapping: Mapping) -> None:
+    figure = IMAGES / f"comparison-fronts{mapping.suffix}.png"
+    tuning = json.loads((HERE / f"tuning{mapping.suffix}.json").read_text())
     fronts = {cell: [FrontPoint.model_validate(point) for point in result["front"]]
               for cell, result in tuning["cells"].items()}
     print("| recipe | trials on the front / complete / diverged | front (clean / noisy, validation) |")
@@ -77,7 +100,7 @@ def main() -> None:
         shown = ", ".join(f"{p.values['accuracy']:.2f} / {p.values['noisy-accuracy']:.2f}" for p in front)
         print(f"| {cell} | {len(front)} / {result['trials'] - result['pruned']} / {result['pruned']} | {shown} |")
     print()
-    print(at_levels(fronts))
+    print(at_levels(fronts, mapping.levels))
     print()
     validation = {cell: ([p.values["accuracy"] for p in front], [p.values["noisy-accuracy"] for p in front])
                   for cell, front in fronts.items()}
@@ -88,7 +111,7 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     seeds_table = ["| recipe | point | clean accuracy by seed | noisy accuracy by seed |", "|---|---|---|---|"]
     for name in POINTS:
-        path = HERE / f"comparison-{name}.json"
+        path = HERE / f"comparison{mapping.suffix}-{name}.json"
         if not path.exists():
             continue
         summary = json.loads(path.read_text())
@@ -109,20 +132,19 @@ def main() -> None:
             clean_by_seed = ", ".join(f"{values['clean']:.2f}" for values in runs)
             noisy_by_seed = ", ".join(f"{values['noisy']:.2f}" for values in runs)
             seeds_table.append(f"| {cell} | {name} | {clean_by_seed} | {noisy_by_seed} |")
-        for cell, reference in PAIRS:
+        for cell, reference in mapping.pairs:
             if (cell, "final_accuracy") in rows and (reference, "final_accuracy") in rows:
                 seeds = sum(1 for (c, _) in metrics if c == cell)
                 pairs.append(f"| {name} | {cell} | {reference} | {_paired(metrics, cell, reference, 'clean')} | "
                              f"{_paired(metrics, cell, reference, 'noisy')} | {seeds} |")
-    fronts_with_seed_bands(validation, seeded, FIGURE, "Clean against noisy accuracy: each recipe's front "
-                                                       "(validation) and its points over seeds (test)")
+    fronts_with_seed_bands(validation, seeded, figure, mapping.title)
     print("\n".join(points))
     print()
     print("\n".join(pairs))
     print()
     print("\n".join(seeds_table))
-    print(f"\nfigure: {FIGURE.relative_to(HERE.parents[1])}")
+    print(f"\nfigure: {figure.relative_to(HERE.parents[1])}")
 
 
 if __name__ == "__main__":
-    main()
+    main(MAPPINGS[sys.argv[1] if len(sys.argv) > 1 else "recipes"])
