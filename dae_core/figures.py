@@ -267,12 +267,20 @@ def fronts_with_seed_bands(validation: dict[str, tuple[Sequence[float], Sequence
         framed_x += means_x
         framed_y += means_y
         axes.plot(means_x, means_y, "o-", color=colour, label=f"{recipe} (test, mean over seeds)")
+        # Two names can point to one trial (a front of two points has its knee on an end):
+        # its runs are the same, so it is drawn once under both names.
+        names: dict[tuple[float, float], list[str]] = {}
+        for name, (x, *_), (y, *_), _ in points:
+            names.setdefault((x, y), []).append(name)
         for name, (x, x_low, x_high), (y, y_low, y_high), seeds in points:
+            if names[(x, y)][0] != name:
+                continue
             if all(map(math.isfinite, (x_low, x_high, y_low, y_high))):
                 axes.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]],
                               color=colour, alpha=0.5, capsize=3, linestyle="none")
             axes.scatter([s[0] for s in seeds], [s[1] for s in seeds], color=colour, alpha=0.35, s=12)
-            axes.annotate(name, (x, y), xytext=(5, 5), textcoords="offset points", fontsize="x-small", color=colour)
+            axes.annotate(" = ".join(names[(x, y)]), (x, y), xytext=(5, 5), textcoords="offset points",
+                          fontsize="x-small", color=colour)
     if framed_x:
         margin_x = max(0.5, 0.1 * (max(framed_x) - min(framed_x)))
         margin_y = max(0.5, 0.1 * (max(framed_y) - min(framed_y)))

@@ -105,3 +105,19 @@ def test_the_fronts_figure_draws_every_recipe_even_a_point_of_one_seed(tmp_path)
     with Image.open(path) as image:
         assert image.size == tuple(round(side * figures.DPI) for side in figures.FRONTS_INCHES)
         assert np.asarray(image.convert("L")).std() > 1
+
+
+def test_two_names_of_one_trial_are_drawn_once_under_both(tmp_path, monkeypatch):
+    """A front of two points has its knee on an end: that trial's runs are named twice."""
+    from dae_core import figures
+
+    labels: list[list[str]] = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda figure, path: labels.append(
+        [text.get_text() for text in figure.axes[0].texts]) or save(figure, path))
+    end = ((91.7, 91.5, 91.9), (85.4, 83.0, 87.0), [(91.6, 85.2), (91.8, 85.6)])
+    robust = ((91.6, 91.4, 91.8), (88.8, 88.3, 89.3), [(91.6, 88.8), (91.6, 88.9)])
+    figures.fronts_with_seed_bands({}, {"adam-clean-frozen": [("best-accuracy", *end), ("knee", *end),
+                                                               ("best-noisy-accuracy", *robust)]},
+                                   tmp_path / "fronts.png", "fronts")
+    assert sorted(labels[0]) == ["best-accuracy = knee", "best-noisy-accuracy"]

@@ -42,6 +42,9 @@ class Mapping:
     # Clean validation accuracies at which the fronts are compared: the best noisy accuracy
     # each recipe reaches while keeping at least that much clean accuracy.
     levels: tuple[float, ...]
+    # Points of two recipes' fronts that reach the same clean accuracy though they are named
+    # differently: (recipe, its point, against it, that one's point).
+    crossed: tuple[tuple[str, str, str, str], ...] = ()
 
 
 MAPPINGS = {
@@ -51,7 +54,8 @@ MAPPINGS = {
                        "(test)", (92.0, 93.0, 94.0, 95.0, 96.0)),
     "frozen": Mapping("-frozen", (("adam-clean-frozen", "adam-noise-frozen"),),
                       "A frozen encoder (a linear probe): each recipe's front (validation) and its points over "
-                      "seeds (test)", (88.0, 89.0, 90.0, 91.0, 92.0)),
+                      "seeds (test)", (90.5, 90.6, 90.75, 90.9),
+                      (("adam-clean-frozen", "best-noisy-accuracy", "adam-noise-frozen", "knee"),)),
 }
 
 
@@ -70,9 +74,11 @@ def _test_metrics(summary: dict) -> dict[tuple[str, int], dict[str, float]]:
     return found
 
 
-def _paired(metrics: dict[tuple[str, int], dict[str, float]], cell: str, reference: str, name: str) -> str:
-    seeds = sorted(seed for (c, seed) in metrics if c == cell and (reference, seed) in metrics)
-    difference = interval([metrics[(cell, seed)][name] - metrics[(reference, seed)][name] for seed in seeds])
+def _paired(metrics: dict[tuple[str, int], dict[str, float]], cell: str, reference: str, name: str,
+            reference_metrics: dict[tuple[str, int], dict[str, float]] | None = None) -> str:
+    against = metrics if reference_metrics is None else reference_metrics
+    seeds = sorted(seed for (c, seed) in metrics if c == cell and (reference, seed) in against)
+    difference = interval([metrics[(cell, seed)][name] - against[(reference, seed)][name] for seed in seeds])
     return f"{difference.mean:+.2f} ({difference.ci_low:+.2f} to {difference.ci_high:+.2f})"
 
 
@@ -137,6 +143,15 @@ def main(mapping: Mapping) -> None:
                 seeds = sum(1 for (c, _) in metrics if c == cell)
                 pairs.append(f"| {name} | {cell} | {reference} | {_paired(metrics, cell, reference, 'clean')} | "
                              f"{_paired(metrics, cell, reference, 'noisy')} | {seeds} |")
+    measured = {name: _test_metrics(json.loads((HERE / f"comparison{mapping.suffix}-{name}.json").read_text()))
+                for name in POINTS if (HERE / f"comparison{mapping.suffix}-{name}.json").exists()}
+    for cell, point, reference, its_point in mapping.crossed:
+        if point in measured and its_point in measured:
+            seeds = sum(1 for (c, seed) in measured[point] if c == cell and (reference, seed) in measured[its_point])
+            differences = [_paired(measured[point], cell, reference, metric, measured[its_point])
+                           for metric in ("clean", "noisy")]
+            pairs.append(f"| {point} against {its_point} | {cell} | {reference} | {' | '.join(differences)} | "
+                         f"{seeds} |")
     fronts_with_seed_bands(validation, seeded, figure, mapping.title)
     print("\n".join(points))
     print()
