@@ -148,6 +148,11 @@ def objectives_label(objectives: tuple[Objective, ...]) -> str:
     return "+".join(objectives)
 
 
+def labelled_objectives(label: str) -> tuple[Objective, ...]:
+    """The objectives an ``objectives_label`` names, in order."""
+    return tuple(label.split("+"))  # type: ignore[return-value]
+
+
 def study_name(cell: str, config: ExperimentConfig, space: tuple[Dimension, ...], objectives: tuple[Objective, ...],
                data_digest: str, experiment: str) -> str:
     """A study's identity: a rerun of the same tuning finds and continues it. The MLflow
@@ -268,7 +273,7 @@ class CellTuning(BaseModel):
 
     @property
     def objectives(self) -> tuple[Objective, ...]:
-        return tuple(self.objective.split("+"))  # type: ignore[return-value]
+        return labelled_objectives(self.objective)
 
     def point(self, name: str) -> FrontPoint:
         """The point of the front that ``name`` names (``pareto.check_point``)."""

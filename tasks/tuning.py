@@ -298,7 +298,7 @@ def read_tuning(run_id: str, point: str | None = None) -> TunedSettings:
         raise ConfigError(f"--tuned {run_id}: no finished `dae tune` run with that id in {tracking_uri()}",
                           "pass the MLflow run id that `dae tune` printed at its end")
     if point is None:
-        several = "+" in run.data.params.get("tune.objective", "")
+        several = len(tuning.labelled_objectives(run.data.params.get("tune.objective", ""))) > 1
         return TunedSettings(tuned_params(run.data.tags), KNEE if several else None)
     check_point(point)
     text = mlflow_runs.load_text(run_id, "tuning/tuning.json")

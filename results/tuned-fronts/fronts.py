@@ -116,13 +116,14 @@ def main(mapping: Mapping) -> None:
     pairs = ["| point | recipe | against | clean difference (95% CI) | noisy difference (95% CI) | seeds |",
              "|---|---|---|---|---|---|"]
     seeds_table = ["| recipe | point | clean accuracy by seed | noisy accuracy by seed |", "|---|---|---|---|"]
+    measured: dict[str, dict[tuple[str, int], dict[str, float]]] = {}  # each point's runs, for the crossed pairs
     for name in POINTS:
         path = HERE / f"comparison{mapping.suffix}-{name}.json"
         if not path.exists():
             continue
         summary = json.loads(path.read_text())
         rows = {(row["cell"], row["metric"]): row for row in summary["rows"]}
-        metrics = _test_metrics(summary)
+        metrics = measured[name] = _test_metrics(summary)
         for cell, front in fronts.items():
             if (cell, "final_accuracy") not in rows:
                 continue
@@ -143,8 +144,6 @@ def main(mapping: Mapping) -> None:
                 seeds = sum(1 for (c, _) in metrics if c == cell)
                 pairs.append(f"| {name} | {cell} | {reference} | {_paired(metrics, cell, reference, 'clean')} | "
                              f"{_paired(metrics, cell, reference, 'noisy')} | {seeds} |")
-    measured = {name: _test_metrics(json.loads((HERE / f"comparison{mapping.suffix}-{name}.json").read_text()))
-                for name in POINTS if (HERE / f"comparison{mapping.suffix}-{name}.json").exists()}
     for cell, point, reference, its_point in mapping.crossed:
         if point in measured and its_point in measured:
             seeds = sum(1 for (c, seed) in measured[point] if c == cell and (reference, seed) in measured[its_point])
